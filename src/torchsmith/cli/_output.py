@@ -1,0 +1,54 @@
+"""Small output helpers shared by the commands: JSON, aligned tables, human-readable sizes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def print_json(obj: Any) -> None:
+    """Write ``obj`` as indented JSON on stdout (what ``--json`` prints)."""
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """An aligned plain-text table. ``align`` has one letter per column, ``l`` or ``r``."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" * len(headers)
+
+    def line(row: Sequence[str]) -> str:
+        parts = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def parse_shape(text: str, what: str = "--input-shape") -> tuple[int, ...]:
+    """'1,3,224,224' -> (1, 3, 224, 224); raises InputError naming ``what`` otherwise."""
+    from torchsmith.errors import InputError
+
+    try:
+        # "1,3,224,224" or "1x3x224x224"; an empty part ("1,,3", "1,3,x") is an error, not skipped.
+        shape = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise InputError(
+            f"{what}: expected positive integers separated by commas, like 1,3,224,224; got {text!r}"
+        )
+    return shape

@@ -1,0 +1,62 @@
+"""The exceptions torchsmith raises.
+
+Every user-facing failure is a :class:`TorchsmithError` with a message that names the file, key or
+field at fault and what was expected. The CLI turns them into a one-line message and an exit code
+(``exit_code``): 2 for bad input, 1 for a failure while doing valid work.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "CheckpointError",
+    "InputError",
+    "RecipeError",
+    "SpecError",
+    "SurgeryError",
+    "TorchsmithError",
+    "TransferError",
+    "close_matches",
+]
+
+
+class TorchsmithError(Exception):
+    """Base class of every error torchsmith raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(TorchsmithError, ValueError):
+    """The caller's input is wrong: a name, a shape, a file, a field. Exit code 2 at the CLI."""
+
+    exit_code = 2
+
+
+class CheckpointError(InputError):
+    """A checkpoint file cannot be read, is damaged, or is not what it claims to be."""
+
+
+class SpecError(InputError):
+    """A model spec is malformed; the message names the spec path (and line, when known)."""
+
+
+class RecipeError(InputError):
+    """A training recipe is malformed; the message names the field."""
+
+
+class SurgeryError(InputError):
+    """A model surgery cannot be done as asked (bad path, shape, or no candidate found)."""
+
+
+class TransferError(TorchsmithError):
+    """Weights could not be moved into a model as asked (nothing loaded, ambiguous match...)."""
+
+
+def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ``" (did you mean 'a' or 'b'?)"`` for the nearest choices, or ``""`` when none is close."""
+    found = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    if not found:
+        return ""
+    return " (did you mean " + " or ".join(repr(f) for f in found) + "?)"

@@ -1,0 +1,35 @@
+"""The package surface: every public name resolves, the CLI starts without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import torchsmith
+
+
+def test_every_public_name_resolves():
+    for name in torchsmith.__all__:
+        assert getattr(torchsmith, name) is not None, name
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        torchsmith.nope  # noqa: B018
+
+
+def test_cli_help_does_not_import_torch():
+    code = (
+        "import sys; from torchsmith.cli.main import build_parser; build_parser(); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_without_command_is_usage_error(capsys):
+    from torchsmith.cli.main import main
+
+    assert main([]) == 2
