@@ -1,0 +1,170 @@
+"""The model registry: one name -> one factory, plus the ``torchvision:`` and ``timm:`` namespaces.
+
+>>> from torchsmith.zoo import create_model, register_model
+>>> @register_model("tiny_mlp", input_shape=(1, 4))
+... def tiny_mlp(num_classes: int = 2):
+...     import torch.nn as nn
+...     return nn.Linear(4, num_classes)
+>>> create_model("tiny_mlp", num_classes=3).out_features
+3
+
+Names with a prefix build other libraries' models with random weights (never a download):
+``torchvision:resnet50`` calls ``torchvision.models.get_model(name, weights=None)``,
+``timm:resnet18`` calls ``timm.create_model(name, pretrained=False)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchsmith._provenance import set_provenance
+from torchsmith.errors import InputError, close_matches
+
+__all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_PREFIXES = ("torchvision:", "timm:")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its factory, a one-line description and a sample input shape."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    input_shape: tuple[int, ...] = (1, 3, 224, 224)
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def register_model(
+    name: str | None = None,
+    *,
+    input_shape: tuple[int, ...] = (1, 3, 224, 224),
+    description: str | None = None,
+    tags: tuple[str, ...] = (),
+    overwrite: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a model factory (a function or an ``nn.Module`` class) under ``name``.
+
+    ``input_shape`` is a sample input (batch first) used by ``summary`` and shape checks.
+    """
+
+    def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
+        key = name or factory.__name__
+        if ":" in key:
+            raise InputError(f"model name {key!r} may not contain ':' (reserved for library prefixes)")
+        if key in _REGISTRY and not overwrite:
+            raise InputError(f"model {key!r} is already registered; pass overwrite=True to replace it")
+        doc = description if description is not None else (inspect.getdoc(factory) or "").split("\n")[0]
+        _REGISTRY[key] = ModelEntry(key, factory, doc, tuple(input_shape), tuple(tags))
+        return factory
+
+    return decorate
+
+
+def _ensure_builtin_models() -> None:
+    # Importing the zoo's model modules runs their @register_model decorators.
+    import torchsmith.zoo.models  # noqa: F401
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Names of the registered zoo models (optionally filtered by an ``fnmatch`` pattern), sorted."""
+    import fnmatch
+
+    _ensure_builtin_models()
+    names = sorted(_REGISTRY)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for a zoo model ``name``; an :class:`InputError` naming close matches if unknown."""
+    _ensure_builtin_models()
+    if name not in _REGISTRY:
+        raise InputError(
+            f"unknown model {name!r}{close_matches(name, _REGISTRY)}; valid zoo models: "
+            f"{', '.join(sorted(_REGISTRY))}; or use a 'torchvision:NAME' or 'timm:NAME' model"
+        )
+    return _REGISTRY[name]
+
+
+def _check_kwargs(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in kwargs:
+        if key not in params:
+            raise InputError(
+                f"model {name!r} has no argument {key!r}{close_matches(key, params)}; "
+                f"its arguments are: {', '.join(params) or '(none)'}"
+            )
+
+
+def _create_torchvision(name: str, kwargs: dict[str, Any]) -> Any:
+    import torchvision.models as tvm
+
+    valid = tvm.list_models()
+    if name not in valid:
+        raise InputError(f"unknown torchvision model {name!r}{close_matches(name, valid)}")
+    if kwargs.get("weights") not in (None,) or kwargs.get("pretrained"):
+        raise InputError(
+            "torchsmith never downloads weights: build 'torchvision:"
+            f"{name}' with random weights and load a checkpoint with torchsmith.load_weights"
+        )
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("weights", "pretrained")}
+    return tvm.get_model(name, weights=None, **kwargs)
+
+
+def _create_timm(name: str, kwargs: dict[str, Any]) -> Any:
+    import timm
+
+    if not timm.is_model(name):
+        raise InputError(f"unknown timm model {name!r}{close_matches(name, timm.list_models())}")
+    if kwargs.pop("pretrained", False):
+        raise InputError(
+            f"torchsmith never downloads weights: build 'timm:{name}' with random weights and "
+            "load a checkpoint with torchsmith.load_weights"
+        )
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def create_model(name: str, **kwargs: Any) -> Any:
+    """Build a model by name, with random weights.
+
+    ``name`` is a zoo name (see :func:`list_models`), ``torchvision:NAME`` or ``timm:NAME``. The
+    model remembers how it was built, so ``torchsmith.save`` can record it and
+    ``torchsmith.load_model`` can rebuild it without pickling code.
+
+    >>> import torchsmith
+    >>> torchsmith.create_model("torchvision:resnet18", num_classes=10).fc.out_features
+    10
+    """
+    if not isinstance(name, str) or not name:
+        raise InputError(f"model name must be a non-empty string, got {name!r}")
+    if name.startswith("torchvision:"):
+        try:
+            model = _create_torchvision(name.split(":", 1)[1], dict(kwargs))
+        except TypeError as e:
+            raise InputError(f"bad arguments for model {name!r}: {e}") from None
+    elif name.startswith("timm:"):
+        try:
+            model = _create_timm(name.split(":", 1)[1], dict(kwargs))
+        except TypeError as e:
+            raise InputError(f"bad arguments for model {name!r}: {e}") from None
+    elif ":" in name:
+        raise InputError(
+            f"unknown model namespace in {name!r}; use one of {', '.join(_PREFIXES)} or a zoo name"
+        )
+    else:
+        entry = get_entry(name)
+        _check_kwargs(name, entry.factory, kwargs)
+        model = entry.factory(**kwargs)
+    set_provenance(model, arch={"name": name, "kwargs": kwargs})
+    return model
