@@ -1,0 +1,202 @@
+"""Benchmark: checkpoint save/load speed and memory on ResNet-152 (~240 MB), against plain PyTorch.
+
+Run:  .venv/bin/python bench/bench_checkpoint.py [--workdir DIR] [--repeat 3]
+
+Measured in this one run, each load variant in a fresh subprocess (so the page cache is warm for
+all of them alike, and every process pays the same imports before its clock starts):
+
+* "file -> model ready for its first forward", first forward (1x3x224x224) included:
+    seeds      torchvision.models.resnet152() + torch.load + load_state_dict   (the seeds' recipe)
+    st         torchvision.models.resnet152() + safetensors.load_file + load_state_dict
+    ts         torchsmith.load_model("r152.safetensors")   (meta-device build, mmap + assign, SHA-256 checked)
+    ts-pt      torchsmith.load_model("r152.pt")            (same, from a torch zip written by torchsmith.save)
+  with the peak RSS above the process's RSS after imports, as a multiple of the weights' size.
+* save: torchsmith.save (atomic, fsync, SHA-256) to .safetensors and .pt vs plain torch.save.
+* whole-process time of ``torchsmith inspect`` on both files and of ``torchsmith --help``.
+
+Goals (from the issue): load >= 4x faster than the seeds' recipe; peak RSS <= 1.1x the weights;
+save >= 0.9x the speed of torch.save; inspect and --help <= 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+CLI = [PY, "-m", "torchsmith.cli.main"]
+
+_CHILD = r"""
+import json, resource, sys, time
+import torch, torchvision, torchsmith, safetensors.torch
+torch.set_num_threads(2)
+def rss_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+variant, path = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+x = torch.randn(1, 3, 224, 224)
+base = rss_kib()
+t0 = time.perf_counter()
+if variant == "seeds":
+    model = torchvision.models.resnet152()
+    model.load_state_dict(torch.load(path))
+elif variant == "st":
+    model = torchvision.models.resnet152()
+    model.load_state_dict(safetensors.torch.load_file(path))
+else:
+    model = torchsmith.load_model(path)
+model.eval()
+ready = time.perf_counter() - t0
+peak_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.no_grad():
+    y = model(x)
+elapsed = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": elapsed, "ready": ready, "peak_above_base_kib": peak - base,
+                  "peak_ready_kib": peak_ready - base, "checksum": float(y.sum())}))
+"""
+
+
+def run_child(variant: str, path: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([PY, "-c", _CHILD, variant, str(path)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{variant} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wall(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", default=None, help="where to write the checkpoints (default: a temp dir)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (the median is kept)")
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_ckpt_"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    import torchsmith
+
+    torch.manual_seed(0)
+    model = torchsmith.create_model("torchvision:resnet152").eval()
+    sd = model.state_dict()
+    weights = sum(t.numel() * t.element_size() for t in sd.values())
+    print(f"ResNet-152: {len(sd)} tensors, {weights / 1e6:.1f} MB of weights; files in {work}")
+
+    import safetensors.torch
+
+    safetensors.torch.save_file(sd, work / "r152_st.safetensors")
+    r = args.repeat
+    _bench_save(torch, torchsmith, model, sd, work, r)
+    del model, sd
+
+    variants = [
+        ("seeds", work / "r152_seeds.pth", "torchvision + torch.load + load_state_dict (seeds)"),
+        ("st", work / "r152_st.safetensors", "torchvision + safetensors.load_file + load_state_dict"),
+        ("ts", work / "r152.safetensors", "torchsmith.load_model(.safetensors)"),
+        ("ts-pt", work / "r152.pt", "torchsmith.load_model(.pt)"),
+    ]
+    all_runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    for _ in range(r):
+        for name, path, _ in variants:
+            all_runs[name].append(run_child(name, path))
+    results = {}
+    for name, _, _ in variants:
+        runs = all_runs[name]
+        results[name] = {
+            "seconds": statistics.median(x["seconds"] for x in runs),
+            "ready": statistics.median(x["ready"] for x in runs),
+            "peak": statistics.median(x["peak_above_base_kib"] for x in runs) * 1024,
+            "peak_ready": statistics.median(x["peak_ready_kib"] for x in runs) * 1024,
+            "checksum": runs[0]["checksum"],
+        }
+    base = results["seeds"]["seconds"]
+    base_ready = results["seeds"]["ready"]
+    print(f"\nfile -> model ready (+ first forward), median of {r} fresh processes")
+    print(f"  {'variant':55s} {'ready':>7s} {'ratio':>6s} {'+fwd':>7s} {'ratio':>6s}  peak RSS above imports")
+    for name, _, label in variants:
+        res = results[name]
+        print(
+            f"  {label:55s} {res['ready']:6.3f}s {base_ready / res['ready']:5.2f}x"
+            f" {res['seconds']:6.3f}s {base / res['seconds']:5.2f}x"
+            f"  ready {res['peak_ready'] / weights:4.2f}x,"
+            f" after forward {res['peak'] / weights:4.2f}x weights"
+        )
+    sums = [v["checksum"] for v in results.values()]
+    same = max(sums) - min(sums) <= 1e-5 * max(abs(s) for s in sums)
+    print(f"  all variants give the same output (rel. 1e-5): {same}")
+    ts = results["ts"]
+    print(
+        f"  goal ts >= 4x vs seeds: {base / ts['seconds']:.2f}x with the forward,"
+        f" {base_ready / ts['ready']:.2f}x to model ready;"
+        f" goal peak <= 1.1x weights: {ts['peak'] / weights:.2f}x after the forward,"
+        f" {ts['peak_ready'] / weights:.2f}x at model ready"
+    )
+
+    print(f"\nwhole-process CLI time (median of {r})")
+    for label, cmd in [
+        ("torchsmith inspect r152.safetensors", [*CLI, "inspect", str(work / "r152.safetensors")]),
+        ("torchsmith inspect r152.pt", [*CLI, "inspect", str(work / "r152.pt")]),
+        (
+            "torchsmith inspect r152_seeds.pth (plain torch.save)",
+            [*CLI, "inspect", str(work / "r152_seeds.pth")],
+        ),
+        ("torchsmith --help", [*CLI, "--help"]),
+        ("python -c 'import torch' (for scale)", [PY, "-c", "import torch"]),
+    ]:
+        t = statistics.median(wall(cmd) for _ in range(r))
+        print(f"  {label:55s} {t:6.3f} s" + ("" if "import torch" in label else "   (goal <= 0.5 s)"))
+
+
+def _bench_save(torch, torchsmith, model, sd, work: Path, r: int) -> None:
+    # Interleaved, so that a burst of load on the machine hits every variant alike.
+    times: dict[str, list[float]] = {"torch": [], "durable": [], "st": [], "pt": []}
+
+    def durable_torch_save() -> (
+        None
+    ):  # what plain torch.save costs once made durable (no atomicity, no hashes)
+        torch.save(sd, work / "r152_durable.pth")
+        with open(work / "r152_durable.pth", "rb+") as f:
+            os.fsync(f.fileno())
+
+    for _ in range(r):
+        times["torch"].append(_timed(lambda: torch.save(sd, work / "r152_seeds.pth")))
+        times["durable"].append(_timed(durable_torch_save))
+        times["st"].append(_timed(lambda: torchsmith.save(model, work / "r152.safetensors")))
+        times["pt"].append(_timed(lambda: torchsmith.save(model, work / "r152.pt")))
+    t_torch, t_st, t_pt = (statistics.median(times[k]) for k in ("torch", "st", "pt"))
+    print(f"\nsave (median of {r}; torchsmith: atomic + fsync + SHA-256 per tensor)")
+    print(f"  torch.save .pth                     {t_torch:7.3f} s")
+    t_durable = statistics.median(times["durable"])
+    print(
+        f"  torch.save .pth + fsync             {t_durable:7.3f} s   speed ratio {t_torch / t_durable:5.2f}x"
+    )
+    for label, t in (("torchsmith.save .safetensors", t_st), ("torchsmith.save .pt", t_pt)):
+        print(f"  {label:35s} {t:7.3f} s   speed ratio {t_torch / t:5.2f}x (goal >= 0.9)")
+
+
+def _timed(fn) -> float:
+    os.sync()  # start with no dirty pages left by the previous save (writeback would blur the timing)
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    main()

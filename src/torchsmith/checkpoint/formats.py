@@ -1,0 +1,162 @@
+"""Which kind of checkpoint a path holds, decided from its bytes (never from its extension).
+
+==================  ============================================================================
+format              what it is
+==================  ============================================================================
+``torch-zip``       ``torch.save`` since PyTorch 1.6 (a zip with ``data.pkl``), any extension
+``torch-legacy``    ``torch.save(..., _use_new_zipfile_serialization=False)`` and PyTorch < 1.6
+``pickle``          a plain pickle (``pickle.dump``); read with the same restricted reader
+``safetensors``     an 8-byte header length, a JSON header, then raw tensor bytes
+``sharded``         an ``*.index.json`` whose ``weight_map`` names shard files (either format)
+``dcp``             a ``torch.distributed.checkpoint`` directory (``.metadata`` + ``*.distcp``)
+==================  ============================================================================
+
+>>> sniff("model.safetensors")          # doctest: +SKIP
+'safetensors'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchsmith.errors import CheckpointError
+
+__all__ = ["FORMATS", "RawCheckpoint", "open_raw", "resolve_dir", "sniff"]
+
+FORMATS = ("torch-zip", "torch-legacy", "pickle", "safetensors", "sharded", "dcp")
+
+# torch's legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c (protocol 2).
+_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+# A directory holding one of these is read as that checkpoint (Hugging Face style folders).
+_DIR_FILES = (
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
+
+_FOREIGN = {
+    b"\x89HDF": "an HDF5 file (Keras?)",
+    b"GGUF": "a GGUF file (llama.cpp)",
+    b"\x93NUMPY": "a NumPy .npy array",
+    b"\x1f\x8b": "a gzip archive",
+    b"ustar": "a tar archive",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+}
+
+
+@dataclass
+class RawCheckpoint:
+    """A checkpoint read without torch: its top-level object with tensors as ``TensorRef``."""
+
+    path: Path
+    format: str
+    obj: Any
+    metadata: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    stand_ins: set[str] = field(default_factory=set)
+    calls: list[str] = field(default_factory=list)
+
+
+def resolve_dir(path: Path) -> tuple[Path, str]:
+    """For a directory: the file or folder to read and its format; CheckpointError if it is none."""
+    if (path / ".metadata").is_file():
+        return path, "dcp"
+    for name in _DIR_FILES:
+        if (path / name).is_file():
+            return path / name, "sharded" if name.endswith(".index.json") else ""
+    indexes = sorted(path.glob("*.index.json"))
+    if len(indexes) == 1:
+        return indexes[0], "sharded"
+    singles = sorted(
+        p for ext in ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.ckpt") for p in path.glob(ext)
+    )
+    if len(singles) == 1:
+        return singles[0], ""
+    found = ", ".join(sorted(p.name for p in path.iterdir())[:6]) or "nothing"
+    raise CheckpointError(
+        f"{path}: directory is not a checkpoint: expected an *.index.json (sharded), a .metadata file "
+        f"(torch.distributed.checkpoint) or a single model file; it holds {found}"
+    )
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """The format of ``path`` (one of :data:`FORMATS`), read from its first bytes."""
+    path = Path(path)
+    if path.is_dir():
+        target, fmt = resolve_dir(path)
+        return fmt or sniff(target)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); expected a checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "torch-zip"
+    if head.startswith(_LEGACY_HEAD):
+        return "torch-legacy"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 10:
+        (n,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 8 + n <= size:
+            return "safetensors"
+        if head[8:9] == b"{":
+            raise CheckpointError(
+                f"{path}: truncated safetensors file: its header says {n} header bytes but the file "
+                f"has {size} bytes in all"
+            )
+    stripped = head.lstrip()
+    if stripped.startswith(b"{"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                index = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: starts like JSON but is not valid JSON: {e}") from None
+        if isinstance(index, dict) and isinstance(index.get("weight_map"), dict):
+            return "sharded"
+        raise CheckpointError(f"{path}: a JSON file without a 'weight_map'; expected a sharded index.json")
+    for magic, what in _FOREIGN.items():
+        if head.startswith(magic) or head[257:262] == magic:
+            raise CheckpointError(f"{path}: this is {what}, not a PyTorch or safetensors checkpoint")
+    raise CheckpointError(
+        f"{path}: not a checkpoint: starts with bytes {head[:8].hex(' ')}; expected a torch zip, a torch "
+        "pickle, safetensors or a sharded index.json"
+    )
+
+
+def open_raw(path: str | os.PathLike) -> RawCheckpoint:
+    """Read ``path`` without torch: headers, pickles (restricted) and tensor locations."""
+    path = Path(path)
+    fmt = sniff(path)
+    if path.is_dir() and fmt != "dcp":
+        path = resolve_dir(path)[0]
+    if fmt == "torch-zip":
+        from torchsmith.checkpoint.torch_files import read_torch_zip
+
+        return read_torch_zip(path)
+    if fmt in ("torch-legacy", "pickle"):
+        from torchsmith.checkpoint.torch_files import read_torch_legacy
+
+        return read_torch_legacy(path, plain=fmt == "pickle")
+    if fmt == "safetensors":
+        from torchsmith.checkpoint.safetensors_io import read_safetensors
+
+        return read_safetensors(path)
+    if fmt == "sharded":
+        from torchsmith.checkpoint.sharded import read_sharded
+
+        return read_sharded(path)
+    from torchsmith.checkpoint.dcp import read_dcp
+
+    return read_dcp(path)

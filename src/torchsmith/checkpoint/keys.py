@@ -1,0 +1,183 @@
+"""Fit checkpoint keys to a model's own keys: wrapper prefixes removed or added, then user renames.
+
+Wrappers rename every parameter: ``nn.DataParallel`` and DDP insert ``module.``, ``torch.compile``
+inserts ``_orig_mod.``, and they stack in any order (``_orig_mod.module.fc.weight``) and at any depth
+(``model._orig_mod.fc.weight`` when a compiled submodule is saved). Rather than stripping one fixed
+prefix (and failing silently on a typo such as the seeds' ``'modeule.'``, trap 4), :func:`fit_keys`
+compares both sides with every wrapper component removed and maps each source key to the target
+key that has the same plain name. Pure Python: no torch import.
+
+>>> m = fit_keys(["module.fc.weight", "module.fc.bias"], ["fc.weight", "fc.bias"])
+>>> m.mapping["module.fc.weight"]
+'fc.weight'
+>>> m.describe()
+"2 of 2 keys fitted; removed wrapper prefix 'module.'"
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["WRAPPER_COMPONENTS", "KeyMapping", "fit_keys", "strip_wrappers", "wrapper_prefix"]
+
+# Dotted-key components that wrappers insert: DataParallel/DDP/FSDP(1) -> "module",
+# torch.compile's OptimizedModule -> "_orig_mod".
+WRAPPER_COMPONENTS = ("module", "_orig_mod")
+
+
+def strip_wrappers(key: str) -> str:
+    """Remove every ``module.`` / ``_orig_mod.`` component from a dotted key, wherever it is.
+
+    The last component (the tensor's own name) is never removed.
+
+    >>> strip_wrappers("_orig_mod.module.layer1.0.conv1.weight")
+    'layer1.0.conv1.weight'
+    >>> strip_wrappers("model._orig_mod.fc.bias")
+    'model.fc.bias'
+    """
+    parts = key.split(".")
+    if len(parts) < 2:
+        return key
+    kept = [p for p in parts[:-1] if p not in WRAPPER_COMPONENTS]
+    kept.append(parts[-1])
+    return ".".join(kept)
+
+
+def wrapper_prefix(key: str) -> str:
+    """The part of ``key`` up to and including its last wrapper component, or ``""`` when it has none.
+
+    >>> wrapper_prefix("_orig_mod.module.fc.weight")
+    '_orig_mod.module.'
+    >>> wrapper_prefix("fc.weight")
+    ''
+    """
+    parts = key.split(".")
+    last = -1
+    for i, p in enumerate(parts[:-1]):
+        if p in WRAPPER_COMPONENTS:
+            last = i
+    return "" if last < 0 else ".".join(parts[: last + 1]) + "."
+
+
+@dataclass
+class KeyMapping:
+    """The result of :func:`fit_keys`.
+
+    ``mapping`` maps each matched source key to the target key it loads into. ``prefixes_removed``
+    are wrapper prefixes found in the source but not in the target (``"module."``), and
+    ``prefixes_added`` the reverse. ``renamed`` maps source keys that a user rename rule changed.
+    """
+
+    mapping: dict[str, str] = field(default_factory=dict)
+    unmatched_source: list[str] = field(default_factory=list)
+    unmatched_target: list[str] = field(default_factory=list)
+    prefixes_removed: list[str] = field(default_factory=list)
+    prefixes_added: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """True when at least one key is loaded under a different name."""
+        return any(s != t for s, t in self.mapping.items())
+
+    def describe(self) -> str:
+        """One line for people, e.g. ``"120 of 122 keys fitted; removed wrapper prefix 'module.'"``."""
+        total = len(self.mapping) + len(self.unmatched_source)
+        parts = [f"{len(self.mapping)} of {total} keys fitted"]
+        if self.prefixes_removed:
+            parts.append("removed wrapper prefix " + ", ".join(repr(p) for p in self.prefixes_removed))
+        if self.prefixes_added:
+            parts.append("added wrapper prefix " + ", ".join(repr(p) for p in self.prefixes_added))
+        if self.renamed:
+            parts.append(f"{len(self.renamed)} renamed by rules")
+        if self.unmatched_source:
+            parts.append(f"{len(self.unmatched_source)} source keys unmatched")
+        if self.unmatched_target:
+            parts.append(f"{len(self.unmatched_target)} target keys missing")
+        return "; ".join(parts)
+
+
+def _compile_renames(renames: Sequence[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
+    from torchsmith.errors import InputError
+
+    compiled = []
+    for i, rule in enumerate(renames):
+        try:
+            pattern, repl = rule
+        except (TypeError, ValueError):
+            raise InputError(f"renames[{i}]: expected a (regex, replacement) pair, got {rule!r}") from None
+        try:
+            compiled.append((re.compile(pattern), repl))
+        except re.error as e:
+            raise InputError(f"renames[{i}]: invalid regular expression {pattern!r}: {e}") from None
+    return compiled
+
+
+def fit_keys(
+    source_keys: Iterable[str],
+    target_keys: Iterable[str],
+    *,
+    renames: Sequence[tuple[str, str]] = (),
+) -> KeyMapping:
+    """Map each source key to the target key it should load into.
+
+    A source key matches a target key when they are equal, or equal once every wrapper component
+    (``module.``, ``_orig_mod.``) is removed from both: wrapper prefixes are removed or added so the
+    source fits the target's own naming, in any order and at any depth. ``renames`` is a sequence of
+    ``(regex, replacement)`` rules (``re.sub``) applied to the source key after wrapper fitting, for
+    genuine renames such as ``(r"^backbone\\.", "")``.
+
+    >>> m = fit_keys(["fc.weight"], ["_orig_mod.module.fc.weight"])
+    >>> m.mapping, m.prefixes_added
+    ({'fc.weight': '_orig_mod.module.fc.weight'}, ['_orig_mod.module.'])
+    >>> fit_keys(["backbone.fc.w"], ["fc.w"], renames=[(r"^backbone\\.", "")]).mapping
+    {'backbone.fc.w': 'fc.w'}
+    """
+    source = list(source_keys)
+    target = list(target_keys)
+    rules = _compile_renames(renames)
+    target_set = set(target)
+    # plain name -> target key; the first target with a given plain name wins.
+    by_plain: dict[str, str] = {}
+    for t in target:
+        by_plain.setdefault(strip_wrappers(t), t)
+
+    result = KeyMapping()
+    taken: set[str] = set()
+    removed: dict[str, None] = {}
+    added: dict[str, None] = {}
+    # Exact matches first so that a source holding both "x" and "module.x" maps each faithfully.
+    pending = []
+    for s in source:
+        if not rules and s in target_set and s not in taken:
+            result.mapping[s] = s
+            taken.add(s)
+        else:
+            pending.append(s)
+    for s in pending:
+        plain = strip_wrappers(s)
+        name = plain
+        for pattern, repl in rules:
+            name = pattern.sub(repl, name)
+        if name != plain:
+            result.renamed[s] = name
+        t = by_plain.get(strip_wrappers(name))
+        if t is None and name in target_set:
+            t = name
+        if t is None or t in taken:
+            result.unmatched_source.append(s)
+            continue
+        result.mapping[s] = t
+        taken.add(t)
+        sp, tp = wrapper_prefix(s), wrapper_prefix(t)
+        if sp != tp:
+            if sp:
+                removed[sp] = None
+            if tp:
+                added[tp] = None
+    result.unmatched_target = [t for t in target if t not in taken]
+    result.prefixes_removed = list(removed)
+    result.prefixes_added = list(added)
+    return result

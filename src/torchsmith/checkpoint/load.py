@@ -1,0 +1,254 @@
+"""Rebuild a model from a checkpoint, with no pickle and without holding the weights twice.
+
+``torchsmith.save`` records how a model was built (``torchsmith.arch`` from ``create_model``,
+``torchsmith.spec`` from ``build_model``, ``torchsmith.surgery`` from surgery operations).
+:func:`load_model` replays that record with every parameter on the ``meta`` device (no memory, no
+random initialisation), then assigns the memory-mapped tensors of the file in place
+(``load_state_dict(assign=True)``): the file's pages *are* the weights. Checksums are verified and
+tied weights stay tied.
+
+>>> import torchsmith
+>>> model = torchsmith.load_model("resnet152.safetensors")       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from torchsmith.checkpoint._refs import FileMaps, TensorRef, materialize
+from torchsmith.checkpoint.formats import RawCheckpoint, open_raw
+from torchsmith.errors import CheckpointError
+
+__all__ = ["checksum_mismatches", "load_model", "params_on_meta"]
+
+
+@contextlib.contextmanager
+def params_on_meta() -> Iterator[None]:
+    """Create every ``nn.Parameter`` on the meta device while the block runs; buffers stay real.
+
+    Parameters cost no memory, and ``torch.nn.init`` functions called on them return at once
+    (on meta tensors they would only run slow decompositions that produce nothing); buffers, often
+    computed in ``__init__`` and not saved (position tables), are built as usual. The patches are
+    process-wide while the block runs, so build one model at a time.
+    """
+    import torch
+    import torch.nn as nn
+    import torch.nn.init as init
+
+    original = nn.Module.register_parameter
+
+    def register(self: nn.Module, name: str, param: Any) -> None:
+        original(self, name, param)
+        if param is not None and param.device.type != "meta":
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    def skip_on_meta(fn: Any) -> Any:
+        def init_fn(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+            return fn(tensor, *args, **kwargs)
+
+        return init_fn
+
+    inits = {n: getattr(init, n) for n in dir(init) if n.endswith("_") and not n.startswith("_")}
+    nn.Module.register_parameter = register
+    for n, fn in inits.items():
+        setattr(init, n, skip_on_meta(fn))
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+        for n, fn in inits.items():
+            setattr(init, n, fn)
+
+
+def checksum_mismatches(refs: dict[str, TensorRef], metadata: dict[str, str], maps: FileMaps) -> list[str]:
+    """Names of tensors whose bytes do not match the SHA-256 recorded in ``metadata`` at save time."""
+    text = metadata.get("torchsmith.sha256")
+    if not text:
+        return []
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        return ["(the checksum table itself is damaged)"]
+
+    def check(name: str) -> str | None:
+        ref = refs[name]
+        want = expected.get(name)
+        if want is None:
+            return None
+        rng = ref.byte_range()
+        if rng is None or ref.storage is None:
+            from torchsmith.checkpoint.saving import tensor_sha256
+
+            got = tensor_sha256(materialize(ref, maps))
+        else:
+            buf = maps.buffer(ref.storage.file)
+            got = hashlib.sha256(memoryview(buf)[rng[0] : rng[1]]).hexdigest()
+        return None if got == want else name
+
+    names = sorted(refs, key=lambda n: -refs[n].nbytes)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return sorted(n for n in pool.map(check, names) if n)
+
+
+def damaged_message(path: Path, bad: list[str]) -> str:
+    shown = ", ".join(repr(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return (
+        f"{path}: damaged: {len(bad)} tensor(s) no longer match the SHA-256 recorded when it was saved: "
+        f"{shown} (bit flips or an incomplete copy; re-copy or re-save the file)"
+    )
+
+
+def _build(raw: RawCheckpoint) -> tuple[Any, list[str]]:
+    """Build the recorded architecture on meta (falling back to a normal build) and replay surgery."""
+    notes: list[str] = []
+    try:
+        arch = json.loads(raw.metadata["torchsmith.arch"]) if "torchsmith.arch" in raw.metadata else None
+        spec = json.loads(raw.metadata["torchsmith.spec"]) if arch is None else None
+        ops = json.loads(raw.metadata.get("torchsmith.surgery") or "[]")
+        if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)):
+            raise ValueError("torchsmith.arch has no model name")
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{raw.path}: damaged provenance metadata: {e}") from None
+
+    def construct() -> Any:
+        if arch is not None:
+            from torchsmith.zoo import create_model
+
+            return create_model(arch["name"], **arch.get("kwargs", {}))
+        from torchsmith.spec import build_model  # lazily: the spec concern
+
+        return build_model(spec)
+
+    def replay(model: Any) -> Any:
+        if ops:
+            from torchsmith.surgery import apply_surgery  # lazily: the surgery concern
+
+            result = apply_surgery(model, ops)  # in place; returns a report
+            model = result if _is_module(result) else model
+        return model
+
+    from torchsmith.errors import InputError
+
+    try:
+        with params_on_meta():
+            return replay(construct()), notes
+    except InputError as e:
+        raise CheckpointError(f"{raw.path}: cannot rebuild the recorded model: {e}") from None
+    except Exception:  # some constructors compute with their weights: build for real instead
+        pass
+    notes.append("the model could not be built on the meta device; built it normally")
+    return replay(construct()), notes
+
+
+def _is_module(obj: Any) -> bool:
+    import torch.nn as nn
+
+    return isinstance(obj, nn.Module)
+
+
+def _tie_groups(model: Any) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _set_param(model: Any, name: str, value: Any) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, leaf, value)
+
+
+def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, map_location: Any = "cpu") -> Any:
+    """Rebuild the model saved in ``path`` and load its weights; no pickle involved.
+
+    Works for checkpoints written by ``torchsmith.save`` from a model made by ``create_model``,
+    ``build_model`` and surgery. A whole-model pickle (``torch.save(model, path)``) is unpickled
+    only with ``trust_pickle=True``; without it, read its weights with ``read_state_dict`` and
+    load them into a model you build.
+
+    Raises :class:`~torchsmith.errors.CheckpointError` when the file records no architecture, its
+    keys do not fit the rebuilt model, or a checksum fails.
+    """
+    from torchsmith.checkpoint.read import select_tensors
+
+    raw = open_raw(path)
+    meta = raw.metadata
+    if "torchsmith.arch" not in meta and "torchsmith.spec" not in meta:
+        return _load_unrecorded(raw, trust_pickle, map_location)
+    refs, _, _, _ = select_tensors(raw)
+    maps = FileMaps(use_mmap=True, populate=True)
+    for ref in refs.values():  # map the files here, before the build runs beside the hashing
+        if ref.storage is not None:
+            maps.buffer(ref.storage.file)
+    # Checksums are hashed in threads (hashlib releases the GIL) while this thread builds the model.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checking = pool.submit(checksum_mismatches, refs, meta, maps)
+        try:
+            model, notes = _build(raw)
+        finally:
+            bad = checking.result()
+    if bad:
+        raise CheckpointError(damaged_message(raw.path, bad))
+    from torchsmith.checkpoint.keys import fit_keys
+
+    target = list(model.state_dict(keep_vars=True).keys())
+    fit = fit_keys(list(refs), target)
+    if fit.unmatched_source or fit.unmatched_target:
+        raise CheckpointError(
+            f"{raw.path}: its tensors do not fit the recorded model ({fit.describe()}); e.g. missing "
+            f"{fit.unmatched_target[:3]}, unexpected {fit.unmatched_source[:3]}"
+        )
+    ties = _tie_groups(model)
+    state = {fit.mapping[k]: materialize(r, maps) for k, r in refs.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    for group in ties:
+        first = model.get_parameter(group[0])
+        for name in group[1:]:
+            _set_param(model, name, first)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise CheckpointError(f"{raw.path}: the checkpoint leaves {left[:3]} uninitialised")
+    if map_location not in (None, "cpu"):
+        model = model.to(map_location)
+    model._torchsmith_load_notes = raw.notes + notes
+    return model
+
+
+def _load_unrecorded(raw: RawCheckpoint, trust_pickle: bool, map_location: Any) -> Any:
+    from torchsmith.checkpoint.pickle_reader import module_state
+
+    whole = module_state(raw.obj) is not None or (
+        isinstance(raw.obj, dict) and any(module_state(v) is not None for v in raw.obj.values())
+    )
+    if whole and trust_pickle:
+        import torch.nn as nn
+
+        from torchsmith._modules import unwrap_model
+        from torchsmith.checkpoint.read import CONTAINER_KEYS, _trusted_load
+
+        obj = _trusted_load(raw.path, map_location)
+        if isinstance(obj, dict):
+            obj = next((obj[k] for k in (*CONTAINER_KEYS, *obj) if isinstance(obj.get(k), nn.Module)), obj)
+        if isinstance(obj, nn.Module):
+            return unwrap_model(obj)
+    if whole:
+        classes = sorted(c for c in raw.stand_ins if "torch." not in c)[:3] or sorted(raw.stand_ins)[:1]
+        raise CheckpointError(
+            f"{raw.path}: a whole pickled model (class {', '.join(classes)}); rebuilding the object means "
+            "running the file's pickle: pass trust_pickle=True if you trust it, or build the model and "
+            "load the rescued weights with torchsmith.read_state_dict"
+        )
+    raise CheckpointError(
+        f"{raw.path}: records no architecture (not saved by torchsmith.save from a create_model/build_model "
+        "model); build the model yourself and load the weights with torchsmith.load_weights(model, path) "
+        "or model.load_state_dict(torchsmith.read_state_dict(path))"
+    )

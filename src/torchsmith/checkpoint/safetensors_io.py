@@ -1,0 +1,187 @@
+"""safetensors files read and written by hand: the header is JSON, the rest is raw bytes.
+
+Layout: 8 bytes little-endian header length ``N``, ``N`` bytes of JSON
+(``{"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, "__metadata__": {...}}``),
+then the tensors' bytes. Reading the header needs no torch, so ``inspect`` is instant; tensors are
+memory-mapped views of the file. Writing streams each tensor's bytes straight from its memory (no
+intermediate copy of the whole state dict, unlike ``safetensors.torch.save``), hashing them as it goes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from torchsmith.checkpoint._refs import DTYPE_TO_ST, ITEMSIZE, ST_TO_DTYPE, StorageRef, TensorRef
+from torchsmith.checkpoint.formats import RawCheckpoint
+from torchsmith.errors import CheckpointError
+
+__all__ = ["read_header", "read_safetensors", "write_safetensors"]
+
+_MAX_HEADER = 100 * 1024 * 1024
+# Threads hashing beside the writer: leave one core to the thread that writes.
+_HASH_THREADS = min(4, max(1, (os.cpu_count() or 2) - 1))
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header of a safetensors file and the offset where tensor data begins."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise CheckpointError(
+                f"{path}: damaged or truncated safetensors file: header length {n} does not fit in "
+                f"{size} bytes"
+            )
+        text = f.read(n)
+    try:
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: damaged safetensors header (not valid JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{path}: damaged safetensors header (a JSON {type(header).__name__}, not an object)"
+        )
+    return header, 8 + n
+
+
+def read_safetensors(path: Path) -> RawCheckpoint:
+    """Describe a safetensors file: ``TensorRef`` per tensor, plus its ``__metadata__``."""
+    header, start = read_header(path)
+    size = path.stat().st_size
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: damaged safetensors header: __metadata__ is not an object")
+    tensors: dict[str, TensorRef] = {}
+    end_max = 0
+    for name, info in header.items():
+        try:
+            dtype = ST_TO_DTYPE[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            found = info.get("dtype") if isinstance(info, dict) else info
+            raise CheckpointError(
+                f"{path}: damaged safetensors header entry for tensor {name!r} (dtype {found!r:.40}); "
+                f"expected dtype in {sorted(ST_TO_DTYPE)}, a shape and data_offsets"
+            ) from None
+        ref = TensorRef(StorageRef(str(path), start + begin, end - begin, dtype, "cpu", name), dtype, shape)
+        if any(d < 0 for d in shape) or begin < 0 or end < begin or ref.nbytes != end - begin:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: shape {list(shape)} of {dtype} needs {ref.nbytes} bytes but its "
+                f"data_offsets [{begin}, {end}] span {end - begin}"
+            )
+        if start + end > size:
+            raise CheckpointError(
+                f"{path}: truncated safetensors file: tensor {name!r} ends at byte {start + end} of {size}"
+            )
+        end_max = max(end_max, end)
+        tensors[name] = ref
+    raw = RawCheckpoint(path, "safetensors", tensors, metadata={str(k): str(v) for k, v in meta.items()})
+    aliases = raw.metadata.get("torchsmith.aliases")
+    if aliases:
+        # Tied tensors are stored once; the aliases point at the stored name.
+        try:
+            for alias, target in json.loads(aliases).items():
+                if target in tensors and alias not in tensors:
+                    tensors[alias] = tensors[target]
+        except (ValueError, AttributeError):
+            raw.notes.append("ignored an unreadable torchsmith.aliases entry in the metadata")
+    return raw
+
+
+def _tensor_bytes(t) -> memoryview:
+    """A zero-copy view of a contiguous CPU tensor's bytes."""
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
+    flat = t.reshape(-1).view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B")
+
+
+def write_safetensors(
+    path: Path,
+    tensors: dict[str, Any],
+    metadata: dict[str, str],
+    *,
+    aliases: dict[str, str] | None = None,
+    hashes: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, str]:
+    """Write ``tensors`` (name -> CPU tensor) to ``path``; return each tensor's SHA-256.
+
+    ``hashes``, when given, are used as is (already computed); otherwise SHA-256 is computed while
+    writing and stored in the header under ``torchsmith.sha256`` (the header is rewritten in place
+    at the end: the hex strings have a fixed length, so its size does not change).
+    """
+    names = sorted(tensors, key=lambda k: (-ITEMSIZE.get(str(tensors[k].dtype)[6:], 1), k))
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in names:
+        t = tensors[name]
+        dt = str(t.dtype).replace("torch.", "")
+        if dt not in DTYPE_TO_ST:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has dtype {t.dtype}, which safetensors cannot store"
+            )
+        nbytes = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": DTYPE_TO_ST[dt],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    placeholder = hashes is None
+    sha = dict(hashes) if hashes is not None else {n: "0" * 64 for n in names}
+    meta = dict(metadata)
+    if aliases:
+        meta["torchsmith.aliases"] = json.dumps(aliases, sort_keys=True)
+
+    def encode() -> bytes:
+        m = dict(meta)
+        m["torchsmith.sha256"] = json.dumps(sha, sort_keys=True)
+        # Entries in the state dict's own order (what inspect shows); the bytes are laid out by size.
+        ordered = {n: header[n] for n in tensors}
+        text = json.dumps({"__metadata__": m, **ordered}, separators=(",", ":")).encode()
+        return text + b" " * (-(len(text) + 8) % 64)  # data starts 64-byte aligned, like torch zips
+
+    head = encode()
+    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
+        # Hashing runs in a thread (hashlib releases the GIL) while this thread writes.
+        futures = {}
+        if placeholder:
+            for name in sorted(names, key=lambda n: -tensors[n].numel()):
+                futures[name] = pool.submit(
+                    lambda n: hashlib.sha256(_tensor_bytes(tensors[n])).hexdigest(), name
+                )
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for name in names:
+            data = _tensor_bytes(tensors[name])
+            f.write(data)
+            if progress is not None:
+                progress(len(data))
+        if placeholder:
+            sha.update({n: fut.result() for n, fut in futures.items()})
+            new = encode()
+            if len(new) != len(head):  # cannot happen: hex digests have a fixed length
+                raise CheckpointError(f"{path}: internal error: header size changed while writing")
+            f.seek(8)
+            f.write(new)
+        f.flush()
+    return sha

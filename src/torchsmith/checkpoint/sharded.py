@@ -1,0 +1,104 @@
+"""Sharded checkpoints: an ``*.index.json`` whose ``weight_map`` names the shard holding each tensor.
+
+The Hugging Face layout: ``model.safetensors.index.json`` next to ``model-00001-of-00003.safetensors``
+and so on (or ``pytorch_model.bin.index.json`` with torch shards). ``torchsmith.save(...,
+max_shard_size="2GB")`` writes it; the index is written last, so a crash never leaves an index that
+names shards which are not there yet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torchsmith.checkpoint.formats import RawCheckpoint, sniff
+from torchsmith.errors import CheckpointError, close_matches
+
+__all__ = ["parse_size", "read_sharded", "shard_names"]
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_size(size: int | str) -> int:
+    """``"2GB"`` -> 2_000_000_000, ``"500MiB"`` -> 524_288_000, ``1000`` -> 1000.
+
+    >>> parse_size("1.5KB")
+    1500
+    """
+    from torchsmith.errors import InputError
+
+    if isinstance(size, int) and size > 0:
+        return size
+    text = str(size).strip().upper().replace(" ", "")
+    num = text.rstrip("KMGTIB")
+    unit = text[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1
+    if unit not in _UNITS or value <= 0:
+        raise InputError(f"max_shard_size: expected a positive size like 2GB, 500MB or 1000000; got {size!r}")
+    return int(value * _UNITS[unit])
+
+
+def shard_names(path: Path, count: int) -> tuple[list[Path], Path]:
+    """Shard and index paths for ``path``: ``m.safetensors`` -> ``m-00001-of-00002.safetensors``."""
+    stem, suffix = path.stem, path.suffix
+    shards = [path.with_name(f"{stem}-{i:05d}-of-{count:05d}{suffix}") for i in range(1, count + 1)]
+    return shards, path.with_name(path.name + ".index.json")
+
+
+def read_sharded(path: Path) -> RawCheckpoint:
+    """Read every shard an index names into one ``RawCheckpoint`` (tensors still unread)."""
+    from torchsmith.checkpoint.formats import open_raw
+    from torchsmith.checkpoint.read import select_tensors
+
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable sharded index: {e}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{path}: sharded index without a 'weight_map' naming tensors and shard files")
+    files = sorted(set(weight_map.values()))
+    present = [p.name for p in path.parent.iterdir()]
+    for name in files:
+        shard = path.parent / str(name)
+        if not shard.is_file():
+            raise CheckpointError(
+                f"{path}: the index names shard {name!r}, which is missing{close_matches(str(name), present)}"
+            )
+    tensors: dict = {}
+    raw = RawCheckpoint(path, "sharded", tensors)
+    meta = index.get("metadata")
+    if isinstance(meta, dict):
+        raw.metadata.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    hashes: dict[str, str] = {}
+    for name in files:
+        shard_path = path.parent / name
+        if sniff(shard_path) in ("sharded", "dcp"):
+            raise CheckpointError(f"{path}: shard {name!r} is itself an index or directory")
+        shard = open_raw(shard_path)
+
+        found, _, _, _ = select_tensors(shard)
+        expected = [k for k, v in weight_map.items() if v == name]
+        lost = [k for k in expected if k not in found]
+        if lost:
+            raise CheckpointError(
+                f"{path}: shard {name!r} lacks {len(lost)} tensors the index puts there, e.g. {lost[0]!r}"
+            )
+        tensors.update({k: found[k] for k in expected})
+        try:
+            hashes.update(json.loads(shard.metadata.pop("torchsmith.sha256", "{}")))
+        except (ValueError, TypeError):
+            raw.notes.append(f"shard {name!r} has unreadable checksums")
+        for k, v in shard.metadata.items():
+            raw.metadata.setdefault(k, v)
+        raw.notes.extend(n for n in shard.notes if n not in raw.notes)
+        raw.files.append(shard_path)
+        raw.stand_ins |= shard.stand_ins
+    if hashes:
+        raw.metadata["torchsmith.sha256"] = json.dumps(hashes, sort_keys=True)
+    raw.metadata["torchsmith.shard_format"] = sniff(raw.files[0])
+    return raw
