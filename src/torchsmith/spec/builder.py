@@ -1,0 +1,446 @@
+"""Build an ``nn.Module`` from a spec: plan, check on the meta device, then build for real.
+
+1. **Plan** (:mod:`torchsmith.spec.schema`): the spec is read, parameters and blocks are expanded,
+   types resolved and arguments checked against their signatures; size limits hold here.
+2. **Meta pass**: every module is built on ``torch.device("meta")`` and run on meta tensors of the
+   sample input shape, in order; omitted ``in_features``/``in_channels``/... are read off the
+   tensors (:mod:`torchsmith.spec.shapes`) and shape mismatches are reported with both shapes.
+   The parameter count is checked against ``max_parameters`` before any memory is allocated.
+3. **Real pass**: the same plan, with the inferred arguments filled in, is built on the current
+   default device. The spec is recorded on the model (``torchsmith._provenance``) so that
+   ``torchsmith.save`` stores it and ``torchsmith.load_model`` rebuilds the model without pickle.
+
+>>> model = build_model('''
+... input_shape: [1, 784]
+... chain:
+...   fc1: {type: Linear, out_features: 256}
+...   relu1: ReLU
+...   fc2: {type: Linear, out_features: 10}
+... ''')
+>>> model.fc1.in_features
+784
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections import OrderedDict
+from typing import Any
+
+from torchsmith._provenance import set_provenance
+from torchsmith.errors import InputError, SpecError, close_matches
+from torchsmith.spec.graph import OPS, SpecDict, SpecGraph, SpecList
+from torchsmith.spec.loader import Spec, _check_plain, envelope, format_path, load_spec
+from torchsmith.spec.resolve import ResolveError, check_arguments
+from torchsmith.spec.schema import (
+    ChainPlan,
+    DictPlan,
+    GraphPlan,
+    LeafPlan,
+    ListPlan,
+    ModuleArg,
+    Planner,
+    Where,
+    parse_input_spec,
+)
+from torchsmith.spec.shapes import INFER, describe, infer_value, meta_input, shape_str
+
+__all__ = ["DEFAULT_MAX_PARAMETERS", "build_model", "build_with_report", "validate_spec"]
+
+DEFAULT_MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: beyond this a spec is more likely a typo
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:400]
+
+
+class _Constructor:
+    """Builds modules from a plan; in meta mode also runs them on meta tensors and infers arguments."""
+
+    def __init__(self, planner: Planner, meta: bool) -> None:
+        self.planner = planner
+        self.meta = meta
+        self.record: dict[str, dict] = {}
+        self.inferred: dict[str, dict] = {}
+
+    def fail(self, where: Where, msg: str) -> SpecError:
+        return self.planner.fail(where, msg)
+
+    def build(self, plan: Any, xs: list | None) -> tuple[Any, Any]:
+        import torch.nn as nn
+
+        if isinstance(plan, LeafPlan):
+            module, out = self._leaf(plan, xs)
+        elif isinstance(plan, GraphPlan):
+            module, out = self._graph(plan, xs)
+        else:
+            children = plan.children
+            if isinstance(plan, ListPlan):
+                children = [(str(i), p) for i, p in enumerate(children)]
+            built: list[tuple[str, Any]] = []
+            out = None
+            for i, (name, child) in enumerate(children):
+                if xs is None:
+                    m, _ = self.build(child, None)
+                else:
+                    m, out = self.build(child, xs if i == 0 else [out])
+                built.append((name, m))
+            if isinstance(plan, ChainPlan):
+                module = nn.Sequential(OrderedDict(built))
+            elif isinstance(plan, ListPlan):
+                module = SpecList([m for _, m in built])
+            else:
+                module = SpecDict(OrderedDict(built))
+        if self.meta:
+            self.record[format_path(plan.where.inst) if plan.where.inst else ""] = {
+                "type": self._label(plan),
+                "output_shape": describe(out) if xs is not None else None,
+            }
+        return module, out
+
+    @staticmethod
+    def _label(plan: Any) -> str:
+        if getattr(plan, "block", ""):
+            return plan.block
+        if isinstance(plan, LeafPlan):
+            return plan.target.name
+        return {ChainPlan: "chain", ListPlan: "list", DictPlan: "dict", GraphPlan: "graph"}[type(plan)]
+
+    def _leaf(self, plan: LeafPlan, xs: list | None) -> tuple[Any, Any]:
+        import torch
+        import torch.nn as nn
+
+        t = plan.target
+        kwargs = {**plan.kwargs, **plan.inferred}
+        if self.meta and t.signature is not None:
+            try:
+                bound = set(t.signature.bind_partial(*plan.args, **kwargs).arguments)
+            except TypeError:
+                bound = set()
+            for name in INFER:
+                if name in t.signature.parameters and name not in bound and xs:
+                    value = infer_value(name, xs[0])
+                    if value is not None:
+                        plan.inferred[name] = kwargs[name] = value
+            if plan.inferred:
+                self.inferred[format_path(plan.where.inst)] = dict(plan.inferred)
+            try:
+                check_arguments(t, plan.args, kwargs, complete=True)
+            except ResolveError as e:
+                missing = [n for n in INFER if n in t.signature.parameters and n not in kwargs]
+                hint = ""
+                if missing:
+                    hint = (
+                        f"; {missing[0]!r} can be left out only when the model has a sample input shape "
+                        "('input_shape' in the spec, or build_model(..., input_shape=...))"
+                        if xs is None
+                        else f"; {missing[0]!r} could not be read off an input of shape {shape_str(xs)}"
+                    )
+                raise self.fail(plan.where, f"{e}{hint}") from None
+        call_args = [self.build(a.plan, None)[0] if isinstance(a, ModuleArg) else a for a in plan.args]
+        call_kwargs = {
+            k: self.build(v.plan, None)[0] if isinstance(v, ModuleArg) else v for k, v in kwargs.items()
+        }
+        device = torch.device("meta") if self.meta else contextlib.nullcontext()
+        try:
+            with device:
+                module = t.factory(*call_args, **call_kwargs)
+        except InputError as e:
+            raise self.fail(plan.where.at("type"), str(e)) from None
+        except Exception as e:
+            raise self.fail(
+                plan.where, f"{t.name} cannot be built with {_call_str(plan.args, kwargs)}: {_first_line(e)}"
+            ) from None
+        if not isinstance(module, nn.Module):
+            raise self.fail(
+                plan.where.at("type"), f"{t.name} returned a {type(module).__name__}; expected an nn.Module"
+            )
+        if self.meta:
+            for pname, p in module.named_parameters():
+                if p.numel() == 0:  # meta kernels accept some of these where CPU/GPU kernels fail
+                    raise self.fail(
+                        plan.where,
+                        f"{t.name} built with {_call_str(plan.args, kwargs)} has an empty {pname!r} of shape "
+                        f"{tuple(p.shape)}; expected every size to be at least 1",
+                    )
+        out = None
+        if self.meta and xs is not None:
+            module.eval()  # batch-1 samples must not trip BatchNorm's training-mode check
+            try:
+                out = module(*xs)
+            except Exception as e:
+                raise self.fail(
+                    plan.where, f"{t.name} cannot take an input of shape {shape_str(xs)}: {_first_line(e)}"
+                ) from None
+        return module, out
+
+    def _select(self, env: dict, ref: tuple, where: Where) -> Any:
+        src, sel = ref
+        value = env[src]
+        if sel is None:
+            return value
+        if isinstance(sel, int) and isinstance(value, (tuple, list)):
+            if -len(value) <= sel < len(value):
+                return value[sel]
+            raise self.fail(where, f"{src!r} gives {len(value)} outputs; index {sel} is out of range")
+        if isinstance(value, dict):
+            keys = [str(k) for k in value]
+            if sel in value:
+                return value[sel]
+            if str(sel) in keys:
+                return value[str(sel)]
+            raise self.fail(
+                where,
+                f"{src!r} gives outputs {', '.join(keys)}; found {sel!r}{close_matches(str(sel), keys)}",
+            )
+        if isinstance(value, (tuple, list)):
+            raise self.fail(
+                where,
+                f"{src!r} gives {len(value)} outputs, selected by index ({src}.0 to {src}.{len(value) - 1}); "
+                f"found {sel!r}",
+            )
+        raise self.fail(
+            where, f"{src!r} gives a {type(value).__name__}; '{src}.{sel}' needs a tuple or dict output"
+        )
+
+    def _graph(self, plan: GraphPlan, xs: list | None) -> tuple[Any, Any]:
+        env: dict[str, Any] | None = None
+        if xs is not None:
+            if len(xs) != len(plan.inputs):
+                raise self.fail(
+                    plan.where,
+                    f"this graph takes {len(plan.inputs)} input(s) ({', '.join(plan.inputs)}) "
+                    f"but receives {len(xs)}",
+                )
+            env = dict(zip(plan.inputs, xs))
+        modules: dict[str, Any] = {}
+        steps = []
+        for st in plan.steps:
+            vals = None if env is None else [self._select(env, r, w) for r, w in zip(st.refs, st.ref_wheres)]
+            out = None
+            if st.plan is not None:
+                modules[st.name], out = self.build(st.plan, vals)
+            elif vals is not None:
+                try:
+                    out = OPS[st.op].fn(vals, **st.op_kwargs)
+                except Exception as e:
+                    raise self.fail(
+                        st.where,
+                        f"op {st.op!r} cannot take inputs of shape {shape_str(vals)}: {_first_line(e)}",
+                    ) from None
+            if st.plan is None and self.meta:
+                self.record[format_path((*plan.where.inst, st.name))] = {
+                    "type": f"op:{st.op}",
+                    "output_shape": describe(out) if vals is not None else None,
+                }
+            if env is not None:
+                env[st.name] = out
+            steps.append((st.name, st.op, st.op_kwargs, st.refs))
+        module = SpecGraph(plan.inputs, steps, plan.outputs, modules)
+        out = None
+        if env is not None:
+            kind, outs = plan.outputs
+            if kind == "single":
+                out = self._select(env, outs, plan.where.at("outputs"))
+            elif kind == "tuple":
+                out = tuple(self._select(env, r, plan.where.at("outputs")) for r in outs)
+            else:
+                out = {k: self._select(env, r, plan.where.at("outputs")) for k, r in outs}
+        return module, out
+
+
+def _call_str(args: list, kwargs: dict) -> str:
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    text = "(" + ", ".join(parts) + ")"
+    return text if len(text) < 200 else text[:197] + "...)"
+
+
+def _input_specs(plan: Any, spec: Spec, input_shape: Any, planner: Planner) -> tuple[list[str], dict | None]:
+    """The top-level inputs' names and sample (shape, dtype), from the call, the spec or the graph."""
+    names = plan.inputs if isinstance(plan, GraphPlan) else ["x"]
+    root = Where((), ())
+
+    def from_value(value: Any, where: Where | None) -> dict:
+        if isinstance(value, dict) and not set(value) <= {"shape", "dtype"}:
+            unknown = [k for k in value if k not in names]
+            if unknown:
+                msg = (
+                    f"input {unknown[0]!r} is not an input of this model{close_matches(unknown[0], names)}; "
+                    f"inputs: {', '.join(names)}"
+                )
+                raise planner.fail(where, msg) if where else SpecError(f"input_shape: {msg}")
+            return {
+                k: parse_input_spec(v, planner if where else None, where.at(k) if where else None)
+                for k, v in value.items()
+            }
+        if len(names) > 1:
+            msg = f"this model has {len(names)} inputs ({', '.join(names)}); give one shape per input name"
+            raise planner.fail(where, msg) if where else SpecError(f"input_shape: {msg}")
+        return {names[0]: parse_input_spec(value, planner if where else None, where)}
+
+    if input_shape is not None:
+        if isinstance(input_shape, tuple):
+            input_shape = list(input_shape)
+        given = from_value(input_shape, None)
+    elif "input_shape" in spec:
+        given = from_value(
+            planner.sub(spec["input_shape"], root.at("input_shape"), planner.globals), root.at("input_shape")
+        )
+    elif isinstance(plan, GraphPlan):
+        given = {k: v for k, v in plan.input_specs.items() if v is not None}
+    else:
+        given = {}
+    if not given:
+        return names, None
+    missing = [n for n in names if given.get(n) is None]
+    if missing:
+        raise planner.fail(
+            root,
+            f"no sample shape for input {missing[0]!r}; give a shape for every input ({', '.join(names)})",
+        )
+    return names, given
+
+
+def _plain_shape(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _plain_shape(v) for k, v in value.items()}
+    return value
+
+
+def _prepare(spec: Any, input_shape: Any, params: dict | None, allow_imports: bool) -> tuple:
+    loaded = load_spec(spec)
+    planner = Planner(loaded.source, allow_imports=allow_imports)
+    try:
+        plan = planner.plan_spec(loaded, params)
+    except RecursionError:
+        raise SpecError(f"{loaded.source.name or 'spec'}: blocks and nodes nest too deeply") from None
+    names, inputs = _input_specs(plan, loaded, input_shape, planner)
+    normalised = copy.deepcopy(dict(loaded))
+    if input_shape is not None:
+        normalised["input_shape"] = _check_plain(_plain_shape(input_shape), loaded.source)
+    if params:
+        normalised["params"] = {**normalised.get("params", {}), **_check_plain(dict(params), loaded.source)}
+    return loaded, planner, plan, names, inputs, normalised
+
+
+def _count(model: Any) -> tuple[int, int]:
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+def build_with_report(
+    spec: Any,
+    *,
+    input_shape: Any = None,
+    params: dict | None = None,
+    allow_imports: bool = False,
+    max_parameters: int | None = DEFAULT_MAX_PARAMETERS,
+    build: bool = True,
+) -> tuple[Any, dict]:
+    """Like :func:`build_model`, also returning the report of :func:`validate_spec` (one meta pass)."""
+    loaded, planner, plan, names, inputs, normalised = _prepare(spec, input_shape, params, allow_imports)
+    meta = _Constructor(planner, meta=True)
+    xs = None if inputs is None else [meta_input(*inputs[n]) for n in names]
+    try:
+        meta_model, out = meta.build(plan, xs)
+    except RecursionError:
+        raise SpecError(f"{loaded.source.name or 'spec'}: blocks and nodes nest too deeply") from None
+    total, trainable = _count(meta_model)
+    if max_parameters is not None and total > max_parameters:
+        raise SpecError(
+            f"{loaded.source.name or 'spec'}: the model would have {total:,} parameters "
+            f"({total * 4 / 2**30:.1f} GiB in float32); the limit is {max_parameters:,} "
+            "(pass max_parameters=None to lift it)"
+        )
+    layers = []
+    children = dict(meta_model.named_children())
+    for path, info in meta.record.items():
+        if path and "." not in path and "<" not in path:
+            sub = children.get(path)
+            layers.append({"name": path, **info, "parameters": _count(sub)[0] if sub is not None else 0})
+    report = {
+        "name": loaded.get("name", ""),
+        "inputs": {n: list(inputs[n][0]) for n in names} if inputs else {n: None for n in names},
+        "outputs": describe(out) if inputs else None,
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "layers": layers,
+        "inferred": meta.inferred,
+        "spec": normalised,
+    }
+    if not build:
+        return None, report
+    model, _ = _Constructor(planner, meta=False).build(plan, None)
+    set_provenance(model, spec=envelope(normalised))
+    return model, report
+
+
+def build_model(
+    spec: dict | str | os.PathLike,
+    *,
+    input_shape: Any = None,
+    params: dict | None = None,
+    allow_imports: bool = False,
+    max_parameters: int | None = DEFAULT_MAX_PARAMETERS,
+) -> Any:
+    """Build the ``nn.Module`` a spec describes (a dict, YAML/JSON text, or a file path).
+
+    ``input_shape`` is a sample input shape (batch first), or a dict ``{input_name: shape}`` for
+    several inputs; it overrides the spec's own. ``params`` overrides the spec's ``params``.
+    ``allow_imports`` lets ``type`` name a dotted import path (this runs that module's code).
+    Every problem is a :class:`~torchsmith.errors.SpecError` naming the spec path and line, found
+    before anything is allocated. The spec is recorded for ``torchsmith.save``/``load_model``.
+
+    >>> m = build_model({"input_shape": [2, 8], "chain": [{"type": "Linear", "out_features": 4}]})
+    >>> m[0].weight.shape
+    torch.Size([4, 8])
+    """
+    model, _ = build_with_report(
+        spec,
+        input_shape=input_shape,
+        params=params,
+        allow_imports=allow_imports,
+        max_parameters=max_parameters,
+    )
+    return model
+
+
+def validate_spec(
+    spec: dict | str | os.PathLike,
+    *,
+    input_shape: Any = None,
+    params: dict | None = None,
+    allow_imports: bool = False,
+    max_parameters: int | None = DEFAULT_MAX_PARAMETERS,
+) -> dict:
+    """Check a spec completely without allocating weights; raise :class:`SpecError` at the first problem.
+
+    Returns a report: ``inputs`` and ``outputs`` shapes (when a sample shape is known),
+    ``parameters``, ``trainable_parameters``, ``layers`` (top-level name, type, output shape,
+    parameters), ``inferred`` (arguments read off shapes, by module path) and the normalised ``spec``.
+
+    >>> validate_spec({"input_shape": [1, 3, 224, 224], "chain": [
+    ...     {"type": "Conv2d", "out_channels": 8, "kernel_size": 3}, {"type": "Flatten"},
+    ...     {"type": "Linear", "out_features": 10}]})["inferred"]
+    {'0': {'in_channels': 3}, '2': {'in_features': 394272}}
+    """
+    _, report = build_with_report(
+        spec,
+        input_shape=input_shape,
+        params=params,
+        allow_imports=allow_imports,
+        max_parameters=max_parameters,
+        build=False,
+    )
+    return report

@@ -1,0 +1,265 @@
+"""The modules a spec builds besides ``nn.Sequential``: graphs, and list/dict containers that run.
+
+:class:`SpecGraph` runs named nodes in a fixed, precomputed order: each node's inputs are graph
+inputs or earlier nodes' outputs (``name``, or ``name.0`` / ``name.key`` for one element of a tuple
+or dict output), merged by ops (``concat``, ``add``, ``multiply``, ...) that are plain functions, not
+modules, so the ``state_dict`` holds exactly the spec's named layers. The plan is made of Python
+constants, so ``torch.compile(fullgraph=True)`` unrolls it and ``torch.export`` traces it.
+
+>>> import torch, torch.nn as nn
+>>> g = SpecGraph(["x", "t"], [("fc", None, {}, (("x", None),)), ("cat", "concat", {"dim": 1},
+...     (("fc", None), ("t", None)))], ("single", ("cat", None)), {"fc": nn.Linear(3, 2)})
+>>> g(torch.ones(4, 3), torch.ones(4, 1)).shape
+torch.Size([4, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["OPS", "Op", "SpecDict", "SpecGraph", "SpecList"]
+
+
+# ------------------------------------------------------------------------------------------------ ops
+def _concat(xs: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    return torch.cat(list(xs), dim)
+
+
+def _add(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+def _multiply(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out * x
+    return out
+
+
+def _subtract(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return xs[0] - xs[1]
+
+
+def _pad_to(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Pad (or crop) the spatial dims of ``xs[0]`` to those of ``xs[1]``, centred (the S10 U-Net's Up)."""
+    x, ref = xs
+    pads: list[int] = []
+    for d in range(x.dim() - 1, 1, -1):  # last dim first, as F.pad wants
+        diff = ref.shape[d] - x.shape[d]
+        pads += [diff // 2, diff - diff // 2]
+    return F.pad(x, pads)
+
+
+def _interpolate(
+    xs: Sequence[torch.Tensor],
+    scale_factor: float | None = None,
+    size: Any = None,
+    mode: str = "nearest",
+    align_corners: bool | None = None,
+) -> torch.Tensor:
+    return F.interpolate(xs[0], size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners)
+
+
+def _unsqueeze(xs: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+    return xs[0].unsqueeze(dim)
+
+
+def _flatten(xs: Sequence[torch.Tensor], start_dim: int = 1, end_dim: int = -1) -> torch.Tensor:
+    return torch.flatten(xs[0], start_dim, end_dim)
+
+
+def _reshape(xs: Sequence[torch.Tensor], shape: list[int]) -> torch.Tensor:
+    return xs[0].reshape(shape)
+
+
+def _identity(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return xs[0]
+
+
+def _relu(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.relu(xs[0])
+
+
+def _sigmoid(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.sigmoid(xs[0])
+
+
+def _softmax(xs: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    return F.softmax(xs[0], dim=dim)
+
+
+def _mean(xs: Sequence[torch.Tensor], dim: Any = None, keepdim: bool = False) -> torch.Tensor:
+    return xs[0].mean() if dim is None else xs[0].mean(dim=dim, keepdim=keepdim)
+
+
+@dataclass(frozen=True)
+class Op:
+    """A merge or reshaping operation usable as a graph node: ``{op: concat, inputs: [a, b]}``."""
+
+    fn: Callable[..., torch.Tensor]
+    min_inputs: int
+    max_inputs: int | None  # None: any number
+    kwargs: dict[str, Any]  # accepted keyword arguments and their defaults
+    required: tuple[str, ...] = ()
+    doc: str = ""
+
+
+OPS: dict[str, Op] = {
+    "concat": Op(_concat, 2, None, {"dim": 1}, doc="torch.cat(inputs, dim)"),
+    "add": Op(_add, 2, None, {}, doc="elementwise sum"),
+    "multiply": Op(_multiply, 2, None, {}, doc="elementwise product"),
+    "subtract": Op(_subtract, 2, 2, {}, doc="inputs[0] - inputs[1]"),
+    "pad_to": Op(_pad_to, 2, 2, {}, doc="pad/crop inputs[0]'s spatial dims to inputs[1]'s, centred"),
+    "interpolate": Op(
+        _interpolate,
+        1,
+        1,
+        {"scale_factor": None, "size": None, "mode": "nearest", "align_corners": None},
+        doc="F.interpolate",
+    ),
+    "unsqueeze": Op(_unsqueeze, 1, 1, {"dim": None}, required=("dim",), doc="x.unsqueeze(dim)"),
+    "flatten": Op(_flatten, 1, 1, {"start_dim": 1, "end_dim": -1}, doc="torch.flatten"),
+    "reshape": Op(_reshape, 1, 1, {"shape": None}, required=("shape",), doc="x.reshape(shape)"),
+    "identity": Op(_identity, 1, 1, {}, doc="the input itself (a named alias)"),
+    "relu": Op(_relu, 1, 1, {}, doc="F.relu"),
+    "sigmoid": Op(_sigmoid, 1, 1, {}, doc="torch.sigmoid"),
+    "softmax": Op(_softmax, 1, 1, {"dim": 1}, doc="F.softmax"),
+    "mean": Op(_mean, 1, 1, {"dim": None, "keepdim": False}, doc="x.mean(dim, keepdim)"),
+}
+
+# a graph step: (node name, op name or None for a module, op kwargs, ((source, selector), ...))
+Step = tuple[str, "str | None", dict, tuple]
+
+
+class SpecGraph(nn.Module):
+    """A model made of named nodes wired by name; several inputs and outputs.
+
+    ``steps`` run in order; ``outputs`` is ``("single", ref)``, ``("tuple", (ref, ...))`` or
+    ``("dict", ((key, ref), ...))`` where a ref is ``(source, selector)`` or a plain source name.
+    ``modules`` maps node names to their modules (registered as children under those names).
+    """
+
+    def __init__(
+        self,
+        input_names: Sequence[str],
+        steps: Sequence[Step],
+        outputs: tuple,
+        modules: dict[str, nn.Module],
+    ) -> None:
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+        self.input_names = tuple(input_names)
+        self._steps = tuple(
+            (n, op, dict(kw), tuple(refs), self._frees(steps, outputs, i))
+            for i, (n, op, kw, refs) in enumerate(steps)
+        )
+        kind, outs = outputs
+        self._out_kind = kind
+        self._outs = outs
+
+    @staticmethod
+    def _frees(steps: Sequence[Step], outputs: tuple, i: int) -> tuple[str, ...]:
+        """Names whose last use is step ``i`` (dropped then, so eager mode frees activations early)."""
+        kind, outs = outputs
+        if kind == "single":
+            keep = {_src(outs)}
+        elif kind == "tuple":
+            keep = {_src(r) for r in outs}
+        else:
+            keep = {_src(r) for _, r in outs}
+        last: dict[str, int] = {}
+        for j, (_, _, _, refs) in enumerate(steps):
+            for ref in refs:
+                last[_src(ref)] = j
+        return tuple(sorted(n for n, j in last.items() if j == i and n not in keep))
+
+    def extra_repr(self) -> str:
+        kind, outs = self._out_kind, self._outs
+        if kind == "single":
+            shown = _ref_str(outs)
+        elif kind == "tuple":
+            shown = "(" + ", ".join(_ref_str(r) for r in outs) + ")"
+        else:
+            shown = "{" + ", ".join(f"{k}: {_ref_str(r)}" for k, r in outs) + "}"
+        ops = [f"{n}={op}({', '.join(_ref_str(r) for r in refs)})" for n, op, _, refs, _ in self._steps if op]
+        return f"inputs=({', '.join(self.input_names)}), outputs={shown}" + (
+            ", ops: " + "; ".join(ops) if ops else ""
+        )
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        names = self.input_names
+        if len(args) + len(kwargs) != len(names):
+            raise TypeError(
+                f"this model takes {len(names)} input(s) ({', '.join(names)}); got {len(args) + len(kwargs)}"
+            )
+        env: dict[str, Any] = dict(zip(names, args))
+        for key, value in kwargs.items():
+            if key not in names or key in env:
+                raise TypeError(f"unexpected or repeated input {key!r}; inputs are: {', '.join(names)}")
+            env[key] = value
+        for name, op, kw, refs, frees in self._steps:
+            xs = [env[src] if sel is None else _pick(env[src], sel) for src, sel in refs]
+            if op is None:
+                env[name] = getattr(self, name)(*xs)
+            else:
+                env[name] = OPS[op].fn(xs, **kw)
+            for dead in frees:
+                del env[dead]
+        if self._out_kind == "single":
+            return _get(env, self._outs)
+        if self._out_kind == "tuple":
+            return tuple(_get(env, r) for r in self._outs)
+        return {k: _get(env, r) for k, r in self._outs}
+
+
+def _src(ref: Any) -> str:
+    return ref[0]
+
+
+def _get(env: dict[str, Any], ref: tuple) -> Any:
+    src, sel = ref
+    return env[src] if sel is None else _pick(env[src], sel)
+
+
+def _pick(value: Any, sel: Any) -> Any:
+    """``value[sel]``: an index into a tuple/list, a key of a dict (``fpn.0`` finds the key ``"0"``)."""
+    if isinstance(value, (tuple, list)):
+        return value[int(sel)]
+    if sel in value:
+        return value[sel]
+    return value[str(sel)]
+
+
+def _ref_str(ref: tuple) -> str:
+    src, sel = ref
+    return src if sel is None else f"{src}.{sel}"
+
+
+class SpecList(nn.ModuleList):
+    """An ``nn.ModuleList`` that also runs: each module feeds the next (the seeds' ModuleList loop)."""
+
+    def forward(self, *xs: Any) -> Any:
+        out: Any = None
+        for i, module in enumerate(self):
+            out = module(*xs) if i == 0 else module(out)
+        return out
+
+
+class SpecDict(nn.ModuleDict):
+    """An ``nn.ModuleDict`` that also runs: its modules in insertion order (the seeds' ModuleDict loop)."""
+
+    def forward(self, *xs: Any) -> Any:
+        out: Any = None
+        for i, module in enumerate(self.values()):
+            out = module(*xs) if i == 0 else module(out)
+        return out

@@ -1,0 +1,391 @@
+"""Read a spec from YAML or JSON (a file or text) or a dict, safely, remembering each value's line.
+
+Why not ``yaml.safe_load``: it gives no line numbers, expands anchor/alias "billion laughs" bombs
+into exponential structures when they are walked, and silently keeps the last of two duplicate keys.
+Here the YAML is composed into its node graph (no object is constructed from tags, so no code can
+run), then converted by a walker that counts every value it produces, bounds the nesting depth,
+rejects recursive aliases and duplicate keys, and records the line of every spec path.
+
+>>> spec = load_spec("chain: [{type: Linear, in_features: 4, out_features: 2}, ReLU]")
+>>> spec["chain"][1]
+'ReLU'
+>>> spec.source.line(("chain", 1))
+1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchsmith.errors import SpecError
+
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_VALUES", "Source", "Spec", "envelope", "format_path", "load_spec"]
+
+MAX_BYTES = 2_000_000  # a spec file larger than this is not a model description
+MAX_DEPTH = 64  # nesting of mappings/lists
+MAX_VALUES = 200_000  # values after alias expansion
+
+PathT = tuple  # of str (mapping keys) and int (list indices)
+
+
+def format_path(path: PathT) -> str:
+    """``("graph", "nodes", "up2", "inputs", 1)`` -> ``graph.nodes.up2.inputs[1]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+@dataclass
+class Source:
+    """Where a spec came from: a file name (or ``<spec>`` for text) and the line of each path."""
+
+    name: str | None = None
+    lines: dict[PathT, int] = field(default_factory=dict)
+
+    def line(self, path: PathT) -> int | None:
+        """The line of ``path``, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+    def where(self, path: PathT) -> str:
+        """``spec.yaml:41: graph.nodes.up2.inputs[1]`` (file and line only when known)."""
+        line = self.line(path)
+        prefix = ""
+        if self.name and line is not None:
+            prefix = f"{self.name}:{line}: "
+        elif self.name:
+            prefix = f"{self.name}: "
+        return prefix + format_path(path)
+
+
+class Spec(dict):
+    """A spec as a plain dict, with ``.source`` (a :class:`Source`) telling the file and lines."""
+
+    source: Source
+
+    def __init__(self, *args: Any, source: Source | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = source or Source()
+
+
+def _fail(source: Source, path: PathT, msg: str) -> SpecError:
+    err = SpecError(f"{source.where(path)}: {msg}")
+    err.path = format_path(path)  # type: ignore[attr-defined]
+    err.line = source.line(path)  # type: ignore[attr-defined]
+    return err
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+def _yaml_loader_class() -> type:
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        """SafeLoader that also reads ``1e-5`` as a float (YAML 1.2 does; PyYAML's 1.1 reads a string)."""
+
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return _Loader
+
+
+_LOADER: type | None = None
+
+
+class _Counter:
+    def __init__(self, source: Source) -> None:
+        self.n = 0
+        self.source = source
+
+    def tick(self, path: PathT) -> None:
+        self.n += 1
+        if self.n > MAX_VALUES:
+            raise _fail(
+                self.source,
+                path,
+                f"the spec expands to more than {MAX_VALUES} values (YAML aliases multiply what they "
+                "copy); expected a model description, not a bomb",
+            )
+
+
+def _scalar_ok(value: Any, source: Source, path: PathT) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise _fail(
+        source,
+        path,
+        f"found a {type(value).__name__} ({value!r:.60}); expected a string, number, boolean or null "
+        "(quote dates and binary-looking values)",
+    )
+
+
+def _key(value: Any, source: Source, path: PathT) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        raise _fail(
+            source,
+            path,
+            f"found the key {value!r}; expected a string (YAML 1.1 reads yes/no/on/off/null as "
+            "booleans or null: quote the key)",
+        )
+    if isinstance(value, int):
+        return str(value)
+    raise _fail(source, path, f"found a {type(value).__name__} key; expected a string")
+
+
+def _flow_depth(text: str) -> int:
+    """Deepest nesting of [ and { outside quotes: a cheap check before the recursive YAML composer."""
+    depth = deepest = 0
+    quote = ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _from_yaml(text: str, source: Source) -> Any:
+    import yaml
+
+    if _flow_depth(text) > MAX_DEPTH:
+        raise _fail(source, (), f"the spec nests too deeply; expected at most {MAX_DEPTH} levels")
+
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = _yaml_loader_class()
+    loader = _LOADER(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise _fail(
+                source, (), f"the YAML nests too deeply; expected at most {MAX_DEPTH} levels"
+            ) from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+            where = f"{source.name or '<spec>'}:{mark.line + 1}" if mark else (source.name or "<spec>")
+            problem = getattr(e, "problem", None) or str(e)
+            raise SpecError(f"{where}: not valid YAML: {problem}") from None
+        if node is None:
+            return None
+        counter = _Counter(source)
+        active: set[int] = set()
+
+        def convert(node: Any, path: PathT, depth: int) -> Any:
+            counter.tick(path)
+            source.lines.setdefault(path, node.start_mark.line + 1)
+            if depth > MAX_DEPTH:
+                raise _fail(source, path, f"the spec nests too deeply; expected at most {MAX_DEPTH} levels")
+            if id(node) in active:
+                raise _fail(source, path, "a YAML alias refers to itself (a recursive structure)")
+            if isinstance(node, yaml.ScalarNode):
+                try:
+                    value = loader.construct_object(node, deep=True)
+                except yaml.YAMLError as e:
+                    raise _fail(source, path, f"cannot read this value: {getattr(e, 'problem', e)}") from None
+                return _scalar_ok(value, source, path)
+            if node.tag not in ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"):
+                raise _fail(
+                    source, path, f"found the YAML tag {node.tag!r}; a spec takes plain mappings and lists"
+                )
+            active.add(id(node))
+            try:
+                if isinstance(node, yaml.SequenceNode):
+                    return [convert(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+                if isinstance(node, yaml.MappingNode):
+                    try:
+                        loader.flatten_mapping(node)  # resolves '<<' merge keys
+                    except yaml.YAMLError as e:
+                        raise _fail(source, path, f"bad merge key: {getattr(e, 'problem', e)}") from None
+                    out: dict[str, Any] = {}
+                    for knode, vnode in node.value:
+                        if not isinstance(knode, yaml.ScalarNode):
+                            raise _fail(
+                                source, path, "found a list or mapping used as a key; expected a string"
+                            )
+                        try:
+                            raw_key = loader.construct_object(knode)
+                        except yaml.YAMLError as e:
+                            raise _fail(
+                                source, path, f"cannot read a key: {getattr(e, 'problem', e)}"
+                            ) from None
+                        key = _key(raw_key, source, path)
+                        if key in out:
+                            source.lines[(*path, key)] = knode.start_mark.line + 1
+                            raise _fail(source, (*path, key), f"duplicate key {key!r}")
+                        out[key] = convert(vnode, (*path, key), depth + 1)
+                    return out
+            finally:
+                active.discard(id(node))
+            raise _fail(source, path, f"unsupported YAML node {type(node).__name__}")  # pragma: no cover
+
+        return convert(node, (), 0)
+    finally:
+        loader.dispose()
+
+
+# ---------------------------------------------------------------------------------------------- dicts
+def _check_plain(obj: Any, source: Source) -> Any:
+    """Copy a Python/JSON value, checking types, depth, size and self-references."""
+    counter = _Counter(source)
+    active: set[int] = set()
+
+    def walk(value: Any, path: PathT, depth: int) -> Any:
+        counter.tick(path)
+        if depth > MAX_DEPTH:
+            raise _fail(source, path, f"the spec nests too deeply; expected at most {MAX_DEPTH} levels")
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in active:
+                raise _fail(source, path, "the spec contains itself (a self-reference)")
+            active.add(id(value))
+            try:
+                if isinstance(value, dict):
+                    return {
+                        _key(k, source, path): walk(v, (*path, str(k)), depth + 1) for k, v in value.items()
+                    }
+                return [walk(v, (*path, i), depth + 1) for i, v in enumerate(value)]
+            finally:
+                active.discard(id(value))
+        return _scalar_ok(value, source, path)
+
+    return walk(obj, (), 0)
+
+
+ENVELOPE_KEYS = ("format", "version", "json")
+
+
+def envelope(spec: dict) -> dict:
+    """Wrap a spec for provenance: its JSON text keeps the key order, which a spec depends on.
+
+    Chain children, graph nodes, inputs and parameters are ordered mappings; a checkpoint writer
+    that sorts JSON keys would silently reorder a plain dict, but not the text inside this one.
+    """
+    return {"format": "torchsmith.spec", "version": 1, "json": json.dumps(spec, separators=(",", ":"))}
+
+
+def _from_envelope(data: dict) -> Spec:
+    if (
+        data.get("format") != "torchsmith.spec"
+        or data.get("version") != 1
+        or not isinstance(data.get("json"), str)
+    ):
+        raise SpecError(
+            f"found a spec envelope with format {data.get('format')!r} version {data.get('version')!r}; "
+            "expected format 'torchsmith.spec' version 1 with its JSON text"
+        )
+    text = data["json"]
+    if len(text) > MAX_BYTES:
+        raise SpecError(f"<recorded spec>: longer than {MAX_BYTES} bytes")
+    try:
+        raw = json.loads(text)
+    except RecursionError:
+        raise SpecError(f"<recorded spec>: nests too deeply; expected at most {MAX_DEPTH} levels") from None
+    except ValueError as e:
+        raise SpecError(f"<recorded spec>: not valid JSON: {e}") from None
+    source = Source("<recorded spec>")
+    data = _check_plain(raw, source)
+    if not isinstance(data, dict):
+        raise SpecError("<recorded spec>: expected a mapping")
+    return Spec(data, source=source)
+
+
+def _looks_like_path(text: str) -> bool:
+    if "\n" in text or text.lstrip().startswith(("{", "[")):
+        return False
+    if os.path.exists(text):
+        return True
+    stripped = text.strip()
+    if re.search(r"\.(ya?ml|json)$", stripped, re.I):
+        return True
+    # one word with no YAML mapping in it ('model', 'specs/unet') is a file name, not a spec
+    return bool(stripped) and ": " not in stripped and not stripped.endswith(":") and " " not in stripped
+
+
+def load_spec(path_or_text: str | os.PathLike | dict) -> Spec:
+    """Load a spec from a YAML/JSON file, YAML/JSON text, or a dict; returns a :class:`Spec` (a dict).
+
+    Text and files are read with a safe YAML reader (JSON is read the same way, or with ``json`` when
+    it is not also valid YAML). Limits: at most 2 MB of text, 64 levels of nesting and 200,000
+    values after alias expansion; a duplicate key, a recursive alias or a non-JSON value (a date, a
+    custom tag) is a :class:`~torchsmith.errors.SpecError` naming the line.
+
+    >>> load_spec({"type": "Linear", "in_features": 4, "out_features": 2})["type"]
+    'Linear'
+    """
+    if isinstance(path_or_text, Spec):
+        return path_or_text
+    if isinstance(path_or_text, dict) and set(path_or_text) == set(ENVELOPE_KEYS):
+        return _from_envelope(path_or_text)
+    if isinstance(path_or_text, dict):
+        source = Source(None)
+        return Spec(_check_plain(path_or_text, source), source=source)
+    if isinstance(path_or_text, os.PathLike) or (
+        isinstance(path_or_text, str) and _looks_like_path(path_or_text)
+    ):
+        path = Path(path_or_text)
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise SpecError(f"{path}: cannot read the spec file: {e.strerror or e}") from None
+        if size > MAX_BYTES:
+            raise SpecError(f"{path}: the spec file has {size} bytes; expected at most {MAX_BYTES}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(f"{path}: cannot read the spec file as UTF-8 text: {e}") from None
+        name = str(path)
+    elif isinstance(path_or_text, str):
+        text, name = path_or_text, "<spec>"
+        if len(text.encode("utf-8", "replace")) > MAX_BYTES:
+            raise SpecError(f"<spec>: the spec text is longer than {MAX_BYTES} bytes")
+    else:
+        raise SpecError(
+            f"a spec must be a dict, YAML/JSON text or a file path; got {type(path_or_text).__name__}"
+        )
+    source = Source(name)
+    try:
+        data = _from_yaml(text, source)
+    except SpecError as yaml_error:
+        if not (name.endswith(".json") or text.lstrip().startswith(("{", "["))):
+            raise
+        try:  # valid JSON that is not valid YAML 1.1 (tabs, some escapes)
+            raw = json.loads(text)
+        except RecursionError:
+            raise SpecError(
+                f"{name}: the JSON nests too deeply; expected at most {MAX_DEPTH} levels"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{name}:{e.lineno}: not valid JSON: {e.msg}") from None
+        except ValueError:
+            raise yaml_error from None
+        source = Source(name)
+        data = _check_plain(raw, source)
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{name}: the spec must be a mapping (keys such as 'chain', 'graph', 'type', 'blocks'); "
+            f"found {type(data).__name__ if data is not None else 'an empty document'}"
+        )
+    return Spec(data, source=source)
