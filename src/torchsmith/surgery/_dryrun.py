@@ -1,0 +1,299 @@
+"""One sample forward pass that records what the model did, run on the meta device when possible.
+
+Surgery needs facts only a forward pass reveals: which module first consumes the input, the width of
+the features entering the classifier, the shapes (channels, stride) at chosen layers, which
+parameters are ever used, which function produced the output. On the meta device the pass costs no
+compute and no memory, and the model's real tensors are never touched (``torch.func.functional_call``
+swaps in meta copies). Models that cannot run on meta (code that creates CPU tensors in ``forward``)
+fall back to a real pass under ``no_grad`` with buffers restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from torchsmith.errors import SurgeryError
+
+__all__ = ["DryRun", "default_sample", "dry_run", "guess_input_shape", "is_dry_run"]
+
+_ACTIVE = [0]
+
+
+def is_dry_run() -> bool:
+    """True inside :func:`dry_run` (hooks added by surgery use it to fill in missing extra inputs)."""
+    return _ACTIVE[0] > 0
+
+
+@dataclass
+class DryRun:
+    """What one sample forward pass did."""
+
+    output: Any
+    device: str
+    order: list[str] = field(default_factory=list)  # module paths, in order of their first call
+    inputs: dict[str, tuple] = field(default_factory=dict)  # path -> positional args of the first call
+    outputs: dict[str, Any] = field(default_factory=dict)  # path -> output of the first call
+    calls: dict[str, int] = field(default_factory=dict)  # path -> number of calls
+    used_params: set[str] = field(default_factory=set)
+    input_consumers: list[str] = field(default_factory=list)
+    output_func: str | None = None
+    input_shape: tuple[int, ...] | None = None
+
+
+def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """A sample input shape for ``model``: from the zoo entry, timm's config, or the first layer."""
+    from torchsmith._provenance import get_provenance
+
+    fixed = getattr(model, "_torchsmith_input_shape", None)  # set by set_in_channels
+    if fixed:
+        return tuple(fixed)
+    arch = get_provenance(model).get("arch") or {}
+    name = arch.get("name")
+    if name and ":" not in name:
+        try:
+            from torchsmith.zoo import get_entry
+
+            return tuple(get_entry(name).input_shape)
+        except Exception:
+            pass
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        in_chans = getattr(model, "in_chans", None)
+        size = tuple(cfg["input_size"])
+        if in_chans:
+            size = (in_chans, *size[1:])
+        return (1, *size)
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            spatial = {1: (224,), 2: (224, 224), 3: (16, 112, 112)}[len(m.kernel_size)]
+            return (1, m.in_channels, *spatial)
+        if isinstance(m, nn.Linear):
+            return (1, m.in_features)
+    raise SurgeryError(
+        f"cannot guess a sample input for {type(model).__name__} (no convolution or linear layer "
+        "found); pass input_shape=(batch, ...) or example_inputs"
+    )
+
+
+def default_sample(model: nn.Module, min_batch: int = 1) -> tuple[tuple[int, ...] | None, tuple | None]:
+    """``(input_shape, None)`` or, for spec graphs with several inputs, ``(None, zero tensors)``."""
+    shapes = _spec_input_shapes(model) or [guess_input_shape(model)]
+    shapes = [(max(min_batch, s[0]), *s[1:]) for s in shapes]
+    if len(shapes) > 1:
+        return None, tuple(torch.zeros(s) for s in shapes)
+    return shapes[0], None
+
+
+def _spec_input_shapes(model: nn.Module) -> list[tuple[int, ...]] | None:
+    """Input shapes declared by the spec a model was built from (``graph.inputs`` or ``input_shape``)."""
+    import json
+
+    from torchsmith._provenance import get_provenance
+
+    spec = get_provenance(model).get("spec")
+    if isinstance(spec, dict) and isinstance(spec.get("json"), str):
+        try:
+            spec = json.loads(spec["json"])
+        except ValueError:
+            return None
+    if not isinstance(spec, dict):
+        return None
+    inputs = (spec.get("graph") or {}).get("inputs") if isinstance(spec.get("graph"), dict) else None
+    names = getattr(model, "input_names", None) or (list(inputs) if isinstance(inputs, dict) else None)
+    if isinstance(inputs, dict) and names and all(n in inputs for n in names):
+        shapes = [inputs[n] for n in names]
+    elif spec.get("input_shape") is not None:
+        shapes = [spec["input_shape"]]
+    else:
+        return None
+    if all(isinstance(s, list) and s and all(isinstance(d, int) and d > 0 for d in s) for s in shapes):
+        return [tuple(s) for s in shapes]
+    return None
+
+
+class _Recorder(TorchFunctionMode):
+    """Tracks, for every torch op: parameters used, tensors derived from the input, who made what."""
+
+    def __init__(self, param_ids: dict[int, str], input_tensors: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.param_ids = param_ids
+        self.used: set[str] = set()
+        self.tainted: dict[int, torch.Tensor] = {id(t): t for t in input_tensors}
+        self.maker: dict[int, tuple[str, torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        if not flat_in:
+            return out
+        for a in flat_in:
+            name = self.param_ids.get(id(a))
+            if name is not None:
+                self.used.add(name)
+        flat_out = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        if any(id(a) in self.tainted for a in flat_in):
+            for o in flat_out:
+                self.tainted[id(o)] = o
+        fname = getattr(func, "__name__", str(func))
+        for o in flat_out:
+            self.maker[id(o)] = (fname, o)
+        return out
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _make_inputs(shape_or_inputs: Any, device: str, dtype: torch.dtype = torch.float32) -> tuple:
+    if isinstance(shape_or_inputs, tuple) and all(isinstance(d, int) for d in shape_or_inputs):
+        return (torch.zeros(shape_or_inputs, device=device, dtype=dtype),)
+    if isinstance(shape_or_inputs, torch.Tensor):
+        shape_or_inputs = (shape_or_inputs,)
+    return tuple(
+        torch.zeros_like(t, device=device) if isinstance(t, torch.Tensor) and device == "meta" else t
+        for t in shape_or_inputs
+    )
+
+
+def dry_run(
+    model: nn.Module,
+    input_shape: tuple[int, ...] | None = None,
+    example_inputs: Any = None,
+    *,
+    train: bool | None = None,
+    record: bool = True,
+) -> DryRun:
+    """Run one forward pass of ``model`` and record what happened (see :class:`DryRun`).
+
+    ``input_shape`` or ``example_inputs`` give the sample input (guessed when both are ``None``).
+    ``train`` sets the mode for the pass (the model's own mode is restored afterwards).
+    """
+    if example_inputs is None and input_shape is None:
+        input_shape, example_inputs = default_sample(model)
+    elif example_inputs is None:
+        input_shape = tuple(input_shape)
+    errors = []
+    for device in ("meta", "real"):
+        try:
+            return _run(model, input_shape, example_inputs, device, train, record)
+        except SurgeryError:
+            raise
+        except Exception as e:
+            errors.append(f"{device}: {type(e).__name__}: {e}")
+    what = f"input shape {input_shape}" if example_inputs is None else "the example inputs"
+    raise SurgeryError(
+        f"a sample forward pass of {type(model).__name__} with {what} failed ({'; '.join(errors)}); "
+        "pass the right input_shape or example_inputs"
+    )
+
+
+def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
+    named_params = list(model.named_parameters(remove_duplicate=False))
+    named_buffers = list(model.named_buffers(remove_duplicate=False))
+    if device == "meta":
+        swap = {k: torch.empty_like(v, device="meta") for k, v in named_params + named_buffers}
+        # Tied weights must stay tied: same source tensor -> same meta tensor.
+        by_src: dict[int, torch.Tensor] = {}
+        for k, v in named_params + named_buffers:
+            swap[k] = by_src.setdefault(id(v), swap[k])
+        param_ids = {id(swap[k]): k for k, _ in named_params}
+        inputs = _make_inputs(
+            input_shape if example_inputs is None else example_inputs, "meta", _float_dtype(model)
+        )
+    else:
+        swap = None
+        param_ids = {id(v): k for k, v in named_params}
+        real_dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if example_inputs is None:
+            inputs = (torch.zeros(input_shape, device=real_dev, dtype=_float_dtype(model)),)
+        else:
+            inputs = _make_inputs(example_inputs, "real")
+
+    result = DryRun(output=None, device=device, input_shape=input_shape)
+    recorder = _Recorder(param_ids, _tensors(inputs)) if record else None
+    handles = []
+    mods = list(model.named_modules(remove_duplicate=False))
+    seen_ids: dict[int, str] = {}
+
+    def pre_hook(path):
+        def hook(mod, args):
+            result.calls[path] = result.calls.get(path, 0) + 1
+            if path not in result.inputs:
+                result.order.append(path)
+                result.inputs[path] = args
+
+        return hook
+
+    def post_hook(path, has_own_params):
+        def hook(mod, args, out):
+            if path not in result.outputs:
+                result.outputs[path] = out
+            tainted = recorder is not None and any(id(t) in recorder.tainted for t in _tensors(args))
+            if tainted and has_own_params:
+                if path not in result.input_consumers:
+                    result.input_consumers.append(path)
+                for t in _tensors(out):
+                    recorder.tainted.pop(id(t), None)
+
+        return hook
+
+    for path, m in mods:
+        if id(m) in seen_ids:  # a module registered twice: hook it once, under its first path
+            continue
+        seen_ids[id(m)] = path
+        own = any(True for _ in m.parameters(recurse=False))
+        handles.append(m.register_forward_pre_hook(pre_hook(path)))
+        handles.append(m.register_forward_hook(post_hook(path, own)))
+
+    modes = {id(m): m.training for _, m in mods}
+    saved = None
+    if device == "real":
+        saved = {k: v.detach().clone() for k, v in named_buffers}
+    _ACTIVE[0] += 1
+    try:
+        if train is not None:
+            model.train(train)
+        with torch.no_grad(), recorder if recorder is not None else contextlib.nullcontext():
+            if swap is not None:
+                from torch.func import functional_call
+
+                out = functional_call(model, swap, inputs, strict=False, tie_weights=False)
+            else:
+                out = model(*inputs)
+    finally:
+        _ACTIVE[0] -= 1
+        for h in handles:
+            h.remove()
+        for _, m in mods:
+            m.training = modes[id(m)]
+        if saved is not None:
+            bufs = dict(named_buffers)
+            with torch.no_grad():
+                for k, v in saved.items():
+                    bufs[k].copy_(v)
+    result.output = out
+    if recorder is not None:
+        result.used_params = recorder.used
+        outs = _tensors(out)
+        if outs:
+            made = recorder.maker.get(id(outs[0]))
+            result.output_func = made[0] if made else None
+    return result
+
+
+def shape_of(x: Any) -> tuple[int, ...] | None:
+    """The shape of a tensor, or of the first tensor inside a tuple/list/dict output."""
+    ts = _tensors(x)
+    return tuple(ts[0].shape) if ts else None

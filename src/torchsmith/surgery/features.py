@@ -1,0 +1,230 @@
+"""Return activations of any layers, at any depth, with or instead of the model's output (S8, S13).
+
+``return_features`` changes the model in place and keeps its class, weights and state_dict keys: a
+forward hook on each chosen layer records its output, and a small wrapper set as the instance's
+``forward`` returns ``(output, {name: activation})``, or only the dict. When the final output is not
+asked for, the pass stops right after the last chosen layer has run, so the rest of the network is
+not computed. This works on models FX cannot trace (dynamic control flow), because nothing is traced.
+
+``feature_info`` gives each layer's channels and stride from a meta-device pass, so a neck such as
+an FPN can be wired onto any backbone without hand-computed ``in_channels_list``.
+
+>>> import torch, torchvision
+>>> from torchsmith.surgery import return_features, feature_info
+>>> net = torchvision.models.resnet18(weights=None)
+>>> [(f["name"], f["channels"], f["stride"]) for f in feature_info(net, ["layer2", "layer4"])]
+[('layer2', 128, 8), ('layer4', 512, 32)]
+>>> _ = return_features(net, ["layer2", "layer4"], output=False)
+>>> {k: tuple(v.shape) for k, v in net(torch.randn(1, 3, 64, 64)).items()}
+{'layer2': (1, 128, 8, 8), 'layer4': (1, 512, 2, 2)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch.nn as nn
+
+from torchsmith.errors import SurgeryError
+from torchsmith.surgery._common import record
+from torchsmith.surgery._dryrun import dry_run, shape_of
+from torchsmith.surgery.paths import get_module
+from torchsmith.surgery.report import SurgeryReport, snapshot
+
+__all__ = ["feature_info", "remove_features", "return_features"]
+
+
+class _StopForward(BaseException):
+    """Raised by the last feature hook when the final output is not needed.
+
+    A BaseException so that a model's own ``except Exception`` cannot swallow it.
+    """
+
+
+class _Config:
+    def __init__(self, names: dict[str, str], output: bool, train_only: bool) -> None:
+        self.names = names  # feature name -> module path
+        self.output = output
+        self.train_only = train_only
+        self.recording = False
+        self.store: dict[str, Any] = {}
+
+
+class _Capture:
+    """Forward hook: keeps the first output of its layer during a recording call."""
+
+    torchsmith_hook = True  # moved along when the layer is replaced (see _common.carry_hooks)
+
+    def __init__(self, cfg: _Config, name: str) -> None:
+        self.cfg, self.name = cfg, name
+
+    def __call__(self, module: nn.Module, args: tuple, out: Any) -> None:
+        cfg = self.cfg
+        if not cfg.recording or self.name in cfg.store:
+            return
+        cfg.store[self.name] = out
+        if not cfg.output and len(cfg.store) == len(cfg.names):
+            raise _StopForward
+
+
+class _FeatureForward:
+    """Set as ``model.forward``: runs the class's forward while recording the chosen layers."""
+
+    def __init__(self, model: nn.Module, cfg: _Config) -> None:
+        self.model, self.cfg = model, cfg
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        model, cfg = self.model, self.cfg
+        forward = type(model).forward
+        if cfg.train_only and not model.training:
+            return forward(model, *args, **kwargs)
+        cfg.store = {}
+        cfg.recording = True
+        out = None
+        try:
+            out = forward(model, *args, **kwargs)
+        except _StopForward:
+            pass
+        finally:
+            cfg.recording = False
+        store, cfg.store = cfg.store, {}
+        missing = [n for n in cfg.names if n not in store]
+        if missing:
+            raise SurgeryError(
+                f"return_features: {', '.join(repr(cfg.names[n]) for n in missing)} did not run in "
+                "this forward pass"
+            )
+        feats = {n: store[n] for n in cfg.names}
+        return (out, feats) if cfg.output else feats
+
+
+def remove_features(model: nn.Module) -> None:
+    """Undo :func:`return_features`: the model returns only its usual output again."""
+    cfg = getattr(getattr(model, "__dict__", {}).get("forward"), "cfg", None)
+    if cfg is None:
+        return
+    for m in model.modules():
+        for key, hook in list(m._forward_hooks.items()):
+            if isinstance(hook, _Capture) and hook.cfg is cfg:
+                del m._forward_hooks[key]
+    del model.__dict__["forward"]
+
+
+def _names(features: Sequence[str] | Mapping[str, str] | str) -> dict[str, str]:
+    if isinstance(features, str):
+        features = [features]
+    names = dict(features) if isinstance(features, Mapping) else {p: p for p in features}
+    if not names:
+        raise SurgeryError("return_features: name at least one module path")
+    return names
+
+
+def return_features(
+    model: nn.Module,
+    features: Sequence[str] | Mapping[str, str] | str,
+    *,
+    output: bool = True,
+    train_only: bool = False,
+) -> SurgeryReport:
+    """Make ``model(x)`` also return the activations of the layers at ``features``.
+
+    ``features``: module paths (any depth), or a dict ``{name: path}``. With ``output=True`` the model
+    returns ``(output, {name: activation})`` (seed S13); with ``output=False`` only the dict, and the
+    pass stops after the last of those layers. ``train_only=True`` returns the features only in
+    training mode (deep supervision); in eval mode, and so in export, the model returns its usual
+    output. Calling it again replaces the previous choice; :func:`remove_features` undoes it.
+    A layer that runs several times in one pass gives its first output.
+    """
+    names = _names(features)
+    for name, path in names.items():
+        if not isinstance(path, str) or not path:
+            raise SurgeryError(f"return_features: feature {name!r} needs a module path, got {path!r}")
+        get_module(model, path)
+    before = snapshot(model)
+    remove_features(model)
+    cfg = _Config(names, output, train_only)
+    for name, path in names.items():
+        get_module(model, path).register_forward_hook(_Capture(cfg, name))
+    model.forward = _FeatureForward(model, cfg)
+    report = SurgeryReport.diff(
+        "return_features",
+        before,
+        model,
+        mechanism=f"forward hooks on {len(names)} module(s) and a forward wrapper"
+        + ("" if output else " that stops after the last feature"),
+    )
+    report.notes.append(
+        "model(x) returns "
+        + ("(output, features)" if output else "features")
+        + (" in training mode, and only its output in eval mode" if train_only else "")
+    )
+    features_op: Any = names if isinstance(features, Mapping) else list(names)
+    record(
+        model,
+        report,
+        {"op": "return_features", "features": features_op, "output": output, "train_only": train_only},
+    )
+    return report
+
+
+def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...]) -> list[str]:
+    """One module per stride: the shallowest module that runs last at that stride."""
+    by_stride: dict[int, list[tuple[int, int, str]]] = {}
+    for i, path in enumerate(run.order):
+        if not path:
+            continue
+        shape = shape_of(run.outputs.get(path))
+        if shape is None or len(shape) != 2 + len(in_hw) or all(d <= 1 for d in shape[2:]):
+            continue  # not spatial, or globally pooled
+        stride = in_hw[-1] // shape[-1]
+        if stride < 2 or in_hw[-1] % shape[-1]:
+            continue
+        by_stride.setdefault(stride, []).append((path.count("."), i, path))
+    stages = []
+    for stride in sorted(by_stride):
+        depth = min(d for d, _, _ in by_stride[stride])
+        stages.append(max((i, p) for d, i, p in by_stride[stride] if d == depth)[1])
+    return stages
+
+
+def feature_info(
+    model: nn.Module,
+    features: Sequence[str] | Mapping[str, str] | str | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+) -> list[dict]:
+    """Channels, stride and shape of the activations at ``features``, from a meta-device pass.
+
+    Without ``features``, the stages are found automatically: for each stride (2, 4, 8, ...) the
+    shallowest module that runs last at that stride (``layer1``..``layer4`` on a ResNet). Each entry is
+    ``{"name", "path", "channels", "stride", "shape"}``; ``stride`` is ``None`` for non-spatial outputs.
+    """
+    run = dry_run(model, tuple(input_shape) if input_shape else None, train=False, record=False)
+    in_shape = run.input_shape or shape_of(run.inputs.get("", ()))
+    in_hw = tuple(in_shape[2:]) if in_shape and len(in_shape) > 2 else ()
+    names = _names(features) if features is not None else {p: p for p in _auto_stages(model, run, in_hw)}
+    info = []
+    for name, path in names.items():
+        get_module(model, path)
+        if path not in run.outputs:
+            raise SurgeryError(
+                f"feature_info: {path!r} does not run in a forward pass of {type(model).__name__}"
+            )
+        shape = shape_of(run.outputs[path])
+        stride = None
+        if shape and in_hw and len(shape) == 2 + len(in_hw) and shape[-1]:
+            stride = in_hw[-1] // shape[-1] if in_hw[-1] % shape[-1] == 0 else round(in_hw[-1] / shape[-1], 3)
+        channels = None
+        if shape:
+            channels = shape[1] if len(shape) == 2 + len(in_hw) and in_hw else shape[-1]
+        info.append(
+            {
+                "name": name,
+                "path": path,
+                "channels": channels,
+                "stride": stride,
+                "shape": list(shape) if shape else None,
+            }
+        )
+    return info

@@ -1,0 +1,363 @@
+"""Change what a model takes in: the number of input channels, or extra named inputs (seed S12).
+
+``set_in_channels`` finds the layer(s) that consume the input by tracing a meta-device forward pass
+(every tensor derived from the input is followed until a layer with weights consumes it), so it
+works for any model, not only those whose first convolution has 3 inputs.
+
+``add_inputs`` lets extra values (an age, a sensor reading, a one-hot) join the features entering a
+chosen layer. The layer is widened with zero-initialised weights, so the model computes exactly what
+it did until training moves them. It is done with two forward pre-hooks: the model object, its class
+and its state_dict keys stay the same (only the widened layer's weight changes shape).
+
+>>> import torch, torchvision
+>>> from torchsmith.surgery import add_inputs
+>>> net = torchvision.models.resnet18(weights=None).eval()
+>>> x = torch.randn(2, 3, 64, 64)
+>>> before = net(x)
+>>> _ = add_inputs(net, "fc", {"age": 1})
+>>> torch.allclose(net(x, age=torch.tensor([30.0, 40.0])), before, atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchsmith.errors import InputError, SurgeryError, close_matches
+from torchsmith.surgery._common import record
+from torchsmith.surgery._dryrun import dry_run, guess_input_shape, is_dry_run
+from torchsmith.surgery.paths import get_module
+from torchsmith.surgery.report import SurgeryReport, snapshot
+
+__all__ = ["add_inputs", "find_input_layers", "set_in_channels"]
+
+INPUT_SHAPE_ATTR = "_torchsmith_input_shape"
+
+
+def find_input_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
+    """Paths of the layers with weights that consume the model's input (usually one convolution).
+
+    >>> import torchvision
+    >>> find_input_layers(torchvision.models.resnet50(weights=None))
+    ['conv1']
+    """
+    run = dry_run(model, tuple(input_shape) if input_shape else None, train=False)
+    return list(run.input_consumers)
+
+
+def _adapt_weight(w: torch.Tensor, c: int, channel_map: Sequence[Any] | None, path: str) -> torch.Tensor:
+    c0 = w.shape[1]
+    if channel_map is not None:
+        if len(channel_map) != c:
+            raise SurgeryError(
+                f"set_in_channels: channel_map has {len(channel_map)} entries; expected one per new "
+                f"channel ({c})"
+            )
+        cols = []
+        for i, src in enumerate(channel_map):
+            if isinstance(src, int) and not isinstance(src, bool):
+                if not 0 <= src < c0:
+                    raise SurgeryError(
+                        f"set_in_channels: channel_map[{i}]={src} but {path!r} has input channels 0..{c0 - 1}"
+                    )
+                cols.append(w[:, src])
+            elif src == "mean":
+                cols.append(w.mean(dim=1))
+            elif src in ("zero", None):
+                cols.append(torch.zeros_like(w[:, 0]))
+            elif src == "random":
+                fresh = torch.empty_like(w[:, :1])
+                nn.init.kaiming_uniform_(fresh, a=math.sqrt(5))
+                cols.append(fresh[:, 0])
+            else:
+                raise SurgeryError(
+                    f"set_in_channels: channel_map[{i}]={src!r}; expected an old channel index, "
+                    "'mean', 'zero' "
+                    "or 'random'"
+                )
+        return torch.stack(cols, dim=1)
+    if c == 1:
+        # A gray image repeated over the old channels gives the same output with the summed kernel.
+        return w.sum(dim=1, keepdim=True)
+    reps = math.ceil(c / c0)
+    return w.repeat(1, reps, *([1] * (w.dim() - 2)))[:, :c] * (c0 / c)
+
+
+def set_in_channels(
+    model: nn.Module,
+    in_channels: int,
+    *,
+    channel_map: Sequence[int | str | None] | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> SurgeryReport:
+    """Make ``model`` take ``in_channels`` input channels, adapting the input layer's weights.
+
+    One channel: the kernels are summed over the old channels, so a gray image gives exactly what the
+    old model gave for that image repeated on every channel. More channels: the kernels are repeated
+    and rescaled by ``old/new`` (activations keep their scale). ``channel_map`` chooses per new channel:
+    an old channel index (``[0, 1, 2, 0]`` = RGB + NIR initialised from R), ``"mean"``, ``"zero"`` or
+    ``"random"``. ``input_shape`` is a sample input for the tracing pass when it cannot be guessed.
+    """
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        raise SurgeryError(f"in_channels must be a positive integer, got {in_channels!r}")
+    shape = tuple(input_shape) if input_shape else guess_input_shape(model)
+    consumers = dry_run(model, shape, train=False).input_consumers
+    if not consumers:
+        raise SurgeryError(
+            f"set_in_channels: no layer with weights consumes the input of {type(model).__name__}"
+        )
+    convs = []
+    for path in consumers:
+        m = get_module(model, path)
+        if not isinstance(m, nn.modules.conv._ConvNd) or isinstance(m, nn.modules.conv._ConvTransposeNd):
+            raise SurgeryError(
+                f"set_in_channels: the input is consumed by {path!r} ({type(m).__name__}), not a "
+                "convolution; "
+                "only convolutional inputs can change their channel count"
+            )
+        if m.groups != 1:
+            raise SurgeryError(
+                f"set_in_channels: the input convolution {path!r} has groups={m.groups}; only "
+                "groups=1 is supported"
+            )
+        convs.append((path, m))
+    before = snapshot(model)
+    saved = [(m, m.weight, m.in_channels) for _, m in convs]
+    for path, m in convs:
+        with torch.no_grad():
+            new_w = _adapt_weight(m.weight.detach(), in_channels, channel_map, path)
+        m.weight = nn.Parameter(new_w.contiguous(), requires_grad=m.weight.requires_grad)
+        m.in_channels = in_channels
+    new_shape = (shape[0], in_channels, *shape[2:])
+    try:
+        dry_run(model, new_shape, train=False, record=False)
+    except SurgeryError as e:
+        for m, w, c in saved:
+            m.weight, m.in_channels = w, c
+        raise SurgeryError(
+            f"set_in_channels: after adapting {', '.join(p for p, _ in convs)} the model no longer runs on "
+            f"{in_channels} channels (something else depends on the channel count); nothing was changed: {e}"
+        ) from None
+    object.__setattr__(model, INPUT_SHAPE_ATTR, new_shape)
+    if isinstance(getattr(model, "in_chans", None), int):
+        model.in_chans = in_channels
+    report = SurgeryReport.diff("set_in_channels", before, model)
+    how = (
+        "channel map"
+        if channel_map is not None
+        else ("summed kernels" if in_channels == 1 else "repeated and rescaled kernels")
+    )
+    report.notes.append(
+        f"input layer(s) {', '.join(p for p, _ in convs)}: {shape[1]} -> {in_channels} channels ({how})"
+    )
+    op: dict[str, Any] = {"op": "set_in_channels", "in_channels": in_channels}
+    if channel_map is not None:
+        op["channel_map"] = list(channel_map)
+    if input_shape:
+        op["input_shape"] = list(input_shape)
+    record(model, report, op)
+    return report
+
+
+# --- extra inputs -------------------------------------------------------------------------------
+
+
+class _Slot:
+    """Holds the extra values of the current call between the two hooks."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+
+class _TakeExtras:
+    """Root forward pre-hook: takes the extra inputs out of the call (by keyword or trailing position)."""
+
+    def __init__(self, slot: _Slot, names: list[str], n_positional: int | None) -> None:
+        self.slot, self.names, self.n_positional = slot, names, n_positional
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        self.slot.values = {}
+        kwargs = dict(kwargs)
+        if self.n_positional is not None and len(args) > self.n_positional:
+            extra = list(args[self.n_positional :])
+            args = args[: self.n_positional]
+            for name in self.names:
+                if extra and name not in kwargs:
+                    self.slot.values[name] = extra.pop(0)
+            args = args + tuple(extra)  # leave the rest to later hooks
+        for name in self.names:
+            if name in kwargs:
+                self.slot.values[name] = kwargs.pop(name)
+        missing = [n for n in self.names if n not in self.slot.values]
+        if missing and not is_dry_run():
+            unknown = [k for k in kwargs if k not in self.names]
+            hint = close_matches(unknown[0], self.names) if unknown else ""
+            raise InputError(
+                f"{type(module).__name__} needs the extra input(s) {', '.join(map(repr, missing))} "
+                f"(pass them as keyword arguments or after the usual inputs){hint}"
+            )
+        return args, kwargs
+
+
+class _JoinExtras:
+    """Pre-hook on the widened layer: joins the extra values to its input (concat or add)."""
+
+    torchsmith_hook = True  # moved along when the layer is replaced (see _common.carry_hooks)
+
+    def __init__(
+        self, slot: _Slot, widths: dict[str, int], mode: str, is_conv: bool, owner: nn.Module | None
+    ) -> None:
+        self.slot, self.widths, self.mode, self.is_conv = slot, widths, mode, is_conv
+        self.owner = owner  # holds the projections for mode="add"
+
+    def _prepare(self, name: str, feats: torch.Tensor) -> torch.Tensor:
+        k = self.widths[name]
+        batch = feats.shape[0]
+        v = self.slot.values.get(name)
+        if v is None:  # only during a dry run
+            v = torch.zeros(batch, k, device=feats.device, dtype=feats.dtype)
+        if not isinstance(v, torch.Tensor):
+            v = torch.as_tensor(v)
+        if v.dim() == 1 and v.shape[0] == batch and k == 1:
+            v = v.unsqueeze(1)  # (batch,) scalars, as in seed S12
+        if v.dim() != 2 or v.shape[0] != batch or v.shape[1] != k:
+            expected = f"({batch},) or ({batch}, 1)" if k == 1 else f"({batch}, {k})"
+            raise InputError(
+                f"extra input {name!r} has shape {tuple(v.shape)}; expected {expected} "
+                f"(batch {batch} from the features entering the layer, width {k})"
+            )
+        return v.to(device=feats.device, dtype=feats.dtype)
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        feats = args[0]
+        values = [self._prepare(n, feats) for n in self.widths]
+        if self.mode == "add":
+            for name, v in zip(self.widths, values):
+                delta = self.owner[name](v)
+                feats = feats + (
+                    delta.view(*delta.shape, *([1] * (feats.dim() - 2)))
+                    if self.is_conv
+                    else _bcast(delta, feats)
+                )
+            return (feats, *args[1:])
+        extra = torch.cat(values, dim=1)
+        if self.is_conv:
+            extra = extra.view(*extra.shape, *([1] * (feats.dim() - 2))).expand(-1, -1, *feats.shape[2:])
+            return (torch.cat([feats, extra], dim=1), *args[1:])
+        extra = _bcast(extra, feats[..., :1].expand(*feats.shape[:-1], extra.shape[-1]))
+        return (torch.cat([feats, extra], dim=-1), *args[1:])
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(batch, k) -> (batch, ..., k) matching ``like``'s middle dimensions (token sequences)."""
+    if like.dim() == 2:
+        return v
+    shape = (v.shape[0],) + (1,) * (like.dim() - 2) + (v.shape[-1],)
+    return v.view(shape).expand(*like.shape[:-1], v.shape[-1])
+
+
+def _positional_count(model: nn.Module) -> int | None:
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def add_inputs(
+    model: nn.Module,
+    at: str,
+    inputs: Mapping[str, int] | Sequence[str],
+    *,
+    mode: str = "concat",
+    input_shape: Sequence[int] | None = None,
+) -> SurgeryReport:
+    """Let named extra inputs join the features entering the layer at ``at`` (seed S12).
+
+    ``inputs`` maps each name to its width (``{"age": 1, "sensor": 4}``; a list means width 1).
+    ``mode="concat"`` appends them to the layer's input and widens the layer (a ``Linear`` or a
+    convolution; vectors are broadcast over positions) with zero weights; ``mode="add"`` adds a
+    zero-initialised projection of each to the features. Either way outputs are unchanged until
+    training moves the new weights. Call the model as ``model(x, age=a)`` or ``model(x, a)``. Values
+    of shape ``(batch,)`` are unsqueezed, ``(batch, k)`` are used as they are; other shapes are refused
+    naming both shapes (seed trap 8). Build the optimizer after this call: the layer's weight is new.
+    """
+    if mode not in ("concat", "add"):
+        raise SurgeryError(f"add_inputs: mode must be 'concat' or 'add', got {mode!r}")
+    widths = {n: 1 for n in inputs} if not isinstance(inputs, Mapping) else dict(inputs)
+    if not widths or not all(isinstance(n, str) and n.isidentifier() for n in widths):
+        raise SurgeryError(
+            f"add_inputs: inputs must name at least one extra input with identifier names, got {inputs!r}"
+        )
+    bad = {n: w for n, w in widths.items() if not isinstance(w, int) or isinstance(w, bool) or w < 1}
+    if bad:
+        raise SurgeryError(f"add_inputs: widths must be positive integers, got {bad}")
+    layer = get_module(model, at)
+    is_conv = isinstance(layer, nn.modules.conv._ConvNd) and not isinstance(
+        layer, nn.modules.conv._ConvTransposeNd
+    )
+    if not (isinstance(layer, nn.Linear) or (is_conv and layer.groups == 1)):
+        inner = [f"{at}.{p}" for p, m in layer.named_modules() if p and isinstance(m, nn.Linear | nn.Conv2d)]
+        raise SurgeryError(
+            f"add_inputs: {at!r} is a {type(layer).__name__}; extra inputs join a Linear or a convolution "
+            f"(groups=1){'; candidates inside: ' + ', '.join(map(repr, inner[:5])) if inner else ''}"
+        )
+    shape = tuple(input_shape) if input_shape else None
+    run = dry_run(model, shape, train=False, record=False)
+    if at not in run.inputs:
+        raise SurgeryError(f"add_inputs: {at!r} never runs in a forward pass of {type(model).__name__}")
+    feats = run.inputs[at][0]
+    width = feats.shape[1] if is_conv else feats.shape[-1]
+    before = snapshot(model)
+    total = sum(widths.values())
+    owner = None
+    if mode == "concat":
+        w = layer.weight
+        with torch.no_grad():
+            pad = torch.zeros(w.shape[0], total, *w.shape[2:], device=w.device, dtype=w.dtype)
+            layer.weight = nn.Parameter(torch.cat([w.detach(), pad], dim=1), requires_grad=w.requires_grad)
+        if is_conv:
+            layer.in_channels += total
+        else:
+            layer.in_features += total
+    else:
+        holder_name = "extra_inputs"
+        owner = getattr(model, holder_name, None)
+        if owner is None:
+            owner = nn.ModuleDict()
+            model.add_module(holder_name, owner)
+        ref = layer.weight
+        for n, k in widths.items():
+            if n in owner:
+                raise SurgeryError(f"add_inputs: an extra input named {n!r} already exists")
+            proj = nn.Linear(k, width, device=ref.device, dtype=ref.dtype)
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+            owner[n] = proj
+    slot = _Slot()
+    model.register_forward_pre_hook(
+        _TakeExtras(slot, list(widths), _positional_count(model)), with_kwargs=True
+    )
+    layer.register_forward_pre_hook(_JoinExtras(slot, widths, mode, is_conv, owner))
+    names = getattr(model, "_torchsmith_extra_inputs", [])
+    object.__setattr__(model, "_torchsmith_extra_inputs", names + list(widths))
+    report = SurgeryReport.diff(
+        "add_inputs", before, model, mechanism="forward pre-hooks on the model and on " + repr(at)
+    )
+    report.notes.append(
+        f"extra inputs {', '.join(f'{n} (width {k})' for n, k in widths.items())} join the features entering "
+        f"{at!r} by {mode}; new weights are zero, so outputs are unchanged until trained"
+    )
+    op: dict[str, Any] = {"op": "add_inputs", "at": at, "inputs": widths, "mode": mode}
+    if input_shape:
+        op["input_shape"] = list(input_shape)
+    record(model, report, op)
+    return report
