@@ -1,0 +1,161 @@
+"""``torchsmith load MODEL CKPT``: load a checkpoint into a model, print what fitted, optionally save."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "load checkpoint weights into a model (by name or by structure) and report what was loaded"
+DESCRIPTION = (
+    "Build MODEL (a zoo name, 'torchvision:NAME', 'timm:NAME' or a spec file) with random weights, load "
+    "CKPT into it and print the report: loaded, adapted, skipped-for-shape, missing and unexpected keys "
+    "and the share of parameters that came from the checkpoint. --match structure ports weights between "
+    "two implementations whose names differ. Exit code 1 when less than --min-fraction was loaded "
+    "(default: when nothing was)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="zoo name, torchvision:NAME, timm:NAME, or a spec file (.yaml/.yml/.json)")
+    p.add_argument(
+        "checkpoint", metavar="CKPT", help="checkpoint file (any format 'torchsmith inspect' reads)"
+    )
+    p.add_argument("--match", choices=["name", "structure"], default="name", help="how keys are paired")
+    p.add_argument(
+        "--rename", action="append", default=[], metavar="REGEX=REPL", help="rename source keys (repeatable)"
+    )
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN", help="load only these keys")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="never load these keys")
+    p.add_argument(
+        "--adapt",
+        choices=["input", "all", "none"],
+        default="input",
+        help="shape adaptations: first-conv input channels (default), also the classifier (all), or none",
+    )
+    p.add_argument(
+        "--strict", choices=["none", "target", "all"], default="none", help="what must fit (default none)"
+    )
+    p.add_argument(
+        "--min-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="exit 1 (and save nothing) when less than this share of parameters was loaded",
+    )
+    p.add_argument(
+        "--trust-pickle", action="store_true", help="allow unpickling arbitrary objects (trusted files)"
+    )
+    p.add_argument(
+        "--arg",
+        dest="model_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model argument, e.g. --arg num_classes=10 (value read as YAML; repeatable)",
+    )
+    p.add_argument(
+        "--input-shape", metavar="N,C,H,W", help="sample input for --match structure (default: guessed)"
+    )
+    p.add_argument("--show-loaded", action="store_true", help="list the loaded keys too")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-o", "--output", metavar="OUT", help="save the loaded model here (atomically)")
+
+
+def _model_kwargs(items: list[str]) -> dict:
+    import yaml
+
+    from torchsmith.errors import InputError
+
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--arg: expected KEY=VALUE, like num_classes=10; got {item!r}")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise InputError(
+                f"--arg {key}: cannot read value {value!r}: {' '.join(str(e).split())}"
+            ) from None
+    return kwargs
+
+
+def build_cli_model(name: str, kwargs: dict):
+    """A zoo/library model by name, or a spec file built with :func:`torchsmith.spec.build_model`."""
+    from pathlib import Path
+
+    from torchsmith.errors import InputError
+
+    path = Path(name)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise InputError(f"{name}: spec file not found")
+        from torchsmith.spec import build_model
+
+        if kwargs:
+            return build_model(path, params=kwargs)
+        return build_model(path)
+    from torchsmith.zoo import create_model
+
+    return create_model(name, **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
+    from torchsmith.cli._output import parse_shape, print_json
+    from torchsmith.errors import InputError
+    from torchsmith.transfer import load_weights
+
+    if args.min_fraction is not None and not 0.0 <= args.min_fraction <= 1.0:
+        raise InputError(f"--min-fraction: expected a number between 0 and 1, got {args.min_fraction}")
+    model = build_cli_model(args.model, _model_kwargs(args.model_args))
+    example = torch.randn(parse_shape(args.input_shape)) if args.input_shape else None
+    adapt = {"input": True, "all": "all", "none": False}[args.adapt]
+    report = load_weights(
+        model,
+        args.checkpoint,
+        match=args.match,
+        rename=args.rename,
+        include=args.include,
+        exclude=args.exclude,
+        strict=args.strict,
+        adapt=adapt,
+        allow_empty=True,  # the report is printed first; the exit code says whether enough was loaded
+        trust_pickle=args.trust_pickle,
+        example_input=example,
+    )
+    loaded_any = bool(report.loaded or report.adapted)
+    enough = loaded_any and (args.min_fraction is None or report.fraction >= args.min_fraction)
+    saved = None
+    if enough and args.output:
+        from torchsmith.checkpoint import save
+
+        saved = str(save(model, args.output))
+    if args.json:
+        print_json(
+            {
+                "model": args.model,
+                "checkpoint": args.checkpoint,
+                "ok": enough,
+                "output": saved,
+                **report.to_dict(),
+            }
+        )
+    else:
+        print(report.format(show_loaded=args.show_loaded))
+        if saved:
+            print(f"saved to {saved}")
+    if not enough:
+        need = "any parameter" if args.min_fraction is None else f"{args.min_fraction:.1%} of the parameters"
+        hint = ""
+        if not loaded_any and args.match == "name" and report.unexpected:
+            hint = "; if the names differ, try --rename REGEX=REPL or --match structure"
+        print(
+            f"torchsmith load: {report.fraction:.2%} of the model's parameters came from {args.checkpoint}; "
+            f"needed {need}" + ("; nothing saved" if args.output else "") + hint,
+            file=sys.stderr,
+        )
+        return 1
+    return 0

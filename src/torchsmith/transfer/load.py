@@ -1,0 +1,562 @@
+"""Load weights into a model from a file, a state_dict or another model, and say exactly what happened.
+
+The seed's transfer learning (S15) keeps the pretrained keys whose names are in the new model and
+``update``s a dict -- and never calls ``load_state_dict`` (trap 5), so nothing is loaded and nothing
+says so. :func:`load_weights` does the whole job in one call and returns a
+:class:`~torchsmith.transfer.TransferReport`; a call that would load nothing raises.
+
+>>> import torchvision
+>>> src = torchvision.models.resnet18(num_classes=1000).state_dict()
+>>> model = torchvision.models.resnet18(num_classes=10)
+>>> report = load_weights(model, src)
+>>> [e["key"] for e in report.skipped_shape]
+['fc.weight', 'fc.bias']
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from torchsmith.errors import InputError, TorchsmithError, TransferError, close_matches
+from torchsmith.transfer.report import TransferReport
+
+__all__ = ["ADAPTATIONS", "load_weights", "resolve_source"]
+
+#: Shape adaptations :func:`load_weights` can make. ``input_channels`` is on by default (its meaning is
+#: clear); ``classifier`` is opt-in because a 1000-class head cut to 10 classes keeps 10 *ImageNet*
+#: classes, which is right only when the new labels are a prefix or an extension of the old ones.
+ADAPTATIONS = ("input_channels", "classifier")
+
+_STRICT_LEVELS = {False: "none", "none": "none", "target": "target", True: "all", "all": "all"}
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "params", "weights")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the source
+
+
+def resolve_source(
+    source: Any, *, trust_pickle: bool = False, want_module: bool = False
+) -> tuple[dict[str, Any], str, Any, list[str]]:
+    """Turn ``source`` into ``(state_dict, description, source_module_or_None, notes)``.
+
+    ``source`` is a checkpoint path (any format :func:`torchsmith.checkpoint.read_state_dict` reads),
+    a state_dict (a plain ``{name: tensor}`` mapping, or a training checkpoint holding one under
+    ``state_dict``/``model``...), or an ``nn.Module`` (wrappers such as DataParallel are unwrapped).
+    With ``want_module``, a file that records its architecture (``torchsmith.save`` of a model from
+    ``create_model``/``build_model``) is rebuilt, so structure matching can trace it.
+    """
+    import torch
+    import torch.nn as nn
+
+    from torchsmith._modules import check_state_dict_intact, unwrap_model
+
+    notes: list[str] = []
+    if isinstance(source, nn.Module):
+        check_state_dict_intact(source, "source")
+        inner = unwrap_model(source)
+        return dict(inner.state_dict()), f"{type(inner).__name__} module", inner, notes
+    if isinstance(source, (str, os.PathLike)):
+        from torchsmith.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(source, trust_pickle=trust_pickle)
+        notes.extend(ckpt.notes)
+        if ckpt.container_key:
+            notes.append(f"took the weights from the {ckpt.container_key!r} entry of the checkpoint")
+        module = None
+        if want_module and ("torchsmith.arch" in ckpt.metadata or "torchsmith.spec" in ckpt.metadata):
+            from torchsmith.checkpoint import load_model
+
+            try:
+                module = load_model(source, trust_pickle=trust_pickle)
+                notes.append("rebuilt the architecture the checkpoint records, to trace its forward order")
+            except TorchsmithError as e:
+                notes.append(f"could not rebuild the architecture the checkpoint records ({e})")
+        return _flatten_source(ckpt.state_dict, str(source), notes), str(source), module, notes
+    if isinstance(source, Mapping):
+        return _flatten_source(source, "state_dict", notes), "state_dict", None, notes
+    if getattr(source, "__name__", None) == "state_dict" and isinstance(
+        getattr(source, "__self__", None), nn.Module
+    ):
+        raise InputError(
+            "source: got the bound method model.state_dict, not the weights; call it: model.state_dict() "
+            "(or pass the model itself)"
+        )
+    if callable(getattr(source, "state_dict", None)) and not isinstance(source, torch.Tensor):
+        raise InputError(
+            f"source: a {type(source).__name__} is not an nn.Module; pass a checkpoint path, a state_dict "
+            "or a model"
+        )
+    raise InputError(
+        f"source: expected a checkpoint path, a state_dict or an nn.Module, got {type(source).__name__}"
+    )
+
+
+def _flatten_source(sd: Mapping, where: str, notes: list[str]) -> dict[str, Any]:
+    import torch
+
+    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        for key in _NESTED_KEYS:
+            inner = sd.get(key)
+            if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                notes.append(f"took the weights from the {key!r} entry of the checkpoint")
+                return _flatten_source(inner, where, notes)
+    others = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if others and tensors:
+        notes.append(f"ignored {len(others)} non-tensor entries: {', '.join(map(str, others[:5]))}")
+    if not tensors:
+        raise TransferError(
+            f"{where}: holds no tensors (entries: {', '.join(map(str, list(sd)[:8])) or 'none'}); "
+            "expected a state_dict {name: tensor}"
+        )
+    return {str(k): v for k, v in tensors.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# name matching
+
+
+def _pattern_matcher(patterns: Iterable[str], what: str):
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    compiled = []
+    for i, p in enumerate(patterns):
+        if not isinstance(p, str) or not p:
+            raise InputError(f"{what}[{i}]: expected a glob or 're:REGEX' string, got {p!r}")
+        if p.startswith("re:"):
+            try:
+                rx = re.compile(p[3:])
+            except re.error as e:
+                raise InputError(f"{what}[{i}]: invalid regular expression {p[3:]!r}: {e}") from None
+            compiled.append((p, lambda k, rx=rx: rx.search(k) is not None))
+        else:
+            compiled.append((p, lambda k, p=p: fnmatch.fnmatchcase(k, p) or fnmatch.fnmatchcase(k, p + ".*")))
+
+    def first_match(*keys: str) -> str | None:
+        for p, fn in compiled:
+            if any(k and fn(k) for k in keys):
+                return p
+        return None
+
+    return first_match, bool(compiled)
+
+
+def _parse_renames(rename: Any) -> list[tuple[str, str]]:
+    if isinstance(rename, Mapping):
+        rename = list(rename.items())
+    if isinstance(rename, str):
+        rename = [rename]
+    out = []
+    for i, r in enumerate(rename):
+        if isinstance(r, str):
+            if "=" not in r:
+                raise InputError(f"rename[{i}]: expected 'REGEX=REPLACEMENT', got {r!r}")
+            r = tuple(r.split("=", 1))
+        out.append(r)
+    return out
+
+
+def _first_components(keys: Iterable[str], depth: int) -> Counter:
+    c: Counter = Counter()
+    for k in keys:
+        parts = k.split(".")
+        if len(parts) > depth:
+            c[".".join(parts[:depth]) + "."] += 1
+    return c
+
+
+def _match_names(src_keys: list[str], tgt_keys: list[str], renames: list[tuple[str, str]], notes: list[str]):
+    from torchsmith.checkpoint.keys import fit_keys
+
+    best = fit_keys(src_keys, tgt_keys, renames=renames)
+    if not best.unmatched_source or not best.unmatched_target:
+        return best
+    # A prefix that is not a wrapper: a Lightning "model.", a "backbone." saved alone or loaded into one.
+    candidates: list[tuple[str, list[tuple[str, str]]]] = []
+    for depth in (1, 2):
+        for p, n in _first_components(best.unmatched_source, depth).most_common(3):
+            if n >= 2:
+                candidates.append((f"removed prefix {p!r} from the source keys", [(rf"^{re.escape(p)}", "")]))
+        for p, n in _first_components(best.unmatched_target, depth).most_common(3):
+            if n >= 2:
+                candidates.append((f"added prefix {p!r} to the source keys", [(r"^", p)]))
+    chosen = None
+    for note, rule in candidates:
+        trial = fit_keys(src_keys, tgt_keys, renames=[*renames, *rule])
+        if len(trial.mapping) > len(best.mapping):
+            best, chosen = trial, note
+    if chosen:
+        notes.append(chosen)
+    return best
+
+
+# ----------------------------------------------------------------------------------------------------
+# adaptation
+
+
+def _parse_adapt(adapt: Any) -> set[str]:
+    if adapt is True:
+        return {"input_channels"}
+    if adapt is False or adapt is None:
+        return set()
+    if adapt == "all":
+        return set(ADAPTATIONS)
+    items = [adapt] if isinstance(adapt, str) else list(adapt)
+    for a in items:
+        if a not in ADAPTATIONS:
+            raise InputError(
+                f"adapt: unknown adaptation {a!r}{close_matches(str(a), ADAPTATIONS)}; expected True, False, "
+                f"'all' or some of {', '.join(ADAPTATIONS)}"
+            )
+    return set(items)
+
+
+def _first_conv_and_head(model: Any, order: Sequence[str] | None = None) -> tuple[str | None, str | None]:
+    """The module path of the input conv (first conv) and of the classifier (last Linear)."""
+    import torch.nn as nn
+    from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+
+    modules = dict(model.named_modules())
+    paths = list(order) if order else list(modules)
+    convs = [
+        p
+        for p in paths
+        if isinstance(modules.get(p), _ConvNd) and not isinstance(modules[p], _ConvTransposeNd)
+    ]
+    linears = [p for p in paths if isinstance(modules.get(p), nn.Linear)]
+    return (convs[0] if convs else None), (linears[-1] if linears else None)
+
+
+def _adapt(
+    key: str, src: Any, tgt: Any, modes: set[str], first_conv: str | None, head: str | None, model: Any
+) -> tuple[Any, str, int] | str:
+    """Return ``(tensor, how, elements_from_source)`` or the reason it cannot be adapted."""
+    import torch
+
+    path, _, local = key.rpartition(".")
+    if src.dim() != tgt.dim():
+        return f"different number of dimensions ({src.dim()} vs {tgt.dim()})"
+    differ = [d for d in range(src.dim()) if src.shape[d] != tgt.shape[d]]
+    if path == first_conv and local == "weight" and differ == [1]:
+        if "input_channels" not in modes:
+            return "input channels differ; pass adapt=True to adapt the first conv"
+        if model.get_submodule(path).groups != 1:
+            return "input channels differ on a grouped conv"
+        s, t = src.shape[1], tgt.shape[1]
+        w = src.float()
+        if t == 1:
+            new, how = w.sum(dim=1, keepdim=True), f"input channels {s} -> 1: summed over the input channels"
+        else:
+            reps = -(-t // s)
+            new = w.repeat(1, reps, *([1] * (w.dim() - 2)))[:, :t] * (s / t)
+            how = f"input channels {s} -> {t}: channels repeated and scaled by {s}/{t}"
+        return new.to(tgt.dtype), how, tgt.numel()
+    if path == head and local in ("weight", "bias") and differ == [0]:
+        if "classifier" not in modes:
+            return "classifier size differs (its classes differ); pass adapt='all' to truncate or widen it"
+        s, t = src.shape[0], tgt.shape[0]
+        if t < s:
+            return (
+                src[:t].to(tgt.dtype),
+                f"classifier {s} -> {t} outputs: truncated to the first {t}",
+                tgt.numel(),
+            )
+        new = torch.cat([src.to(tgt.dtype), tgt.detach()[s:].to(device=src.device)], dim=0)
+        how = f"classifier {s} -> {t} outputs: rows {s}..{t - 1} keep the model's initialisation"
+        return new, how, src.numel()
+    if path == first_conv and local == "weight" and 1 in differ:
+        return "the first conv differs in more than its input channels"
+    return "no adaptation applies (only the first conv's input channels and the classifier's outputs adapt)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the entry point
+
+
+def load_weights(
+    model: Any,
+    source: Any,
+    *,
+    match: str = "name",
+    rename: Sequence[tuple[str, str] | str] | Mapping[str, str] = (),
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    strict: bool | str = False,
+    adapt: bool | str | Iterable[str] = True,
+    min_fraction: float | None = None,
+    allow_empty: bool = False,
+    trust_pickle: bool = False,
+    example_input: Any = None,
+    order: str = "auto",
+    dry_run: bool = False,
+) -> TransferReport:
+    """Load ``source``'s weights into ``model`` (in place) and return a :class:`TransferReport`.
+
+    ``source``: a checkpoint path, a state_dict, or an ``nn.Module``.
+
+    ``match="name"`` pairs keys by name. Wrapper prefixes (``module.``, ``_orig_mod.``) are fitted
+    automatically in both directions, and so is one other common prefix when that matches more
+    keys (``model.`` of a Lightning checkpoint, a ``backbone.`` saved alone); the report notes it.
+    ``rename`` is a list of ``(regex, replacement)`` pairs or ``"REGEX=REPL"`` strings applied to
+    source keys. ``match="structure"`` pairs modules by the order they run in a forward pass and by
+    shapes, for re-implementations whose names all differ (see :mod:`torchsmith.transfer.structure`;
+    ``example_input`` and ``order`` tune the trace).
+
+    ``include``/``exclude``: globs (``"fc"``, ``"layer4.*"``; a module name covers its tensors) or
+    ``re:REGEX``, tested against both the model key and the source key of each pair.
+
+    ``adapt``: shape changes allowed -- ``True`` (default) adapts the first conv's input channels
+    (3 -> 1 sums the RGB filters; otherwise channels are repeated and rescaled); ``"all"`` or
+    ``{"input_channels", "classifier"}`` also truncates or widens the classifier (the last Linear),
+    new rows keeping the model's own initialisation. ``False`` adapts nothing. Every other shape
+    mismatch is skipped and reported, never loaded silently.
+
+    ``strict``: ``False``/``"none"`` (default) loads what fits; ``"target"`` requires every model key
+    to be loaded or adapted; ``True``/``"all"`` also requires every source key to be used. Checks
+    run before anything is copied, so a refused load leaves the model untouched. ``min_fraction``
+    raises when less than that share of the model's parameters came from the source. A load that
+    takes nothing at all raises :class:`~torchsmith.errors.TransferError` unless ``allow_empty``.
+    ``trust_pickle`` is passed to the checkpoint reader. ``dry_run`` plans and reports only.
+
+    >>> import torch.nn as nn
+    >>> src = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> dst = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 5))
+    >>> r = load_weights(dst, nn.DataParallel(src), exclude=["2"])
+    >>> r.counts()["loaded"], r.counts()["excluded"]
+    (2, 2)
+    """
+    import torch
+
+    from torchsmith._modules import check_state_dict_intact, unwrap_model
+
+    if match not in ("name", "structure"):
+        raise InputError(
+            f"match: expected 'name' or 'structure', got {match!r}"
+            f"{close_matches(str(match), ['name', 'structure'])}"
+        )
+    if strict not in _STRICT_LEVELS:
+        raise InputError(f"strict: expected False, 'none', 'target', True or 'all', got {strict!r}")
+    strict_level = _STRICT_LEVELS[strict]
+    modes = _parse_adapt(adapt)
+    if min_fraction is not None and not (0.0 <= float(min_fraction) <= 1.0):
+        raise InputError(f"min_fraction: expected a number between 0 and 1, got {min_fraction!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model: expected an nn.Module, got {type(model).__name__}")
+    check_state_dict_intact(model, "model")
+    target = unwrap_model(model)
+
+    src_sd, src_desc, src_module, notes = resolve_source(
+        source, trust_pickle=trust_pickle, want_module=match == "structure"
+    )
+    report = TransferReport(source=src_desc, match=match, notes=notes)
+    tgt_sd = target.state_dict(keep_vars=True)
+    tgt_keys = list(tgt_sd)
+    src_keys = list(src_sd)
+    excluded_by, _ = _pattern_matcher(exclude, "exclude")
+    included_by, has_filter_in = _pattern_matcher(include, "include")
+
+    def dropped(t_key: str, s_key: str) -> str | None:
+        p = excluded_by(t_key, s_key)
+        if p is not None:
+            return f"exclude {p!r}"
+        if has_filter_in and included_by(t_key, s_key) is None:
+            return "not in include"
+        return None
+
+    order_hint = None
+    if match == "name":
+        renames = _parse_renames(rename)
+        fitted = _match_names(src_keys, tgt_keys, renames, notes)
+        pairs = {t: s for s, t in fitted.mapping.items()}  # target key -> source key
+        prefix_notes = []
+        if fitted.prefixes_removed:
+            prefix_notes.append("removed wrapper prefix " + ", ".join(map(repr, fitted.prefixes_removed)))
+        if fitted.prefixes_added:
+            prefix_notes.append("added wrapper prefix " + ", ".join(map(repr, fitted.prefixes_added)))
+        if fitted.renamed:
+            prefix_notes.append(f"{len(fitted.renamed)} source keys renamed by rules")
+        notes[:0] = prefix_notes
+    else:
+        if rename:
+            raise InputError(
+                "rename: not used with match='structure' (names are ignored); use include/exclude"
+            )
+        from torchsmith.transfer.structure import match_structure
+
+        keep_t = [k for k in tgt_keys if dropped(k, "") is None]
+        keep_s = [
+            k
+            for k in src_keys
+            if excluded_by(k) is None and (not has_filter_in or included_by(k) is not None)
+        ]
+        sm = match_structure(
+            target,
+            {k: src_sd[k] for k in keep_s},
+            target_keys=keep_t,
+            source_module=src_module,
+            example_input=example_input,
+            order=order,
+        )
+        pairs = sm.pairs
+        report.mapping = sm.mapping
+        notes.extend(sm.notes)
+        order_hint = sm.target_order
+        for k in tgt_keys:
+            if k not in keep_t:
+                report.excluded.append(
+                    {"key": k, "source_key": "", "shape": tuple(tgt_sd[k].shape), "why": dropped(k, "")}
+                )
+        for k in src_keys:
+            if k not in keep_s:
+                report.excluded.append(
+                    {"key": "", "source_key": k, "shape": tuple(src_sd[k].shape), "why": "filtered"}
+                )
+
+    first_conv, head = _first_conv_and_head(target, order_hint)
+    new_values: dict[str, Any] = {}
+    from_source: dict[str, int] = {}
+    used_source: set[str] = set()
+    for t_key in tgt_keys:
+        s_key = pairs.get(t_key)
+        if s_key is None:
+            continue
+        used_source.add(s_key)
+        tgt, src = tgt_sd[t_key], src_sd[s_key]
+        why = dropped(t_key, s_key) if match == "name" else None
+        if why:
+            report.excluded.append({"key": t_key, "source_key": s_key, "shape": tuple(tgt.shape), "why": why})
+            continue
+        if tuple(src.shape) == tuple(tgt.shape):
+            new_values[t_key] = src
+            from_source[t_key] = tgt.numel()
+            report.loaded.append({"key": t_key, "source_key": s_key, "shape": tuple(tgt.shape)})
+            continue
+        result = _adapt(t_key, src, tgt, modes, first_conv, head, target)
+        if isinstance(result, tuple):
+            value, how, n_src = result
+            new_values[t_key] = value
+            from_source[t_key] = n_src
+            report.adapted.append(
+                {
+                    "key": t_key,
+                    "source_key": s_key,
+                    "source_shape": tuple(src.shape),
+                    "shape": tuple(tgt.shape),
+                    "how": how,
+                }
+            )
+        else:
+            report.skipped_shape.append(
+                {
+                    "key": t_key,
+                    "source_key": s_key,
+                    "source_shape": tuple(src.shape),
+                    "shape": tuple(tgt.shape),
+                    "why": result,
+                }
+            )
+    report.missing = [{"key": k, "shape": tuple(tgt_sd[k].shape)} for k in tgt_keys if k not in pairs]
+    report.unexpected = [
+        {"key": k, "shape": tuple(src_sd[k].shape)}
+        for k in src_keys
+        if k not in used_source and not any(e["source_key"] == k for e in report.excluded)
+    ]
+
+    # Parameter elements (not buffers), each tensor counted once even if tied under several names.
+    params = dict(target.named_parameters())
+    seen: set[int] = set()
+    for name, p in params.items():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        report.params_total += p.numel()
+        report.params_from_source += from_source.get(name, 0)
+    casts = [t for t, s in pairs.items() if t in new_values and src_sd[s].dtype != tgt_sd[t].dtype]
+    if casts:
+        notes.append(f"{len(casts)} source tensors had another dtype and were cast to the model's dtype")
+
+    _check(report, strict_level, min_fraction, allow_empty, tgt_keys, src_keys)
+    if dry_run:
+        return report
+    _apply(target, tgt_sd, new_values)
+    report.applied = True
+    return report
+
+
+def _check(
+    report: TransferReport,
+    strict_level: str,
+    min_fraction: float | None,
+    allow_empty: bool,
+    tgt_keys: list[str],
+    src_keys: list[str],
+) -> None:
+    def few(entries: list[dict], key: str = "key") -> str:
+        names = [e[key] or e.get("source_key", "") for e in entries[:5]]
+        return ", ".join(repr(n) for n in names) + (
+            f" (+{len(entries) - 5} more)" if len(entries) > 5 else ""
+        )
+
+    if not report.loaded and not report.adapted and not allow_empty:
+        hint = ""
+        if src_keys and tgt_keys:
+            t = tgt_keys[0]
+            import difflib
+
+            found = difflib.get_close_matches(t, src_keys, n=1, cutoff=0.5)
+            near = f" (closest source key: {found[0]!r})" if found else ""
+            hint = (
+                f"; the source has keys like {src_keys[0]!r}, the model like {t!r}{near}. "
+                "Use rename=[(REGEX, REPL)] for renamed layers, or match='structure' for a "
+                "re-implementation with other names"
+            )
+        if report.skipped_shape:
+            n = len(report.skipped_shape)
+            hint += f"; {n} keys matched by name but had other shapes: {few(report.skipped_shape)}"
+        raise TransferError(
+            f"nothing was loaded from {report.source}: 0 of {len(tgt_keys)} model keys matched{hint} "
+            "(pass allow_empty=True to accept an empty load)"
+        )
+    if strict_level in ("target", "all"):
+        bad = report.missing + report.skipped_shape
+        if bad:
+            raise TransferError(
+                f"strict={strict_level!r}: {len(bad)} model keys would not come from {report.source}: "
+                f"{few(bad)}; nothing was loaded"
+            )
+    if strict_level == "all" and report.unexpected:
+        raise TransferError(
+            f"strict='all': {len(report.unexpected)} source keys would be left unused: "
+            f"{few(report.unexpected)}; nothing was loaded"
+        )
+    if min_fraction is not None and report.fraction < float(min_fraction):
+        raise TransferError(
+            f"only {report.fraction:.1%} of the model's parameters would come from {report.source}, "
+            f"less than min_fraction={float(min_fraction):.1%}; nothing was loaded. {report.summary()}"
+        )
+
+
+def _apply(target: Any, tgt_sd: dict[str, Any], new_values: dict[str, Any]) -> None:
+    import torch
+
+    meta = any(tgt_sd[k].device.type == "meta" for k in new_values)
+    values = {k: v.detach().to(dtype=tgt_sd[k].dtype) for k, v in new_values.items()}
+    result = target.load_state_dict(values, strict=False, assign=meta)
+    if result.unexpected_keys:  # pragma: no cover - keys come from the model's own state_dict
+        raise TransferError(f"load_state_dict rejected keys {result.unexpected_keys[:5]}")
+    if meta:
+        return
+    # Trap 5 made loud: check that the model now really holds the values.
+    now = target.state_dict()
+    for k, v in values.items():
+        if not torch.equal(now[k].detach().cpu(), v.cpu()):
+            raise TransferError(
+                f"after loading, {k!r} does not hold the source values (a custom _load_from_state_dict "
+                "or a load hook changed them)"
+            )

@@ -1,0 +1,392 @@
+"""Port weights between two implementations of one architecture whose names all differ.
+
+The seed's ResNet34 calls its stem ``pre`` and its branches ``left``/``right``; torchvision calls
+them ``conv1``/``bn1`` and ``downsample``. Name matching finds nothing in common. Structure matching
+pairs *modules* instead:
+
+1. Each side is cut into units: the tensors a module owns directly (a conv's ``weight``; a batch
+   norm's ``weight, bias, running_mean, running_var``), identified by their shapes.
+2. The model's units are put in the order their modules start running in a forward pass (traced
+   with forward pre-hooks on ``example_input``, in eval mode without gradients, so nothing changes).
+   A source model is traced the same way; a source state_dict is taken in its key order, which is
+   the order its modules were registered.
+3. The two sequences are aligned position by position and must agree in shapes. Two differences are
+   allowed because :func:`~torchsmith.transfer.load_weights` can handle them: the first unit (input
+   channels) and the last one (the classifier). Anything else is a divergence and the match is
+   refused, naming the first position where the two differ.
+4. With ``order="auto"`` and a state_dict source, the model's registration order is tried too. If
+   both orders fit but pair different modules, the match is ambiguous and refused, naming the first
+   module they disagree on. A source model is traced, so forward order on both sides decides.
+
+>>> import torch.nn as nn
+>>> a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+>>> class B(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.stem, self.norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+...     def forward(self, x):
+...         return self.norm(self.stem(x))
+>>> m = match_structure(B(), a[:2].state_dict(), example_input=__import__("torch").zeros(1, 3, 8, 8))
+>>> m.pairs["stem.weight"], m.pairs["norm.running_var"]
+('0.weight', '1.running_var')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchsmith.errors import InputError, TransferError
+
+__all__ = ["StructureMatch", "execution_order", "match_structure"]
+
+_SCALAR_BUFFERS = ("num_batches_tracked",)
+# Tensors within a module are compared in this order (then by name), so that a file that stores
+# keys sorted (safetensors: "bias" before "weight") compares equal to a model's own order.
+_LOCAL_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}
+
+
+@dataclass
+class StructureMatch:
+    """The result of :func:`match_structure`.
+
+    ``pairs`` maps each model key to its source key; ``mapping`` lists the module pairs in order
+    (``target``, ``source``, ``kind``, ``status``); ``target_order`` is the module order used.
+    """
+
+    pairs: dict[str, str] = field(default_factory=dict)
+    mapping: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    target_order: list[str] = field(default_factory=list)
+    order: str = ""
+
+
+@dataclass
+class _Unit:
+    path: str
+    locals: list[str]
+    shapes: list[tuple[int, ...]]
+    kind: str = ""
+
+    @property
+    def sig(self) -> tuple:
+        return tuple(s for n, s in zip(self.locals, self.shapes) if n not in _SCALAR_BUFFERS)
+
+    def key(self, local: str) -> str:
+        return f"{self.path}.{local}" if self.path else local
+
+    def describe(self) -> str:
+        tensors = " ".join(
+            f"{n}({','.join(map(str, s))})"
+            for n, s in zip(self.locals, self.shapes)
+            if n not in _SCALAR_BUFFERS
+        )
+        return f"{self.path or '(root)'!r} [{self.kind + ': ' if self.kind else ''}{tensors}]"
+
+
+def _units(shapes: dict[str, tuple[int, ...]], modules: dict[str, Any] | None = None) -> dict[str, _Unit]:
+    units: dict[str, _Unit] = {}
+    for key, shape in shapes.items():
+        path, _, local = key.rpartition(".")
+        unit = units.get(path)
+        if unit is None:
+            kind = type(modules[path]).__name__ if modules and path in modules else ""
+            unit = units[path] = _Unit(path, [], [], kind)
+        unit.locals.append(local)
+        unit.shapes.append(tuple(shape))
+    for unit in units.values():
+        ranked = sorted(zip(unit.locals, unit.shapes), key=lambda ls: (_LOCAL_RANK.get(ls[0], 99), ls[0]))
+        unit.locals = [n for n, _ in ranked]
+        unit.shapes = [s for _, s in ranked]
+    return units
+
+
+def _looks_sorted(sd: dict[str, Any]) -> bool:
+    """True when keys are sorted by name, possibly within contiguous dtype groups (safetensors' layout)."""
+    runs: list[tuple[Any, list[str]]] = []
+    for k, v in sd.items():
+        dtype = getattr(v, "dtype", None)
+        if runs and runs[-1][0] == dtype:
+            runs[-1][1].append(k)
+        else:
+            runs.append((dtype, [k]))
+    if len({d for d, _ in runs}) != len(runs):
+        return False
+    return all(keys == sorted(keys) for _, keys in runs)
+
+
+def _natural_key(path: str) -> list:
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split(".")]
+
+
+def _example_inputs(model: Any) -> list[Any]:
+    """Plausible inputs for ``model``, cheapest first: the zoo's sample shape, or ones built from its
+    first layer (a small image first, then 224x224 for models that need that size)."""
+    import torch
+    import torch.nn as nn
+
+    from torchsmith._provenance import get_provenance
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    arch = get_provenance(model).get("arch", {}).get("name")
+    if arch and ":" not in arch:
+        try:
+            from torchsmith.zoo import get_entry
+
+            return [torch.randn(get_entry(arch).input_shape, device=device)]
+        except Exception:
+            pass
+    for m in model.modules():
+        if isinstance(m, nn.Conv1d):
+            return [torch.randn(1, m.in_channels, n, device=device) for n in (64, 224)]
+        if isinstance(m, nn.Conv3d):
+            return [torch.randn(1, m.in_channels, 16, n, n, device=device) for n in (64, 112)]
+        if isinstance(m, nn.Conv2d):
+            return [torch.randn(1, m.in_channels, n, n, device=device) for n in (64, 224)]
+        if isinstance(m, nn.Linear):
+            return [torch.randn(1, m.in_features, device=device)]
+        if isinstance(m, nn.Embedding):
+            return [torch.zeros(1, 8, dtype=torch.long, device=device)]
+    return []
+
+
+def execution_order(model: Any, example_input: Any = None) -> list[str]:
+    """Module paths in the order the modules *start* running on ``example_input`` (first call only).
+
+    The model runs once in eval mode without gradients (batch-norm statistics are not updated) and
+    its train/eval flags are restored afterwards.
+    """
+    if example_input is None:
+        candidates = _example_inputs(model)
+        if not candidates:
+            raise TransferError(
+                f"cannot guess an input for {type(model).__name__} to trace its forward order; "
+                "pass example_input=... or order='registration'"
+            )
+        for i, candidate in enumerate(candidates):
+            try:
+                return execution_order(model, candidate)
+            except TransferError:
+                if i == len(candidates) - 1:
+                    raise
+    return _trace(model, example_input)
+
+
+def _trace(model: Any, example_input: Any) -> list[str]:
+    import torch
+
+    order: list[str] = []
+    seen: set[str] = set()
+    handles = []
+    for path, module in model.named_modules():
+
+        def hook(_mod: Any, _args: Any, path: str = path) -> None:
+            if path not in seen:
+                seen.add(path)
+                order.append(path)
+
+        handles.append(module.register_forward_pre_hook(hook))
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            if isinstance(example_input, dict):
+                model(**example_input)
+            elif isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            else:
+                model(example_input)
+    except Exception as e:
+        raise TransferError(
+            f"could not run {type(model).__name__} to trace the order its layers run "
+            f"({type(e).__name__}: {e}); pass example_input=... (a tensor, tuple or dict) "
+            "or order='registration'"
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+    return order
+
+
+def _ordered(units: dict[str, _Unit], order: Sequence[str]) -> tuple[list[_Unit], list[str]]:
+    ranked = [units[p] for p in order if p in units]
+    placed = {u.path for u in ranked}
+    rest = [u for p, u in units.items() if p not in placed]
+    return ranked + rest, [u.path for u in rest]
+
+
+def _compatible(a: _Unit, b: _Unit) -> bool:
+    """Same tensors up to sizes: the first conv or the classifier may differ like this."""
+    sa, sb = a.sig, b.sig
+    return len(sa) == len(sb) and all(len(x) == len(y) for x, y in zip(sa, sb))
+
+
+def _align(t_units: list[_Unit], s_units: list[_Unit]) -> tuple[list[tuple[_Unit, _Unit, str]] | None, str]:
+    n, m = len(t_units), len(s_units)
+    out: list[tuple[_Unit, _Unit, str]] = []
+    for i in range(min(n, m)):
+        t, s = t_units[i], s_units[i]
+        if t.sig == s.sig:
+            out.append((t, s, "same shapes"))
+            continue
+        edge = i == 0 or (i == n - 1 and i == m - 1)
+        if edge and _compatible(t, s):
+            out.append((t, s, "shapes differ" + (" (input layer)" if i == 0 else " (classifier)")))
+            continue
+        return None, (
+            f"first divergence at position {i}: model module {t.describe()} vs source module {s.describe()}"
+            + (f" (the model has {n} modules with weights, the source {m})" if n != m else "")
+        )
+    if n != m:
+        i = min(n, m)
+        extra = t_units[i].describe() if n > m else s_units[i].describe()
+        side = "model" if n > m else "source"
+        return None, (
+            f"first divergence at position {i}: the {side} has more modules with weights ({n} vs {m}), "
+            f"starting with {extra}"
+        )
+    return out, ""
+
+
+def _pair_keys(t: _Unit, s: _Unit) -> list[tuple[str, str]]:
+    t_main = [n for n in t.locals if n not in _SCALAR_BUFFERS]
+    s_main = [n for n in s.locals if n not in _SCALAR_BUFFERS]
+    if sorted(t_main) == sorted(s_main):
+        pairs = [(t.key(n), s.key(n)) for n in t_main]
+    else:
+        pairs = [(t.key(a), s.key(b)) for a, b in zip(t_main, s_main)]
+    pairs += [(t.key(n), s.key(n)) for n in t.locals if n in _SCALAR_BUFFERS and n in s.locals]
+    return pairs
+
+
+def match_structure(
+    target: Any,
+    source_sd: dict[str, Any],
+    *,
+    target_keys: Sequence[str] | None = None,
+    source_module: Any = None,
+    example_input: Any = None,
+    source_example_input: Any = None,
+    order: str = "auto",
+) -> StructureMatch:
+    """Pair ``target``'s state_dict keys with ``source_sd``'s by forward order and shapes.
+
+    ``target_keys`` restricts the model side (``load_weights`` passes the keys left after
+    include/exclude). ``source_module``, when the source is a model, is traced too. ``order``:
+    ``"auto"`` (forward order, registration order as a cross-check), ``"execution"`` or
+    ``"registration"``. Raises :class:`~torchsmith.errors.TransferError` naming the first divergence
+    when the two do not align, or the first disputed module when two orders align differently.
+    """
+    if order not in ("auto", "execution", "registration"):
+        raise InputError(f"order: expected 'auto', 'execution' or 'registration', got {order!r}")
+    modules = dict(target.named_modules())
+    sd = target.state_dict(keep_vars=True)
+    keys = list(sd) if target_keys is None else list(target_keys)
+    notes: list[str] = []
+    # A module registered under two names appears twice in state_dict; align its first name only.
+    first_path: dict[int, str] = {}
+    aliases = []
+    for k in keys:
+        path = k.rpartition(".")[0]
+        mod = target.get_submodule(path) if path else target
+        if first_path.setdefault(id(mod), path) != path:
+            aliases.append(k)
+    if aliases:
+        notes.append(
+            f"{len(aliases)} keys of modules shared under a second name were left to their first name"
+        )
+    t_units = _units({k: tuple(sd[k].shape) for k in keys if k not in aliases}, modules)
+    s_units = _units(
+        {k: tuple(v.shape) for k, v in source_sd.items()},
+        dict(source_module.named_modules()) if source_module is not None else None,
+    )
+    guessed = ""
+    if source_module is None and len(s_units) > 2 and _looks_sorted(source_sd):
+        # Sorted keys (safetensors stores them so) have lost the order the modules were registered in.
+        s_units = {p: s_units[p] for p in sorted(s_units, key=_natural_key)}
+        guessed = (
+            "the source keys are sorted (as safetensors stores them), so the order its modules were "
+            "registered in is unknown; they were ordered by name, numbers as numbers. If the match is "
+            "refused, load the file into its own architecture by name first and pass that model as source"
+        )
+        notes.append(guessed)
+    if not t_units or not s_units:
+        raise TransferError(
+            f"structure match: the {'model' if not t_units else 'source'} has no tensors left to align"
+        )
+
+    candidates: list[tuple[str, list[_Unit], list[_Unit], list[str]]] = []
+    trace_error = None
+    if order in ("auto", "execution"):
+        try:
+            t_exec = execution_order(target, example_input)
+            if source_module is not None:
+                s_exec = None
+                if source_example_input is None and example_input is not None:
+                    try:  # the model's input usually suits the source as well
+                        s_exec = execution_order(source_module, example_input)
+                    except TransferError:
+                        s_exec = None
+                if s_exec is None:
+                    s_exec = execution_order(source_module, source_example_input)
+                s_list, s_rest = _ordered(s_units, s_exec)
+            else:
+                s_list, s_rest = list(s_units.values()), []
+            t_list, t_rest = _ordered(t_units, t_exec)
+            extra = []
+            if t_rest:
+                extra.append(f"model modules that did not run were placed last: {', '.join(t_rest[:5])}")
+            if s_rest:
+                extra.append(f"source modules that did not run were placed last: {', '.join(s_rest[:5])}")
+            candidates.append(("forward order", t_list, s_list, extra))
+        except TransferError as e:
+            if order == "execution" or example_input is not None:
+                raise  # the caller's own input failed, or they asked for forward order
+            trace_error = str(e)
+    # Registration order cross-checks a state_dict source; a traced source model needs no check.
+    if order == "registration" or (order == "auto" and (source_module is None or not candidates)):
+        candidates.append(("registration order", list(t_units.values()), list(s_units.values()), []))
+    if trace_error:
+        notes.append(f"forward trace failed, used registration order only: {trace_error}")
+
+    results = []
+    failures = []
+    for label, t_list, s_list, extra in candidates:
+        aligned, why = _align(t_list, s_list)
+        if aligned is None:
+            failures.append((label, why))
+        else:
+            results.append((label, aligned, extra, [u.path for u in t_list]))
+    if not results:
+        label, why = failures[0]
+        more = "".join(f"; in {lab}: {w}" for lab, w in failures[1:] if w != why)
+        if guessed:
+            more += "; " + guessed
+        raise TransferError(f"structure match refused ({label}): {why}{more}")
+    chosen = results[0]
+    for other in results[1:]:
+        a = {t.path: s.path for t, s, _ in chosen[1]}
+        b = {t.path: s.path for t, s, _ in other[1]}
+        if a != b:
+            disputed = next(t.path for t, _, _ in chosen[1] if a[t.path] != b.get(t.path))
+            raise TransferError(
+                f"structure match is ambiguous: model module {disputed!r} pairs with source module "
+                f"{a[disputed]!r} in {chosen[0]} but with {b[disputed]!r} in {other[0]}; "
+                "pass order='execution' or order='registration' to choose, "
+                "or use match='name' with rename rules"
+            )
+    label, aligned, extra, t_order = chosen
+    notes.append(
+        f"aligned {len(aligned)} modules by {label}"
+        + ("" if len(results) == 1 else f" (and {results[1][0]})")
+    )
+    notes.extend(extra)
+    result = StructureMatch(notes=notes, target_order=t_order, order=label)
+    for t, s, status in aligned:
+        for tk, sk in _pair_keys(t, s):
+            result.pairs[tk] = sk
+        result.mapping.append({"target": t.path, "source": s.path, "kind": t.kind, "status": status})
+    return result

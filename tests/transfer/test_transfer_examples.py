@@ -1,0 +1,42 @@
+"""The S14/S15 examples run and show what they claim (imported in-process, not spawned)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "transfer"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"transfer_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_s14_rules_reproduce_the_seed_init_weights_exactly(capsys):
+    r = _load("s14_init_weights").main(image_size=32)
+    assert r["identical"]
+    assert r["rules"] == {
+        "conv1.weight": "#0 xavier_normal",
+        "conv1.bias": "default: zeros (bias)",
+        "fc1.weight": "#1 normal",
+        "fc3.bias": "default: zeros (bias)",
+    }
+    assert r["fc3_zero"] and r["fc3_rule"] == "#0 zeros"
+    assert r["conv_std"] == pytest.approx(r["conv_expected_std"], rel=0.1)  # kaiming fan_out, 64*9 outputs
+    assert "identical to the seed's init_weights: True" in capsys.readouterr().out
+
+
+def test_s15_trap5_is_silent_in_the_seed_and_loud_in_torchsmith(capsys):
+    r = _load("s15_transfer_learning").main(image_size=32)
+    assert r["seed_loaded"] is False  # the seed's update() loads nothing
+    assert r["torchsmith_loaded"] and r["still_loaded"]
+    assert r["skipped"] == ["fc3.weight", "fc3.bias"] and 0.99 < r["fraction"] < 1
+    assert r["head_rule"] == "#0 normal" and r["conv1_skipped"]
+    assert "nothing was loaded" in r["refused"]
+    out = capsys.readouterr().out
+    assert "(101, 128) vs (10, 128)" in out and "weights loaded = False" in out
