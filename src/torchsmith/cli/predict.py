@@ -1,0 +1,30 @@
+"""``torchsmith predict --checkpoint C INPUTS...``: classify image files with a training checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "classify image files with a training checkpoint"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by torchsmith train")
+    p.add_argument("--top-k", type=int, default=1, help="also list the k most likely classes")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchsmith.cli._output import format_table, print_json
+    from torchsmith.training import predict
+
+    results = predict(args.checkpoint, args.inputs, top_k=args.top_k)
+    if args.json:
+        print_json(results)
+        return 0
+    rows = []
+    for r in results:
+        others = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"][1:])
+        rows.append((r["input"], r["class"], f"{100 * r['probability']:.1f}%", others))
+    print(format_table(["input", "class", "probability", "next"], rows, "llrl"))
+    return 0

@@ -1,0 +1,77 @@
+"""``torchsmith train [RECIPE]``: run a training recipe (the built-in digits finetune without one)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a model from a YAML recipe (no RECIPE: the built-in digits finetune)"
+DESCRIPTION = (
+    "Train from a YAML recipe: model, surgery, init, weights, freezing, data, loss, optimizer, "
+    "scheduler, loop. Without RECIPE it runs the built-in default, a finetune on scikit-learn's "
+    "handwritten digits. Under torchrun it trains on every process with DistributedDataParallel."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", help="recipe file (YAML); default: the built-in digits recipe")
+    p.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the output folder's last checkpoint")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field by dotted key, e.g. --set train.epochs=3 (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchsmith.cli._output import print_json
+    from torchsmith.training import train
+
+    overrides = list(args.overrides)
+    if args.quiet:
+        overrides.append("train.progress=false")
+    result = train(
+        args.recipe,
+        out=args.out,
+        resume=args.resume,
+        overrides=overrides,
+        log=None if args.quiet else _log,
+    )
+    if not _is_main():
+        return 0
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    acc = result.val_acc
+    print(f"run folder      {result.out_dir}")
+    print(f"epochs / steps  {len(result.history)} / {result.steps}  ({result.seconds:.1f} s)")
+    if acc is not None:
+        print(f"held-out acc    {100 * acc:.2f}%")
+    if result.reloaded_acc is not None:
+        print(
+            f"reloaded acc    {100 * result.reloaded_acc:.2f}%"
+            f"  (from {result.model_file or result.checkpoint})"
+        )
+    print(
+        f"checkpoints     {result.checkpoint}"
+        + (f", {result.best_checkpoint}" if result.best_checkpoint else "")
+    )
+    print(f"metrics         {result.metrics_file}" + (f", {result.plot_file}" if result.plot_file else ""))
+    return 0
+
+
+def _log(line: str) -> None:
+    from torchsmith.training.api import _stderr
+
+    _stderr(line)
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")

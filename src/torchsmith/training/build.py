@@ -1,0 +1,115 @@
+"""Build a recipe's model: create → surgery → init → transfer weights → freeze, with a log of each step.
+
+Each step is done by the concern that owns it (``torchsmith.zoo``/``torchsmith.spec`` to build,
+``torchsmith.surgery`` to reshape and freeze, ``torchsmith.transfer`` to initialise and load weights);
+this module only reads the recipe and calls them in order, under the recipe's seed, so every process
+and every resume builds the very same model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from torchsmith.errors import RecipeError
+
+__all__ = ["build_model", "build_param_groups"]
+
+
+def _need(module: str, name: str, field: str) -> Callable[..., Any]:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise RecipeError(
+            f"recipe field {field!r}: needs {module}.{name}, which this torchsmith installation does "
+            f"not provide; remove the field or install a torchsmith that has it"
+        ) from None
+
+
+def _report_lines(report: Any) -> list[str]:
+    if report is None:
+        return []
+    for attr in ("summary", "format", "to_text"):
+        fn = getattr(report, attr, None)
+        if callable(fn):
+            try:
+                text = fn()
+            except TypeError:
+                continue
+            if isinstance(text, str):
+                return text.splitlines()
+    return str(report).splitlines()
+
+
+def _log_report(log: Callable[[str], None], kind: str, report: Any) -> None:
+    for line in _report_lines(report):
+        log(line if line.startswith(f"{kind}: ") else f"{kind}: {line}")
+
+
+def _call(field: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call another concern's function; its input errors are reported against the recipe field."""
+    from torchsmith.errors import InputError
+
+    try:
+        return fn(*args, **kwargs)
+    except RecipeError:
+        raise
+    except InputError as e:
+        raise RecipeError(f"recipe field {field!r}: {e}") from None
+    except TypeError as e:
+        raise RecipeError(f"recipe field {field!r}: {e}") from None
+
+
+def build_model(recipe: dict, log: Callable[[str], None] | None = None) -> Any:
+    """Build the model a recipe describes. ``log`` receives one line per step (and the reports)."""
+    import torch
+
+    log = log or (lambda s: None)
+    torch.manual_seed(recipe["seed"])
+    m = recipe["model"]
+    if m["spec"] is not None:
+        build = _need("torchsmith.spec", "build_model", "model.spec")
+        model = _call("model.spec", build, m["spec"])
+        log(f"model: built from spec {m['spec'] if isinstance(m['spec'], str) else '(inline)'}")
+    else:
+        from torchsmith.zoo import create_model
+
+        model = _call("model.name", create_model, m["name"], **m["kwargs"])
+        log(f"model: {m['name']} {m['kwargs'] or ''}".rstrip())
+    if recipe["surgery"]:
+        apply_surgery = _need("torchsmith.surgery", "apply_surgery", "surgery")
+        _log_report(log, "surgery", _call("surgery", apply_surgery, model, recipe["surgery"]))
+    if recipe["init"] is not None:
+        init_weights = _need("torchsmith.transfer", "init_weights", "init")
+        _log_report(log, "init", _call("init", init_weights, model, recipe["init"], where="init"))
+    w = recipe["weights"]
+    if w["source"] is not None:
+        load_weights = _need("torchsmith.transfer", "load_weights", "weights")
+        _log_report(log, "weights", _call("weights", load_weights, model, w["source"], **w["args"]))
+    if recipe["freeze"] is not None or recipe["unfreeze"] is not None:
+        for key in ("freeze", "unfreeze"):
+            if recipe[key] is None:
+                continue
+            fn = _need("torchsmith.surgery", key, key)
+            spec = recipe[key]
+            # a pattern, a list of patterns, or the function's keywords {patterns, before, exclude, ...}
+            kwargs = dict(spec) if isinstance(spec, dict) else {"patterns": spec}
+            _call(key, fn, model, **kwargs)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        log(f"freeze: {n_train:,} of {n_all:,} parameters trainable")
+    return model
+
+
+def build_param_groups(model: Any, recipe: dict) -> list:
+    """The optimizer's parameters: every trainable one, or the recipe's ``param_groups``."""
+    spec = recipe["param_groups"]
+    if spec:
+        param_groups = _need("torchsmith.surgery", "param_groups", "param_groups")
+        # a list of rules [{params: PATTERN, lr: ...}], or the function's keywords {rules, layer_decay, ...}
+        kwargs = dict(spec) if isinstance(spec, dict) else {"rules": spec}
+        opt = recipe["optimizer"]
+        kwargs.setdefault("weight_decay", opt["args"].get("weight_decay", 0.0))
+        return list(_call("param_groups", param_groups, model, opt["lr"], **kwargs))
+    return [p for p in model.parameters() if p.requires_grad]

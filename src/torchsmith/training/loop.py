@@ -1,0 +1,692 @@
+"""The training loop: train/eval modes, accumulation, clipping, mixed precision, metrics, checkpoints.
+
+What it does each optimizer step, and why:
+
+* ``model.train()`` for training and ``model.eval()`` + ``torch.no_grad()`` for validation (S19).
+* Gradients cleared with ``zero_grad(set_to_none=True)`` after each step; with ``grad_accum: N`` the
+  loss of each micro-batch is divided by the group's size and DDP skips its all-reduce
+  (``no_sync``) on all but the group's last micro-batch.
+* ``loss(output, target)`` in that order (seed 004's loop had them swapped, trap 12), computed in
+  float32 even under autocast.
+* Mixed precision: bf16 autocast on the CPU or GPU; fp16 autocast with a ``GradScaler`` on GPUs.
+* Metrics (loss, accuracy, top-k) are summed **on the device**; the host reads them once per epoch
+  and once per ``log_every`` steps for the progress bar, never with a per-step ``.item()``.
+* Checkpoints at the end of each epoch (``last.pt``, and ``best.pt`` when the validation score
+  improves) and every ``checkpoint_every_steps`` optimizer steps, all atomic; a resume restarts at
+  the recorded batch of the recorded epoch without loading the batches before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torchsmith._io import atomic_path, atomic_write
+from torchsmith.errors import CheckpointError, RecipeError, TorchsmithError
+from torchsmith.training import distributed as dist_
+from torchsmith.training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+__all__ = ["Trainer", "evaluate_model", "plot_curves"]
+
+
+def _autocast(device: Any, precision: str) -> Any:
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(x: Any, device: Any, channels_last: bool) -> Any:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        x = x.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device, channels_last) for v in x)
+    return x
+
+
+def _topk_list(top_k: list[int], num_outputs: int) -> list[int]:
+    ks = sorted({k for k in top_k if k <= num_outputs} | {1})
+    return ks
+
+
+def _new_acc(ks: list[int], device: Any) -> Any:
+    import torch
+
+    return torch.zeros(1 + (ks[-1] if ks else 0), device=device, dtype=torch.float64)
+
+
+_VIEWS: dict[int, tuple[Any, Any, Any]] = {}
+
+
+def _accumulate(acc: Any, loss: Any, scores: Any, y: Any, ks: list[int]) -> int:
+    """Add one batch to ``acc`` = [loss_sum, hits at rank 1, hits at rank 2, ..., rank max(k)].
+
+    On the device, a handful of small ops, no host sync; returns the batch size, which the caller
+    counts on the host. (Every op costs a few microseconds of dispatch: this is most of the loop's
+    fixed cost per step on a tiny model, so it is kept short.)
+    """
+    n = y.shape[0]
+    views = _VIEWS.get(id(acc))
+    if views is None or views[0] is not acc:
+        _VIEWS.clear()
+        views = _VIEWS[id(acc)] = (acc, acc[0], acc[1:])
+    _, loss_sum, hit_sums = views
+    loss_sum.add_(loss.detach(), alpha=n)
+    if ks and scores is not None:
+        s = scores.detach()
+        top = s.topk(ks[-1], dim=1).indices if ks[-1] > 1 else s.argmax(1, keepdim=True)
+        hit_sums.add_((top == y.unsqueeze(1)).sum(0))  # labels found at each rank position
+    return n
+
+
+def _summarise(acc_list: list[float], count: float, ks: list[int], prefix: str) -> dict:
+    out = {f"{prefix}_loss": acc_list[0] / count if count else float("nan")}
+    for k in ks:
+        key = f"{prefix}_acc" if k == 1 else f"{prefix}_top{k}"
+        out[key] = sum(acc_list[1 : 1 + k]) / count if count else float("nan")
+    out[f"{prefix}_samples"] = int(count)
+    return out
+
+
+def _reduce(acc: Any, count: int, ctx: Any) -> tuple[list[float], float]:
+    """Sum the sums and the count over ranks (every rank calls this) and bring them to the host."""
+    import torch
+
+    both = torch.cat((acc, acc.new_tensor([float(count)])))
+    if ctx is not None and ctx.enabled:
+        dist_.all_reduce_sum(both, ctx)
+    values = both.tolist()
+    return values[:-1], values[-1]
+
+
+def _is_classification(out: Any, y: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(out, torch.Tensor)
+        and isinstance(y, torch.Tensor)
+        and out.dim() == 2
+        and y.dim() == 1
+        and not y.is_floating_point()
+    )
+
+
+def evaluate_model(
+    model: Any,
+    loader: Any,
+    criterion: Any,
+    *,
+    device: Any,
+    precision: str = "fp32",
+    top_k: list[int] = (1, 5),
+    channels_last: bool = False,
+    ctx: Any = None,
+) -> dict:
+    """Loss, accuracy and top-k of ``model`` over ``loader`` (summed over ranks when ``ctx`` is given)."""
+    import torch
+
+    model.eval()
+    acc = None
+    ks: list[int] = []
+    count = 0
+    with torch.no_grad():
+        for x, y in loader:
+            x = _to_device(x, device, channels_last)
+            y = _to_device(y, device, False)
+            with _autocast(device, precision):
+                out = model(x)
+            out = out.float() if isinstance(out, torch.Tensor) else out
+            loss = criterion(out, y)
+            scores = criterion.scores(out) if _is_classification(out, y) else None
+            if acc is None:
+                ks = _topk_list(list(top_k), scores.shape[1]) if scores is not None else []
+                acc = _new_acc(ks, device)
+            count += _accumulate(acc, loss, scores, y, ks)
+    if acc is None:
+        acc = _new_acc(ks, device)
+    # Every rank gets here on the same path (no rank-0 branch around a collective).
+    values, total = _reduce(acc, count, ctx)
+    return _summarise(values, total, ks, "val")
+
+
+def plot_curves(history: list[dict], path: str | Path) -> Path | None:
+    """Write a PNG of loss and accuracy per epoch (matplotlib, Agg backend) atomically."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", axes[0]), ("acc", axes[1])):
+        for split in ("train", "val"):
+            values = [h.get(f"{split}_{key}") for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [math.nan if v is None else v for v in values], marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+class Trainer:
+    """Runs one recipe: holds the model, data, optimizer and the loop's position.
+
+    Built by :func:`torchsmith.training.train`; usable directly for custom drivers::
+
+        t = Trainer(recipe, out_dir, ctx, log=print)
+        t.setup(resume=False)
+        t.fit()
+    """
+
+    def __init__(self, recipe: dict, out_dir: Path, ctx: Any, log: Callable[[str], None] | None = None):
+        self.recipe = recipe
+        self.out_dir = Path(out_dir)
+        self.ctx = ctx
+        self.log = log or (lambda s: None)
+        self.epoch = 0  # epoch in progress (0-based)
+        self.step = 0  # optimizer steps done
+        self.batches_done = 0  # micro-batches done in the current epoch
+        self.history: list[dict] = []
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.resumed_from: dict | None = None
+        self._acc_state: Any = None
+        self._count = 0  # samples seen this epoch by this rank
+        self._ks: list[int] | None = None
+        self.stopped_early = False
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, resume: bool | str = False) -> None:
+        import random
+
+        import numpy as np
+        import torch
+        from torch.utils.data import DataLoader
+
+        from torchsmith.training.build import build_model, build_param_groups
+        from torchsmith.training.data import ResumableSampler, build_datasets
+        from torchsmith.training.losses import build_loss
+        from torchsmith.training.optimizers import build_optimizer, build_scheduler
+
+        r, ctx, t = self.recipe, self.ctx, self.recipe["train"]
+        device = ctx.device
+        if t["threads"]:
+            torch.set_num_threads(t["threads"])
+        if t["precision"] == "fp16" and device.type != "cuda":
+            raise RecipeError("recipe field 'train.precision': fp16 needs a CUDA device; use bf16 on the CPU")
+        seed = r["seed"]
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+        self.raw_model = build_model(r, log=self.log if ctx.is_main else None).to(device)
+        if t["channels_last"]:
+            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
+
+        self.train_ds, self.val_ds = build_datasets(r)
+        if ctx.is_main:
+            skipped = len(self.train_ds.skipped) + (len(self.val_ds.skipped) if self.val_ds else 0)
+            self.log(
+                f"data: {r['data']['kind']}, {len(self.train_ds)} training / "
+                f"{len(self.val_ds) if self.val_ds else 0} validation samples, "
+                f"{len(self.train_ds.classes)} classes"
+                + (f", {skipped} bad samples skipped" if skipped else "")
+            )
+        bs = r["data"]["batch_size"]
+        if bs % ctx.world_size:
+            raise RecipeError(
+                f"recipe field 'data.batch_size': {bs} is the global batch and must divide evenly over "
+                f"{ctx.world_size} processes"
+            )
+        self.per_rank_bs = bs // ctx.world_size
+        self.sampler = ResumableSampler(
+            len(self.train_ds), shuffle=True, seed=seed, rank=ctx.rank, world_size=ctx.world_size
+        )
+        nw = r["data"]["num_workers"]
+        pin = device.type == "cuda"
+        # A private generator: creating the loader's iterator must not draw from the global RNG,
+        # or a resumed run would be one draw out of step with the original.
+        self.train_loader = DataLoader(
+            self.train_ds,
+            batch_size=self.per_rank_bs,
+            sampler=self.sampler,
+            num_workers=nw,
+            drop_last=r["data"]["drop_last"],
+            pin_memory=pin,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self.val_loader = None
+        if self.val_ds is not None and len(self.val_ds):
+            ebs = r["data"]["eval_batch_size"] or self.per_rank_bs
+            vs = ResumableSampler(
+                len(self.val_ds), shuffle=False, rank=ctx.rank, world_size=ctx.world_size, pad=False
+            )
+            self.val_loader = DataLoader(
+                self.val_ds,
+                batch_size=ebs,
+                sampler=vs,
+                num_workers=nw,
+                pin_memory=pin,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        self.batches_per_epoch = len(self.train_loader)
+        if self.batches_per_epoch == 0:
+            raise RecipeError(
+                f"recipe field 'data.batch_size': {bs} is larger than the {len(self.train_ds)} training "
+                "samples with drop_last; lower it"
+            )
+        accum = t["grad_accum"]
+        self.steps_per_epoch = -(-self.batches_per_epoch // accum)
+
+        self.criterion = build_loss(r["loss"]["name"], r["loss"]["args"], r["loss"]["adapter"]).to(device)
+        if (
+            ctx.enabled
+            and r["distributed"]["check_unused_parameters"]
+            and not r["distributed"]["find_unused_parameters"]
+        ):
+            self._check_unused()
+        if ctx.enabled and ctx.rank > 0:
+            torch.manual_seed(seed + ctx.rank)  # dropout masks differ per rank
+        # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
+        self.model = dist_.wrap_model(self.raw_model, ctx, r)
+        self.optimizer = build_optimizer(
+            r["optimizer"]["name"],
+            build_param_groups(self.raw_model, r),
+            lr=r["optimizer"]["lr"],
+            args=r["optimizer"]["args"],
+            model=self.raw_model,
+        )
+        self.is_lbfgs = r["optimizer"]["name"] == "LBFGS"
+        self.scheduler = None
+        if r["scheduler"]["name"]:
+            self.scheduler = build_scheduler(
+                r["scheduler"]["name"],
+                self.optimizer,
+                r["scheduler"]["args"],
+                interval=r["scheduler"]["interval"],
+                epochs=t["epochs"],
+                steps_per_epoch=self.steps_per_epoch,
+            )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=t["precision"] == "fp16")
+
+        if t["compile"]:
+            self.model = torch.compile(self.model)
+
+        ckpt = self.out_dir / "last.pt"
+        if resume:
+            path = Path(resume) if isinstance(resume, (str, Path)) else ckpt
+            if not path.is_file():
+                raise CheckpointError(
+                    f"cannot resume: no checkpoint {path} (start without --resume, "
+                    "or pass the run's --out folder)"
+                )
+            self._load(path)
+        elif ckpt.exists() and ctx.is_main:
+            self.log(f"note: {ckpt} exists and will be replaced (use --resume to continue that run)")
+
+    def _check_unused(self) -> None:
+        """Name parameters that get no gradient, on every rank, before DDP would trip over them."""
+        import torch
+
+        first = [self.train_ds[i] for i in list(iter(self.sampler))[: self.per_rank_bs]]
+        x, y = torch.utils.data.default_collate(first)
+        dev, t = self.ctx.device, self.recipe["train"]
+
+        def run_step() -> None:
+            self.raw_model.train()
+            xx = _to_device(x, dev, t["channels_last"])
+            with _autocast(dev, t["precision"]):
+                out = self.raw_model(xx)
+            self.criterion(out.float(), _to_device(y, dev, False)).backward()
+
+        names = dist_.unused_parameters(self.raw_model, run_step)
+        every = dist_.gather_objects(names, self.ctx)  # all ranks, same path
+        union = sorted({n for lst in every for n in lst})
+        if union:
+            raise RecipeError(
+                f"recipe: {len(union)} trainable parameter(s) got no gradient at step one, which "
+                f"DistributedDataParallel cannot handle: {', '.join(union[:12])}"
+                + (" ..." if len(union) > 12 else "")
+                + "; freeze them (recipe field 'freeze') or set distributed.find_unused_parameters: true"
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _model_state(self) -> tuple[dict, dict]:
+        if self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return (
+                get_model_state_dict(self.raw_model, options=opts),
+                get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts),
+            )
+        return self.raw_model.state_dict(), self.optimizer.state_dict()
+
+    def _state(self, *, epoch_done: bool) -> dict:
+        """The checkpoint dict. Every rank must call this (it gathers per-rank RNG and sums)."""
+        import torch
+
+        per_rank = {
+            "rng": capture_rng(self.ctx.device),
+            "acc": None if self._acc_state is None else self._acc_state.detach().cpu(),
+            "count": self._count,
+        }
+        ranks = dist_.gather_objects(per_rank, self.ctx)
+        model_sd, opt_sd = self._model_state()
+        return {
+            "epoch": self.epoch + 1 if epoch_done else self.epoch,
+            "batches_done": 0 if epoch_done else self.batches_done,
+            "step": self.step,
+            "world_size": self.ctx.world_size,
+            "model": model_sd,
+            "optimizer": opt_sd,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "ranks": ranks,
+            "ks": self._ks,
+            "history": json.dumps(self.history),
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "classes": list(self.train_ds.classes),
+            "recipe": json.dumps(self.recipe),
+            "torch_version": str(torch.__version__),
+        }
+
+    def save(self, *, epoch_done: bool, best: bool = False) -> None:
+        state = self._state(epoch_done=epoch_done)
+        if self.ctx.is_main:  # file writing only; no collective in here
+            last = save_checkpoint(self.out_dir / "last.pt", state)
+            if best:
+                with atomic_path(self.out_dir / "best.pt") as tmp:
+                    shutil.copyfile(last, tmp)
+            with atomic_write(self.out_dir / "metrics.jsonl", "w") as f:
+                for h in self.history:
+                    f.write(json.dumps(h) + "\n")
+        dist_.barrier(self.ctx)
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.ctx.device)
+        if state["world_size"] != self.ctx.world_size:
+            raise CheckpointError(
+                f"checkpoint {path}: written by {state['world_size']} process(es), resumed with "
+                f"{self.ctx.world_size}; exact resume needs the same number"
+            )
+        if self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.raw_model, state["model"], options=opts)
+            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
+        else:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.step = state["step"]
+        self.batches_done = state["batches_done"]
+        self.history = json.loads(state["history"])
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self._ks = state["ks"]
+        mine = state["ranks"][self.ctx.rank]
+        restore_rng(mine["rng"], self.ctx.device)
+        self._acc_state = None if mine["acc"] is None else mine["acc"].to(self.ctx.device)
+        self._count = mine["count"]
+        old = json.loads(state["recipe"])
+        changed = sorted(_diff(old, json.loads(json.dumps(self.recipe))))
+        self.resumed_from = {
+            "checkpoint": str(path),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batches_done": self.batches_done,
+        }
+        if self.ctx.is_main:
+            self.log(
+                f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batches_done}, step {self.step}"
+                + (f" (recipe fields changed since: {', '.join(changed)})" if changed else "")
+            )
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> None:
+        t = self.recipe["train"]
+        start = time.perf_counter()
+        while self.epoch < t["epochs"] and not self.stopped_early:
+            train_metrics = self._train_epoch()
+            val_metrics = self._validate()
+            record = {
+                "epoch": self.epoch + 1,
+                "step": self.step,
+                **train_metrics,
+                **val_metrics,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "time": round(time.perf_counter() - start, 3),
+            }
+            self._check_finite(record)
+            if self.scheduler is not None and self.recipe["scheduler"]["interval"] == "epoch":
+                self._scheduler_step(record)
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.history.append(record)
+            improved = self._is_best(record)
+            if self.ctx.is_main:
+                self.log(_format_record(record, t["epochs"]))
+            self.save(epoch_done=True, best=improved)
+            self.epoch += 1
+            self.batches_done = 0
+            self._acc_state = None
+            self._count = 0
+
+    def _check_finite(self, record: dict) -> None:
+        # Values are already reduced over ranks, so every rank raises together.
+        loss = record.get("train_loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TorchsmithError(
+                f"training diverged: the loss of epoch {record['epoch']} is {loss} (try a lower "
+                "optimizer.lr, train.clip_grad_norm, or fp32 precision)"
+            )
+
+    def _is_best(self, record: dict) -> bool:
+        key = self.recipe["train"]["best_metric"]
+        value = record.get(key)
+        if value is None:
+            key, value = "train_loss", record.get("train_loss")
+        if value is None or not math.isfinite(value):
+            return False
+        better = self.best is None or (value < self.best if key.endswith("loss") else value > self.best)
+        if better:
+            self.best, self.best_epoch = value, record["epoch"]
+        return better
+
+    def _scheduler_step(self, record: dict) -> None:
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(record.get("val_loss", record["train_loss"]))
+        else:
+            self.scheduler.step()
+
+    def _validate(self) -> dict:
+        if self.val_loader is None:
+            return {}
+        import torch
+
+        model = self.raw_model if self.recipe["distributed"]["strategy"] != "fsdp" else self.model
+        t = self.recipe["train"]
+        # The plain module: DDP's forward would broadcast buffers, a collective, and the ranks' shares
+        # of the validation set differ in batch count.
+        with torch.no_grad():
+            return evaluate_model(
+                model,
+                self.val_loader,
+                self.criterion,
+                device=self.ctx.device,
+                precision=t["precision"],
+                top_k=t["top_k"],
+                channels_last=t["channels_last"],
+                ctx=self.ctx,
+            )
+
+    def _lbfgs_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """LBFGS re-evaluates the loss several times per step: it gets a closure."""
+        holder: dict = {}
+        closure = _lbfgs_closure(
+            self.model, self.criterion, x, y, self.ctx.device, self.recipe["train"]["precision"], holder
+        )
+        self.optimizer.step(closure)
+        return holder["out"], holder["loss"]
+
+    def _train_epoch(self) -> dict:
+        import torch
+        from tqdm.auto import tqdm
+
+        r, t, ctx = self.recipe, self.recipe["train"], self.ctx
+        device, accum = ctx.device, t["grad_accum"]
+        model, opt, crit, scaler = self.model, self.optimizer, self.criterion, self.scaler
+        self.train_ds.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, start=self.batches_done * self.per_rank_bs)
+        model.train()
+        total = self.batches_per_epoch
+        step_every = t["checkpoint_every_steps"]
+        max_steps = t["max_steps"]
+        clip = t["clip_grad_norm"]
+        channels_last = t["channels_last"]
+        sched_per_step = self.scheduler is not None and r["scheduler"]["interval"] == "step"
+        no_sync = getattr(model, "no_sync", None) if ctx.enabled else None
+        params = [p for g in opt.param_groups for p in g["params"]]
+        acc = self._acc_state
+        ks = self._ks
+        count = self._count
+        bar = tqdm(
+            total=total,
+            initial=self.batches_done,
+            desc=f"epoch {self.epoch + 1}/{t['epochs']}",
+            disable=not (ctx.is_main and t["progress"]),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        log_every = t["log_every"]
+        b = self.batches_done
+        for x, y in self.train_loader:
+            if b >= total:  # pragma: no cover - defensive; the sampler length matches
+                break
+            x = _to_device(x, device, channels_last)
+            y = _to_device(y, device, False)
+            group_start = (b // accum) * accum
+            group_size = min(accum, total - group_start)
+            last_in_group = b == group_start + group_size - 1
+            if self.is_lbfgs:
+                out, loss = self._lbfgs_step(x, y)
+            else:
+                sync_ctx = (
+                    no_sync() if (no_sync is not None and not last_in_group) else contextlib.nullcontext()
+                )
+                with sync_ctx:
+                    with _autocast(device, t["precision"]):
+                        out = model(x)
+                    out = out.float() if isinstance(out, torch.Tensor) else out
+                    loss = crit(out, y)
+                    scaled = loss / group_size if group_size > 1 else loss
+                    scaler.scale(scaled).backward()
+            if acc is None:
+                classify = _is_classification(out, y)
+                scores = crit.scores(out) if classify else None
+                if ks is None:
+                    ks = _topk_list(t["top_k"], scores.shape[1]) if scores is not None else []
+                acc = _new_acc(ks, device)
+            else:
+                scores = crit.scores(out) if ks else None
+            count += _accumulate(acc, loss, scores, y, ks)
+            b += 1
+            self.batches_done = b
+            bar.update(1)
+            if last_in_group:
+                if not self.is_lbfgs:
+                    if clip is not None:
+                        scaler.unscale_(opt)
+                        torch.nn.utils.clip_grad_norm_(params, clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                self.step += 1
+                if sched_per_step:
+                    self.scheduler.step()
+                if self.step % log_every == 0 and not bar.disable:
+                    # One host sync per log interval, for the progress bar only.
+                    bar.set_postfix(loss=f"{acc[0].item() / max(count, 1):.4f}", refresh=False)
+                self._acc_state, self._ks, self._count = acc, ks, count
+                if max_steps is not None and self.step >= max_steps:
+                    self.stopped_early = True
+                    break
+                if step_every and self.step % step_every == 0 and b < total:
+                    self.save(epoch_done=False)
+        bar.close()
+        self._acc_state, self._ks, self._count = acc, ks, count
+        if acc is None:
+            acc, ks = _new_acc([], device), []
+        values, total = _reduce(acc, count, ctx)  # every rank, same path
+        return _summarise(values, total, ks or [], "train")
+
+
+def _lbfgs_closure(model: Any, crit: Any, x: Any, y: Any, device: Any, precision: str, holder: dict) -> Any:
+    def closure() -> Any:
+        model.zero_grad(set_to_none=True)
+        with _autocast(device, precision):
+            o = model(x)
+        o = o.float()
+        lo = crit(o, y)
+        lo.backward()
+        holder.setdefault("out", o.detach())  # the first evaluation: the loss before the step
+        holder.setdefault("loss", lo.detach())
+        return lo
+
+    return closure
+
+
+def _format_record(rec: dict, epochs: int) -> str:
+    parts = [f"epoch {rec['epoch']}/{epochs}", f"step {rec['step']}"]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5"):
+        if key in rec:
+            v = rec[key]
+            parts.append(f"{key} {v:.4f}" if "loss" in key else f"{key} {100 * v:.2f}%")
+    parts.append(f"lr {rec['lr']:.3g}")
+    parts.append(f"{rec['time']:.1f}s")
+    return "  ".join(parts)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return set() if a == b else {prefix}
