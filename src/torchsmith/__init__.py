@@ -23,6 +23,7 @@ _PUBLIC: dict[str, list[str]] = {
     ],
     "torchsmith.zoo": ["create_model", "list_models", "register_model"],
     "torchsmith.summary": ["summarize"],
+    "torchsmith.devices": ["check_device_env", "set_visible_devices"],
     "torchsmith.checkpoint": [
         "save", "load_model", "read_state_dict", "read_checkpoint", "Checkpoint", "inspect_checkpoint",
         "diff_checkpoints", "verify_checkpoint", "convert_checkpoint", "fit_keys", "strip_wrappers",

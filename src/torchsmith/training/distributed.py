@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from torchsmith.errors import RecipeError
+from torchsmith.errors import InputError, RecipeError
 
 __all__ = [
     "DistContext",
@@ -92,6 +92,11 @@ def setup(recipe: dict) -> DistContext:
     import torch
     import torch.distributed as dist
 
+    from torchsmith.devices import check_device_env
+
+    problems = check_device_env()  # trap 6: a misspelt or late CUDA_VISIBLE_DEVICES does nothing
+    if problems:
+        raise InputError("; ".join(problems))
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
