@@ -70,7 +70,8 @@ def test_setting_after_cuda_started_is_refused():
         "n = torch.cuda.device_count()\n"
         "os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(['0'] * (n + 1))\n"  # the seeds' late assignment
         "print(torchsmith.check_device_env())\n"
-        "try:\n    torchsmith.set_visible_devices([0])\nexcept torchsmith.InputError as e:\n    print('refused', e)\n"
+        "try:\n    torchsmith.set_visible_devices([0])\n"
+        "except torchsmith.InputError as e:\n    print('refused', e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "had no effect" in out.stdout and "refused" in out.stdout
