@@ -1,4 +1,4 @@
-"""Small output helpers shared by the commands: JSON, aligned tables, human-readable sizes."""
+"""Small helpers shared by the commands: JSON, aligned tables, human-readable sizes, KEY=VALUE args."""
 
 from __future__ import annotations
 
@@ -52,3 +52,23 @@ def parse_shape(text: str, what: str = "--input-shape") -> tuple[int, ...]:
             f"{what}: expected positive integers separated by commas, like 1,3,224,224; got {text!r}"
         )
     return shape
+
+
+def model_kwargs(items: list[str]) -> dict:
+    """``--arg KEY=VALUE`` items as a dict of model arguments, each value read as YAML."""
+    import yaml
+
+    from torchsmith.errors import InputError
+
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--arg: expected KEY=VALUE, like num_classes=10; got {item!r}")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise InputError(
+                f"--arg {key}: cannot read value {value!r}: {' '.join(str(e).split())}"
+            ) from None
+    return kwargs

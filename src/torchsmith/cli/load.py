@@ -60,25 +60,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="save the loaded model here (atomically)")
 
 
-def _model_kwargs(items: list[str]) -> dict:
-    import yaml
-
-    from torchsmith.errors import InputError
-
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--arg: expected KEY=VALUE, like num_classes=10; got {item!r}")
-        try:
-            kwargs[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise InputError(
-                f"--arg {key}: cannot read value {value!r}: {' '.join(str(e).split())}"
-            ) from None
-    return kwargs
-
-
 def build_cli_model(name: str, kwargs: dict):
     """A zoo/library model by name, or a spec file built with :func:`torchsmith.spec.build_model`."""
     from pathlib import Path
@@ -104,13 +85,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from torchsmith.cli._output import parse_shape, print_json
+    from torchsmith.cli._output import model_kwargs, parse_shape, print_json
     from torchsmith.errors import InputError
     from torchsmith.transfer import load_weights
 
     if args.min_fraction is not None and not 0.0 <= args.min_fraction <= 1.0:
         raise InputError(f"--min-fraction: expected a number between 0 and 1, got {args.min_fraction}")
-    model = build_cli_model(args.model, _model_kwargs(args.model_args))
+    model = build_cli_model(args.model, model_kwargs(args.model_args))
     example = torch.randn(parse_shape(args.input_shape)) if args.input_shape else None
     adapt = {"input": True, "all": "all", "none": False}[args.adapt]
     report = load_weights(

@@ -32,27 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def _model_kwargs(items: list[str]) -> dict:
-    import yaml
-
-    from torchsmith.errors import InputError
-
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--arg: expected KEY=VALUE, like num_classes=10; got {item!r}")
-        try:
-            kwargs[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise InputError(
-                f"--arg {key}: cannot read value {value!r}: {' '.join(str(e).split())}"
-            ) from None
-    return kwargs
-
-
 def run(args: argparse.Namespace) -> int:
-    from torchsmith.cli._output import parse_shape, print_json
+    from torchsmith.cli._output import model_kwargs, parse_shape, print_json
     from torchsmith.errors import InputError
     from torchsmith.summary import summarize_model
 
@@ -64,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         shape,
         depth=args.depth,
         forward=not args.no_forward,
-        model_kwargs=_model_kwargs(args.model_args),
+        model_kwargs=model_kwargs(args.model_args),
     )
     if args.json:
         print_json({"name": args.model, **summary.to_dict()})
