@@ -8,9 +8,9 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import torchsmith.blocks as blocks
+from seed_code import SeedCNNLayer, SeedDownSampling, SeedResidualBlock, SeedUpSampling
 from torchsmith.blocks import (
     BackboneWithFPN,
     BasicBlock,
@@ -81,46 +81,6 @@ def test_unknown_norm_name_suggests_close_match():
 # --- U-Net blocks ------------------------------------------------------------------------------------
 
 
-class SeedCNNLayer(nn.Module):  # S9, verbatim from the 002 seed
-    def __init__(self, C_in, C_out):
-        super().__init__()
-        self.layer = nn.Sequential(
-            nn.Conv2d(C_in, C_out, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)),
-            nn.BatchNorm2d(C_out),
-            nn.Dropout(0.3),
-            nn.LeakyReLU(),
-            nn.Conv2d(C_out, C_out, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)),
-            nn.BatchNorm2d(C_out),
-            nn.Dropout(0.4),
-            nn.LeakyReLU(),
-        )
-
-    def forward(self, x):
-        return self.layer(x)
-
-
-class SeedDownSampling(nn.Module):  # S9
-    def __init__(self, C):
-        super().__init__()
-        self.layer = nn.Sequential(
-            nn.Conv2d(C, C, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)), nn.LeakyReLU()
-        )
-
-    def forward(self, x):
-        return self.layer(x)
-
-
-class SeedUpSampling(nn.Module):  # S9
-    def __init__(self, C):
-        super().__init__()
-        self.C = nn.Conv2d(C, C // 2, kernel_size=(1, 1), stride=(1, 1))
-
-    def forward(self, x, r):
-        up = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = self.C(up)
-        return torch.cat((x, r), 1)
-
-
 @pytest.mark.parametrize(
     ("ours", "seed", "inputs"),
     [
@@ -178,25 +138,6 @@ def test_out_conv():
 
 
 # --- residual blocks ---------------------------------------------------------------------------------
-
-
-class SeedResidualBlock(nn.Module):  # S6, verbatim from the 001 seed
-    def __init__(self, in_channels, out_channels, stride=1, shortcut=None):
-        super().__init__()
-        self.left = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
-        self.right = shortcut
-
-    def forward(self, x):
-        out = self.left(x)
-        residual = x if self.right is None else self.right(x)
-        out += residual
-        return F.relu(out)
 
 
 def test_residual_block_matches_the_seed():

@@ -12,31 +12,10 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seed_code import SeedResidualBlock
 from torchsmith.errors import TransferError
 from torchsmith.transfer import load_weights
 from torchsmith.transfer.structure import execution_order
-
-
-class ResidualBlock(nn.Module):
-    """Seed S6 naming: the main path is ``left``, the shortcut ``right``."""
-
-    def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, shortcut: nn.Module | None = None
-    ):
-        super().__init__()
-        self.left = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
-        self.right = shortcut
-
-    def forward(self, x):
-        out = self.left(x)
-        residual = x if self.right is None else self.right(x)
-        return F.relu(out + residual)
 
 
 class SeedStyleResNet18(nn.Module):
@@ -63,8 +42,8 @@ class SeedStyleResNet18(nn.Module):
             shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
             )
-        blocks = [ResidualBlock(in_channels, out_channels, stride, shortcut)]
-        blocks += [ResidualBlock(out_channels, out_channels) for _ in range(1, block_num)]
+        blocks = [SeedResidualBlock(in_channels, out_channels, stride, shortcut)]
+        blocks += [SeedResidualBlock(out_channels, out_channels) for _ in range(1, block_num)]
         return nn.Sequential(*blocks)
 
     def forward(self, x):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from seed_code import SeedNet, SeedResNet34
 from torchsmith.errors import InputError
 from torchsmith.zoo import create_model, get_entry, list_models
 
@@ -171,77 +171,6 @@ def test_resnet_options():
 
 
 # --- seed parity: the seeds' own classes, copied verbatim, give their weights to ours ----------------
-
-
-class SeedNet(nn.Module):  # S5, from the 001 seed
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels=3, out_channels=32, kernel_size=(3, 3))
-        self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.conv2 = nn.Conv2d(in_channels=32, out_channels=64, kernel_size=3)
-        self.pool2 = nn.MaxPool2d(2, 2)
-        self.fc1 = nn.Linear(64 * 54 * 54, 256)
-        self.fc2 = nn.Linear(256, 128)
-        self.fc3 = nn.Linear(128, 101)
-
-    def forward(self, x):
-        x = self.pool1(F.relu(self.conv1(x)))
-        x = self.pool2(F.relu(self.conv2(x)))
-        x = x.view(-1, 64 * 54 * 54)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
-
-
-class SeedResidualBlock(nn.Module):  # S6, from the 001 seed
-    def __init__(self, in_channels, out_channels, stride=1, shortcut=None):
-        super().__init__()
-        self.left = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
-        self.right = shortcut
-
-    def forward(self, x):
-        out = self.left(x)
-        residual = x if self.right is None else self.right(x)
-        out += residual
-        return F.relu(out)
-
-
-class SeedResNet34(nn.Module):  # S6, from the 001 seed
-    def __init__(self, num_classes=101):
-        super().__init__()
-        self.pre = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
-        self.layer1 = self.make_layer(64, 128, 3)
-        self.layer2 = self.make_layer(128, 256, 4, stride=2)
-        self.layer3 = self.make_layer(256, 512, 6, stride=2)
-        self.layer4 = self.make_layer(512, 512, 3, stride=2)
-        self.fc = nn.Linear(512, num_classes)
-
-    def make_layer(self, in_channels, out_channels, block_num, stride=1):
-        shortcut = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-        )
-        layers = [SeedResidualBlock(in_channels, out_channels, stride, shortcut)]
-        for _ in range(1, block_num):
-            layers.append(SeedResidualBlock(out_channels, out_channels))
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.pre(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = F.avg_pool2d(x, 7)
-        x = x.view(x.size(0), -1)
-        return self.fc(x)
 
 
 @pytest.mark.parametrize(("ours", "seed"), [("simple_cnn", SeedNet), ("seed_resnet34", SeedResNet34)])
