@@ -10,12 +10,12 @@ with the same weights (up to float summation order).
 
 The launch line it runs, which is what you would type (GPUs: the same, one process per GPU)::
 
-    torchrun --standalone --nproc_per_node=2 -m torchsmith.cli.main train recipe.yaml --out runs/ddp
+    torchrun --standalone --nproc_per_node=2 -m torchsmith train recipe.yaml --out runs/ddp
 
 Across machines, torchrun's rendezvous flags (run on every node)::
 
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29400 \\
-             --rdzv_id=job42 -m torchsmith.cli.main train recipe.yaml
+             --rdzv_id=job42 -m torchsmith train recipe.yaml
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
         path = tmp / "recipe.yaml"
         path.write_text(yaml.safe_dump(RECIPE))
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        cmd = [*launch, "-m", "torchsmith.cli.main", "train", str(path), "--out", str(tmp / "ddp"), "--quiet"]
+        cmd = [*launch, "-m", "torchsmith", "train", str(path), "--out", str(tmp / "ddp"), "--quiet"]
         print("$", " ".join(cmd[2:]))
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         one = train(path, out=tmp / "single", log=None)
