@@ -33,3 +33,12 @@ def test_cli_without_command_is_usage_error(capsys):
     from torchsmith.cli.main import main
 
     assert main([]) == 2
+
+
+def test_python_dash_m_torchsmith_is_the_cli():
+    out = subprocess.run(
+        [sys.executable, "-m", "torchsmith", "zoo", "--json"], capture_output=True, text=True, check=True
+    )
+    import json
+
+    assert "resnet50" in {m["name"] for m in json.loads(out.stdout)}
