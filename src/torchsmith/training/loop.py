@@ -9,8 +9,9 @@ What it does each optimizer step, and why:
 * ``loss(output, target)`` in that order (seed 004's loop had them swapped, trap 12), computed in
   float32 even under autocast.
 * Mixed precision: bf16 autocast on the CPU or GPU; fp16 autocast with a ``GradScaler`` on GPUs.
-* Metrics (loss, accuracy, top-k) are summed **on the device**; the host reads them once per epoch
-  and once per ``log_every`` steps for the progress bar, never with a per-step ``.item()``.
+* Metrics (loss, accuracy, top-k) are summed **on the device**, up to 64 batches at a time; the host
+  reads them once per epoch and once per ``log_every`` steps for the progress bar, never with a
+  per-step ``.item()`` (on the CPU, where reading is no sync, the loss sum is folded on the host).
 * Checkpoints at the end of each epoch (``last.pt``, and ``best.pt`` when the validation score
   improves) and every ``checkpoint_every_steps`` optimizer steps, all atomic; a resume restarts at
   the recorded batch of the recorded epoch without loading the batches before it.
@@ -68,28 +69,77 @@ def _new_acc(ks: list[int], device: Any) -> Any:
     return torch.zeros(1 + (ks[-1] if ks else 0), device=device, dtype=torch.float64)
 
 
-_VIEWS: dict[int, tuple[Any, Any, Any]] = {}
+_FLUSH_EVERY = 64  # batches whose metrics wait to be summed together (fewer when their scores are big)
 
 
-def _accumulate(acc: Any, loss: Any, scores: Any, y: Any, ks: list[int]) -> int:
-    """Add one batch to ``acc`` = [loss_sum, hits at rank 1, hits at rank 2, ..., rank max(k)].
+class _Sums:
+    """One pass's metric sums on the device: ``acc`` = [loss_sum, hits at rank 1, ..., rank max(k)].
 
-    On the device, a handful of small ops, no host sync; returns the batch size, which the caller
-    counts on the host. (Every op costs a few microseconds of dispatch: this is most of the loop's
-    fixed cost per step on a tiny model, so it is kept short.)
+    Each op costs a few microseconds of dispatch, most of the loop's fixed cost per step on a tiny
+    model, so :meth:`add` only keeps the batch's loss, scores and labels, and :meth:`flush` sums up
+    to ``_FLUSH_EVERY`` kept batches at once: one topk (argmax for top-1), compare and sum for the
+    hits, integer counts that are exact in any grouping; the loss sum ``+= loss * n`` in batch order,
+    so the float64 sum is bit for bit what a per-batch ``add_`` gives, wherever a flush or a
+    checkpoint falls. That fold reads the losses on the host, which costs nothing on the CPU; on
+    other devices it would be a host sync, so there each loss is added on the device straight away.
+    Call :meth:`flush` before reading ``acc``.
     """
-    n = y.shape[0]
-    views = _VIEWS.get(id(acc))
-    if views is None or views[0] is not acc:
-        _VIEWS.clear()
-        views = _VIEWS[id(acc)] = (acc, acc[0], acc[1:])
-    _, loss_sum, hit_sums = views
-    loss_sum.add_(loss.detach(), alpha=n)
-    if ks and scores is not None:
-        s = scores.detach()
-        top = s.topk(ks[-1], dim=1).indices if ks[-1] > 1 else s.argmax(1, keepdim=True)
-        hit_sums.add_((top == y.unsqueeze(1)).sum(0))  # labels found at each rank position
-    return n
+
+    def __init__(self, acc: Any, ks: list[int]):
+        import torch
+
+        self.acc, self.ks = acc, ks
+        self._loss_sum, self._hit_sums = acc[0], acc[1:]
+        self._on_host = acc.device.type == "cpu"
+        self._float32 = torch.float32
+        self._losses: list = []  # (loss, batch size), waiting (CPU only)
+        self._scores: list = []
+        self._labels: list = []
+        self._waiting = 0
+        self._flush_at = _FLUSH_EVERY
+
+    def add(self, loss: Any, scores: Any, y: Any) -> int:
+        """Keep one batch; returns its size, which the caller counts on the host."""
+        n = y.shape[0]
+        if self._on_host and loss.dtype != self._float32:
+            # A float64 loss times n is not exact, so only add_ rounds it the same way: from here
+            # on (after the batches before it, to keep the order) each loss goes on the device.
+            self.flush()
+            self._on_host = False
+        if self._on_host:
+            self._losses.append((loss.detach(), n))
+        else:
+            self._loss_sum.add_(loss.detach(), alpha=n)
+        if self.ks and scores is not None:
+            if not self._scores:  # at most about a million scores (4 MB) wait
+                self._flush_at = max(1, min(_FLUSH_EVERY, (1 << 20) // max(scores.numel(), 1)))
+            self._scores.append(scores.detach())
+            self._labels.append(y)
+        self._waiting += 1
+        if self._waiting >= self._flush_at:
+            self.flush()
+        return n
+
+    def flush(self) -> Any:
+        """Sum the kept batches into ``acc`` and return it."""
+        import torch
+
+        if self._losses:
+            total = self._loss_sum.item()
+            values = torch.stack([loss for loss, _ in self._losses]).tolist()
+            for value, (_, n) in zip(values, self._losses):
+                total += value * n  # float32 loss times n is exact in float64: one rounding, as add_
+            self._loss_sum.fill_(total)
+            self._losses.clear()
+        if self._scores:
+            s, y = torch.cat(self._scores), torch.cat(self._labels)
+            k = self.ks[-1]
+            top = s.topk(k, dim=1).indices if k > 1 else s.argmax(1, keepdim=True)
+            self._hit_sums.add_((top == y.unsqueeze(1)).sum(0))  # labels found at each rank position
+            self._scores.clear()
+            self._labels.clear()
+        self._waiting = 0
+        return self.acc
 
 
 def _summarise(acc_list: list[float], count: float, ks: list[int], prefix: str) -> dict:
@@ -139,7 +189,7 @@ def evaluate_model(
     import torch
 
     model.eval()
-    acc = None
+    sums = None
     ks: list[int] = []
     count = 0
     with torch.no_grad():
@@ -151,12 +201,11 @@ def evaluate_model(
             out = out.float() if isinstance(out, torch.Tensor) else out
             loss = criterion(out, y)
             scores = criterion.scores(out) if _is_classification(out, y) else None
-            if acc is None:
+            if sums is None:
                 ks = _topk_list(list(top_k), scores.shape[1]) if scores is not None else []
-                acc = _new_acc(ks, device)
-            count += _accumulate(acc, loss, scores, y, ks)
-    if acc is None:
-        acc = _new_acc(ks, device)
+                sums = _Sums(_new_acc(ks, device), ks)
+            count += sums.add(loss, scores, y)
+    acc = sums.flush() if sums is not None else _new_acc(ks, device)
     # Every rank gets here on the same path (no rank-0 branch around a collective).
     values, total = _reduce(acc, count, ctx)
     return _summarise(values, total, ks, "val")
@@ -571,7 +620,7 @@ class Trainer:
 
         r, t, ctx = self.recipe, self.recipe["train"], self.ctx
         device, accum = ctx.device, t["grad_accum"]
-        model, opt, crit, scaler = self.model, self.optimizer, self.criterion, self.scaler
+        model, opt, crit = self.model, self.optimizer, self.criterion
         self.train_ds.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, start=self.batches_done * self.per_rank_bs)
         model.train()
@@ -581,75 +630,98 @@ class Trainer:
         clip = t["clip_grad_norm"]
         channels_last = t["channels_last"]
         sched_per_step = self.scheduler is not None and r["scheduler"]["interval"] == "step"
+        # Set up once per epoch, not per step: the batches come from the loader on the CPU, so on a
+        # CPU run without channels_last there is nothing to move; one autocast context (a null one
+        # in fp32) entered every step; the GradScaler only when it is on (fp16), otherwise plain
+        # backward() and opt.step(), which is what a disabled scaler calls.
+        move = device.type != "cpu" or channels_last
+        amp = _autocast(device, t["precision"])
+        scaler = self.scaler if self.scaler.is_enabled() else None
         no_sync = getattr(model, "no_sync", None) if ctx.enabled else None
         params = [p for g in opt.param_groups for p in g["params"]]
-        acc = self._acc_state
         ks = self._ks
+        sums = None if self._acc_state is None else _Sums(self._acc_state, ks)
         count = self._count
-        bar = tqdm(
-            total=total,
-            initial=self.batches_done,
-            desc=f"epoch {self.epoch + 1}/{t['epochs']}",
-            disable=not (ctx.is_main and t["progress"]),
-            leave=False,
-            dynamic_ncols=True,
-        )
+        bar = None
+        if ctx.is_main and t["progress"]:
+            bar = tqdm(
+                total=total,
+                initial=self.batches_done,
+                desc=f"epoch {self.epoch + 1}/{t['epochs']}",
+                leave=False,
+                dynamic_ncols=True,
+            )
         log_every = t["log_every"]
+
+        def forward_backward(x: Any, y: Any, group_size: int) -> tuple[Any, Any]:
+            with amp:
+                out = model(x)
+            out = out.float() if isinstance(out, torch.Tensor) else out
+            loss = crit(out, y)
+            scaled = loss / group_size if group_size > 1 else loss
+            if scaler is None:
+                scaled.backward()
+            else:
+                scaler.scale(scaled).backward()
+            return out, loss
+
         b = self.batches_done
         for x, y in self.train_loader:
             if b >= total:  # pragma: no cover - defensive; the sampler length matches
                 break
-            x = _to_device(x, device, channels_last)
-            y = _to_device(y, device, False)
+            if move:
+                x = _to_device(x, device, channels_last)
+                y = _to_device(y, device, False)
             group_start = (b // accum) * accum
             group_size = min(accum, total - group_start)
             last_in_group = b == group_start + group_size - 1
             if self.is_lbfgs:
                 out, loss = self._lbfgs_step(x, y)
+            elif no_sync is not None and not last_in_group:
+                with no_sync():  # DDP: no gradient all-reduce until the group's last micro-batch
+                    out, loss = forward_backward(x, y, group_size)
             else:
-                sync_ctx = (
-                    no_sync() if (no_sync is not None and not last_in_group) else contextlib.nullcontext()
-                )
-                with sync_ctx:
-                    with _autocast(device, t["precision"]):
-                        out = model(x)
-                    out = out.float() if isinstance(out, torch.Tensor) else out
-                    loss = crit(out, y)
-                    scaled = loss / group_size if group_size > 1 else loss
-                    scaler.scale(scaled).backward()
-            if acc is None:
+                out, loss = forward_backward(x, y, group_size)
+            if sums is None:
                 classify = _is_classification(out, y)
                 scores = crit.scores(out) if classify else None
                 if ks is None:
                     ks = _topk_list(t["top_k"], scores.shape[1]) if scores is not None else []
-                acc = _new_acc(ks, device)
+                sums = _Sums(_new_acc(ks, device), ks)
             else:
                 scores = crit.scores(out) if ks else None
-            count += _accumulate(acc, loss, scores, y, ks)
+            count += sums.add(loss, scores, y)
             b += 1
             self.batches_done = b
-            bar.update(1)
+            if bar is not None:
+                bar.update(1)
             if last_in_group:
-                if not self.is_lbfgs:
+                if not self.is_lbfgs:  # LBFGS stepped in its closure
                     if clip is not None:
-                        scaler.unscale_(opt)
+                        if scaler is not None:
+                            scaler.unscale_(opt)
                         torch.nn.utils.clip_grad_norm_(params, clip)
-                    scaler.step(opt)
-                    scaler.update()
+                    if scaler is None:
+                        opt.step()
+                    else:
+                        scaler.step(opt)  # skips the step when the fp16 gradients overflowed
+                        scaler.update()
                     opt.zero_grad(set_to_none=True)
                 self.step += 1
                 if sched_per_step:
                     self.scheduler.step()
-                if self.step % log_every == 0 and not bar.disable:
+                if bar is not None and self.step % log_every == 0:
                     # One host sync per log interval, for the progress bar only.
-                    bar.set_postfix(loss=f"{acc[0].item() / max(count, 1):.4f}", refresh=False)
-                self._acc_state, self._ks, self._count = acc, ks, count
+                    bar.set_postfix(loss=f"{sums.flush()[0].item() / max(count, 1):.4f}", refresh=False)
                 if max_steps is not None and self.step >= max_steps:
                     self.stopped_early = True
                     break
                 if step_every and self.step % step_every == 0 and b < total:
+                    self._acc_state, self._ks, self._count = sums.flush(), ks, count
                     self.save(epoch_done=False)
-        bar.close()
+        if bar is not None:
+            bar.close()
+        acc = sums.flush() if sums is not None else None
         self._acc_state, self._ks, self._count = acc, ks, count
         if acc is None:
             acc, ks = _new_acc([], device), []
