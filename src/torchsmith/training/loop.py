@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -643,7 +644,7 @@ class Trainer:
         sums = None if self._acc_state is None else _Sums(self._acc_state, ks)
         count = self._count
         bar = None
-        if ctx.is_main and t["progress"]:
+        if ctx.is_main and t["progress"] and sys.stderr.isatty():  # logs and pipes get the epoch lines only
             bar = tqdm(
                 total=total,
                 initial=self.batches_done,

@@ -122,7 +122,7 @@ SCHEMA: dict[str, Any] = {
         "log_every": _f(int, 50, minimum=1, doc="optimizer steps between progress updates"),
         "checkpoint_every_steps": _f(_OPT_INT, None),
         "top_k": _f(list, [1, 5]),
-        "progress": _f(bool, True),
+        "progress": _f(bool, True, doc="a progress bar while training, when stderr is a terminal"),
         "plot": _f(bool, True, doc="write curves.png at the end"),
         "best_metric": _f(str, "val_acc", choices=("val_acc", "val_loss")),
         "threads": _f(_OPT_INT, None, doc="torch.set_num_threads on the CPU"),
