@@ -250,9 +250,10 @@ import os, torch, torchsmith
 real = torch.save
 def dying_save(obj, f, *a, **k):
     real(obj, f, *a, **k)
-    with open(f, "r+b") as fh:
-        fh.truncate(os.path.getsize(f) // 2)   # half of the new file is on disk...
-    os._exit(9)                                # ...when the process dies
+    (tmp,) = [os.path.join({str(tmp_path)!r}, n) for n in os.listdir({str(tmp_path)!r}) if n.endswith(".tmp")]
+    with open(tmp, "r+b") as fh:
+        fh.truncate(os.path.getsize(tmp) // 2)   # half of the new file is on disk...
+    os._exit(9)                                  # ...when the process dies
 torch.save = dying_save
 torch.manual_seed(123)
 torchsmith.save(torchsmith.create_model("mlp"), {str(path)!r})

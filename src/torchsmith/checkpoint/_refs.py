@@ -153,6 +153,12 @@ class FileMaps:
             self._maps[file] = buf
         return buf
 
+    def populate_all(self) -> None:
+        """Map every page of every file mapped so far, now (one kernel call per file)."""
+        for buf in list(self._maps.values()):
+            if isinstance(buf, mmap.mmap):
+                _populate(buf)
+
     def storage_tensor(self, ref: StorageRef):
         """A flat torch tensor of ``ref.dtype`` over the storage's bytes (shared between views)."""
         import torch

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from torchsmith._io import pwrite_all, start_writeback
 from torchsmith.checkpoint._refs import DTYPE_TO_ST, ITEMSIZE, ST_TO_DTYPE, StorageRef, TensorRef
 from torchsmith.checkpoint.formats import RawCheckpoint
 from torchsmith.errors import CheckpointError
@@ -27,6 +28,10 @@ __all__ = ["read_header", "read_safetensors", "write_safetensors"]
 _MAX_HEADER = 100 * 1024 * 1024
 # Threads hashing beside the writer: leave one core to the thread that writes.
 _HASH_THREADS = min(4, max(1, (os.cpu_count() or 2) - 1))
+# write_safetensors: threads that each hash and write their own batches of tensors (every core works).
+_WRITE_THREADS = min(4, os.cpu_count() or 1)
+_BATCH = 8 << 20  # bytes of consecutive tensors per task
+_CHUNK = 1 << 20  # hashed, then written while still in cache
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -161,27 +166,57 @@ def write_safetensors(
         return text + b" " * (-(len(text) + 8) % 64)  # data starts 64-byte aligned, like torch zips
 
     head = encode()
-    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
-        # Hashing runs in a thread (hashlib releases the GIL) while this thread writes.
-        futures = {}
-        if placeholder:
-            for name in sorted(names, key=lambda n: -tensors[n].numel()):
-                futures[name] = pool.submit(
-                    lambda n: hashlib.sha256(_tensor_bytes(tensors[n])).hexdigest(), name
-                )
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for name in names:
+    start = 8 + len(head)
+    # Consecutive tensors in file order, in batches of about _BATCH bytes; each batch is one task.
+    batches: list[list[str]] = []
+    size = _BATCH
+    for name in names:
+        if size >= _BATCH:
+            batches.append([])
+            size = 0
+        batches[-1].append(name)
+        size += header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
+
+    def write_batch(batch: list[str]) -> tuple[dict[str, str], int]:
+        # One pass over memory: each chunk is hashed and then written while it is still in the CPU
+        # cache, straight from the tensor's storage (no bytes() copy); several batches run at once
+        # (hashlib and pwritev release the GIL), each at its own offset in the file.
+        begin = start + header[batch[0]]["data_offsets"][0]
+        offset, pending, pending_bytes, digests = begin, [], 0, {}
+        for name in batch:
             data = _tensor_bytes(tensors[name])
-            f.write(data)
-            if progress is not None:
-                progress(len(data))
+            h = hashlib.sha256() if placeholder else None
+            for i in range(0, len(data), _CHUNK):
+                piece = data[i : i + _CHUNK]
+                if h is not None:
+                    h.update(piece)
+                pending.append(piece)
+                pending_bytes += len(piece)
+                if pending_bytes >= _CHUNK or len(pending) >= 512:
+                    pwrite_all(fd, pending, offset)
+                    offset, pending, pending_bytes = offset + pending_bytes, [], 0
+            if h is not None:
+                digests[name] = h.hexdigest()
+        pwrite_all(fd, pending, offset)
+        offset += pending_bytes
+        if offset > begin:
+            start_writeback(fd, begin, offset - begin)  # the final fsync then has less left to wait for
+        return digests, offset - begin
+
+    with open(path, "wb") as f:
+        fd = f.fileno()
+        pwrite_all(fd, [memoryview(struct.pack("<Q", len(head))), memoryview(head)], 0)
+        pool = ThreadPoolExecutor(max_workers=_WRITE_THREADS)
+        try:
+            for digests, nbytes in pool.map(write_batch, batches):
+                sha.update(digests)
+                if progress is not None:
+                    progress(nbytes)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on an error, stop before writing more
         if placeholder:
-            sha.update({n: fut.result() for n, fut in futures.items()})
             new = encode()
             if len(new) != len(head):  # cannot happen: hex digests have a fixed length
                 raise CheckpointError(f"{path}: internal error: header size changed while writing")
-            f.seek(8)
-            f.write(new)
-        f.flush()
+            pwrite_all(fd, [memoryview(new)], 8)
     return sha
