@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "train a model from a YAML recipe (no RECIPE: the built-in digits finetune)"
 DESCRIPTION = (
@@ -42,11 +43,31 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides,
         log=None if args.quiet else _log,
     )
-    if not _is_main():
-        return 0
-    if args.json:
-        print_json(result.to_dict())
-        return 0
+    if _is_main():  # under torchrun, only rank 0 reports
+        if args.json:
+            print_json(result.to_dict())
+        else:
+            _print_result(result)
+    if result.world_size > 1:
+        _exit_worker()
+    return 0
+
+
+def _exit_worker() -> None:
+    """End a torchrun worker once its work is done: files written and fsynced, process group gone.
+
+    Without this, a worker occasionally aborts during interpreter shutdown ("terminate called without
+    an active exception" from a C++ destructor in the gloo/c10d teardown), and torchrun then reports
+    the finished run as failed and kills the other ranks. ``os._exit`` skips that shutdown.
+    """
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _print_result(result) -> None:
     acc = result.val_acc
     print(f"run folder      {result.out_dir}")
     print(f"epochs / steps  {len(result.history)} / {result.steps}  ({result.seconds:.1f} s)")
@@ -62,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
         + (f", {result.best_checkpoint}" if result.best_checkpoint else "")
     )
     print(f"metrics         {result.metrics_file}" + (f", {result.plot_file}" if result.plot_file else ""))
-    return 0
 
 
 def _log(line: str) -> None:
