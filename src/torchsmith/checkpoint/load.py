@@ -14,7 +14,6 @@ tied weights stay tied.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from torchsmith.checkpoint._gc import gc_paused
 from torchsmith.checkpoint._refs import FileMaps, TensorRef, materialize
 from torchsmith.checkpoint.formats import RawCheckpoint, open_raw
 from torchsmith.errors import CheckpointError
@@ -68,23 +68,6 @@ def params_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original
         for n, fn in inits.items():
             setattr(init, n, fn)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while the block runs (reference counting goes on).
-
-    Building a model creates thousands of modules and dicts; in a process that has just imported
-    torch, that allocation tends to set off a full collection over every object the imports made
-    (0.1-0.4 s for torch + torchvision), which finds nothing to free. Collections resume afterwards.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def checksum_mismatches(refs: dict[str, TensorRef], metadata: dict[str, str], maps: FileMaps) -> list[str]:
@@ -196,7 +179,7 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, map_locat
     Raises :class:`~torchsmith.errors.CheckpointError` when the file records no architecture, its
     keys do not fit the rebuilt model, or a checksum fails.
     """
-    with _gc_paused():
+    with gc_paused():
         raw = open_raw(path)
         if "torchsmith.arch" not in raw.metadata and "torchsmith.spec" not in raw.metadata:
             return _load_unrecorded(raw, trust_pickle, map_location)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from torchsmith._io import atomic_path, atomic_write, pwrite_all, start_writeback
+from torchsmith.checkpoint._gc import gc_paused
 from torchsmith.checkpoint.keys import strip_wrappers
 from torchsmith.errors import CheckpointError, InputError
 
@@ -256,6 +257,12 @@ def save(
         )
     if path.is_dir():
         raise InputError(f"save({path}): is a directory; give a file name such as model.safetensors")
+    # The temporaries (state dict, header, futures) die in _save, before collections resume.
+    with gc_paused():
+        return _save(model_or_state_dict, path, metadata, max_shard_size)
+
+
+def _save(model_or_state_dict: Any, path: Path, metadata: dict | None, max_shard_size: Any) -> Path:
     state_dict, prov = _state_dict_of(model_or_state_dict, path)
     if not state_dict:
         raise InputError(f"save({path}): nothing to save: the state dict is empty")
