@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -474,7 +475,12 @@ class Trainer:
             last = save_checkpoint(self.out_dir / "last.pt", state)
             if best:
                 with atomic_path(self.out_dir / "best.pt") as tmp:
-                    shutil.copyfile(last, tmp)
+                    # A second name for the same bytes: every write here replaces files by rename,
+                    # never in place, so the next last.pt cannot change best.pt.
+                    try:
+                        os.link(last, tmp)
+                    except OSError:  # a file system without hard links
+                        shutil.copyfile(last, tmp)
             with atomic_write(self.out_dir / "metrics.jsonl", "w") as f:
                 for h in self.history:
                     f.write(json.dumps(h) + "\n")
