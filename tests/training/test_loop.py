@@ -96,3 +96,15 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="cannot resume: no checkpoint"):
         train(recipe(), out=tmp_path, resume=True, log=None)
+
+
+def test_best_checkpoint_survives_later_last_checkpoints(tmp_path):
+    """best.pt shares last.pt's bytes when written; a later last.pt (a new file by rename) leaves it be."""
+    from torchsmith.training.checkpointing import save_checkpoint
+
+    train(recipe(train={"epochs": 1, "threads": 1}), out=tmp_path, log=None)
+    best_bytes = (tmp_path / "best.pt").read_bytes()
+    assert best_bytes == (tmp_path / "last.pt").read_bytes()
+    save_checkpoint(tmp_path / "last.pt", {"epoch": 99})
+    assert (tmp_path / "best.pt").read_bytes() == best_bytes
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 99
