@@ -14,6 +14,7 @@ tied weights stay tied.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ def params_on_meta() -> Iterator[None]:
             self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
     def skip_on_meta(fn: Any) -> Any:
+        @functools.wraps(fn)  # keeps the signature visible to callers that check arguments (init rules)
         def init_fn(tensor: Any, *args: Any, **kwargs: Any) -> Any:
             if isinstance(tensor, torch.Tensor) and tensor.is_meta:
                 return tensor

@@ -356,6 +356,7 @@ def build_with_report(
         meta_model, out = meta.build(plan, xs)
     except RecursionError:
         raise SpecError(f"{loaded.source.name or 'spec'}: blocks and nodes nest too deeply") from None
+    _init(meta_model, loaded, planner)  # checks the rules (on meta: nothing is computed)
     total, trainable = _count(meta_model)
     if max_parameters is not None and total > max_parameters:
         raise SpecError(
@@ -382,8 +383,24 @@ def build_with_report(
     if not build:
         return None, report
     model, _ = _Constructor(planner, meta=False).build(plan, None)
+    _init(model, loaded, planner)
     set_provenance(model, spec=envelope(normalised))
     return model, report
+
+
+def _init(model: Any, spec: Spec, planner: Planner) -> None:
+    """Apply the spec's ``init:`` section (the rules of :func:`torchsmith.init_weights`), if any."""
+    if "init" not in spec:
+        return
+    from torchsmith.transfer.init_rules import init_weights
+
+    try:
+        init_weights(model, spec["init"], where="init")
+    except InputError as e:
+        msg = str(e)
+        raise planner.fail(
+            Where((), ()).at("init"), msg.removeprefix("init.").removeprefix("init: ")
+        ) from None
 
 
 def build_model(

@@ -48,7 +48,7 @@ MAX_BLOCK_DEPTH = 32
 
 BODY_KEYS = ("type", "chain", "list", "dict", "graph")
 USE_KEYS = ("n", "when", "inputs")
-TOP_KEYS = ("torchsmith", "name", "description", "params", "blocks", "input_shape")
+TOP_KEYS = ("torchsmith", "name", "description", "params", "blocks", "input_shape", "init")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHILD = re.compile(r"^[A-Za-z0-9_]+$")
 _DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
