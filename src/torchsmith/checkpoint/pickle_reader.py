@@ -9,8 +9,8 @@ becomes a :class:`StandIn` class named after it: nothing is imported, and "calli
 the call, so the file's tensors can be rescued and its classes reported, and code never runs.
 
 >>> import io, pickle, collections
->>> read_pickle(io.BytesIO(pickle.dumps(collections.OrderedDict(a=1)))).obj
-OrderedDict({'a': 1})
+>>> dict(read_pickle(io.BytesIO(pickle.dumps(collections.OrderedDict(a=1)))).obj)
+{'a': 1}
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ loss, optimizer, scheduler and the loop settings. :func:`load_recipe` fills defa
 field (unknown keys, wrong types, missing files, unknown loss/optimizer/scheduler names) so that a
 typo fails in a second with a message naming the field, not after an hour of training.
 
->>> r = load_recipe({"train": {"epochs": 2}}, overrides=["optimizer.lr=0.01"])
+>>> r = load_recipe({"model": {"name": "mlp"}, "train": {"epochs": 2}}, overrides=["optimizer.lr=0.01"])
 >>> r["train"]["epochs"], r["optimizer"]["lr"], r["data"]["kind"]
 (2, 0.01, 'digits')
->>> load_recipe({"train": {"epocs": 2}})
+>>> load_recipe({"model": {"name": "mlp"}, "train": {"epocs": 2}})
 Traceback (most recent call last):
 ...
 torchsmith.errors.RecipeError: recipe field 'train.epocs': unknown key (did you mean 'epochs'?); ...
