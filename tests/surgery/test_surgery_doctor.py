@@ -75,3 +75,28 @@ def test_cli_doctor_on_a_saved_checkpoint(tmp_path, capsys):
     assert main(["doctor", str(path), "--input-shape", "2,3,32,32", "--json"]) == 1
     found = json.loads(capsys.readouterr().out)["findings"]
     assert [(f["trap"], f["path"]) for f in found] == [(11, "fc.1")]
+
+
+class CalledAndDropped(nn.Module):
+    """Seed 003's other slip: fc1 *is* called, but its result is dropped, so the "10-d" output is 1000-d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torchvision.models.resnet18(weights=None)
+        self.fc1 = nn.Linear(1000, 10)
+
+    def forward(self, x):
+        x1000 = self.net(x)
+        x10 = self.fc1(x1000)  # noqa: F841 - computed, never returned
+        return x1000, x1000
+
+
+def test_trap7_a_layer_called_but_its_result_dropped():
+    found = doctor(CalledAndDropped(), (2, 3, 32, 32))
+    assert [(f.trap, f.path) for f in found] == [(7, "fc1")]
+    assert "never reaches the model's output" in found[0].message
+
+
+def test_shared_modules_are_not_reported_as_unused():
+    timm_model = timm.create_model("coat_lite_tiny", pretrained=False)  # cpe1 registered twice
+    assert doctor(timm_model, (2, 3, 224, 224)) == []

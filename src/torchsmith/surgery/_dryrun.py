@@ -42,6 +42,7 @@ class DryRun:
     outputs: dict[str, Any] = field(default_factory=dict)  # path -> output of the first call
     calls: dict[str, int] = field(default_factory=dict)  # path -> number of calls
     used_params: set[str] = field(default_factory=set)
+    output_params: set[str] = field(default_factory=set)  # used parameters the output depends on
     input_consumers: list[str] = field(default_factory=list)
     output_func: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -119,14 +120,18 @@ def _spec_input_shapes(model: nn.Module) -> list[tuple[int, ...]] | None:
 
 
 class _Recorder(TorchFunctionMode):
-    """Tracks, for every torch op: parameters used, tensors derived from the input, who made what."""
+    """Tracks, for every torch op: parameters used, tensors derived from the input, who made what,
+    and which parameters each tensor depends on (so parameters whose results are dropped show)."""
 
-    def __init__(self, param_ids: dict[int, str], input_tensors: list[torch.Tensor]) -> None:
+    _NO_PARAMS: frozenset[str] = frozenset()
+
+    def __init__(self, param_ids: dict[int, tuple[str, ...]], input_tensors: list[torch.Tensor]) -> None:
         super().__init__()
         self.param_ids = param_ids
         self.used: set[str] = set()
         self.tainted: dict[int, torch.Tensor] = {id(t): t for t in input_tensors}
-        self.maker: dict[int, tuple[str, torch.Tensor]] = {}
+        self.maker: dict[int, tuple[str, torch.Tensor]] = {}  # keeps tensors alive: ids stay unique
+        self.depends: dict[int, frozenset[str]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -134,18 +139,40 @@ class _Recorder(TorchFunctionMode):
         flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         if not flat_in:
             return out
+        deps = set()
         for a in flat_in:
-            name = self.param_ids.get(id(a))
-            if name is not None:
-                self.used.add(name)
+            names = self.param_ids.get(id(a), ())  # every name of a shared parameter
+            self.used.update(names)
+            deps.update(names)
+            deps |= self.depends.get(id(a), self._NO_PARAMS)
+        frozen = frozenset(deps)
         flat_out = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        fname = getattr(func, "__name__", str(func))
+        if fname.endswith("_") or fname.startswith("__i") or fname == "__setitem__":
+            flat_out = [flat_in[0], *flat_out]  # in place: the first argument now depends on the rest
         if any(id(a) in self.tainted for a in flat_in):
             for o in flat_out:
                 self.tainted[id(o)] = o
-        fname = getattr(func, "__name__", str(func))
         for o in flat_out:
             self.maker[id(o)] = (fname, o)
+            self.depends[id(o)] = frozen | self.depends.get(id(o), self._NO_PARAMS)
         return out
+
+    def reaching(self, outputs: list[torch.Tensor]) -> set[str]:
+        """Names of the parameters that the given tensors depend on."""
+        found: set[str] = set()
+        for o in outputs:
+            found |= self.depends.get(id(o), self._NO_PARAMS)
+            found.update(self.param_ids.get(id(o), ()))
+        return found
+
+
+def _names_by_id(pairs: Any) -> dict[int, tuple[str, ...]]:
+    """tensor id -> all its names (a module registered twice shares its parameters)."""
+    out: dict[int, tuple[str, ...]] = {}
+    for t, name in pairs:
+        out[id(t)] = (*out.get(id(t), ()), name)
+    return out
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
@@ -208,13 +235,13 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
         by_src: dict[int, torch.Tensor] = {}
         for k, v in named_params + named_buffers:
             swap[k] = by_src.setdefault(id(v), swap[k])
-        param_ids = {id(swap[k]): k for k, _ in named_params}
+        param_ids = _names_by_id((swap[k], k) for k, _ in named_params)
         inputs = _make_inputs(
             input_shape if example_inputs is None else example_inputs, "meta", _float_dtype(model)
         )
     else:
         swap = None
-        param_ids = {id(v): k for k, v in named_params}
+        param_ids = _names_by_id((v, k) for k, v in named_params)
         real_dev = next((p.device for p in model.parameters()), torch.device("cpu"))
         if example_inputs is None:
             inputs = (torch.zeros(input_shape, device=real_dev, dtype=_float_dtype(model)),)
@@ -287,6 +314,7 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
     if recorder is not None:
         result.used_params = recorder.used
         outs = _tensors(out)
+        result.output_params = recorder.reaching(outs)
         if outs:
             made = recorder.maker.get(id(outs[0]))
             result.output_func = made[0] if made else None

@@ -2,7 +2,8 @@
 
 * trap 1: ``model.state_dict = loaded`` assigned a dict and loaded nothing;
 * trap 3: attributes that disagree with the weights (``fc.out_features = 20`` on a 1000×2048 weight);
-* trap 7: layers with parameters that a forward pass never uses (an ``fc1`` defined and forgotten);
+* trap 7: layers with parameters the output does not depend on: never called (an ``fc1`` defined and
+  forgotten), or called with the result dropped (found by tracing which parameters reach the output);
 * trap 11: a classifier that ends in softmax, to be trained with ``CrossEntropyLoss`` (softmax twice).
 
 Trap 7 and 11 come from one sample forward pass on the meta device (no compute, real weights
@@ -133,6 +134,12 @@ def _is_lazy(t: Any) -> bool:
     return isinstance(t, nn.parameter.UninitializedTensorMixin)
 
 
+def _tensor_output(out: Any) -> bool:
+    from torchsmith.surgery._dryrun import _tensors
+
+    return bool(_tensors(out))
+
+
 def _trap7_11(model: nn.Module, input_shape, example_inputs) -> list[Finding]:
     if example_inputs is None and input_shape is None:
         from torchsmith.surgery._dryrun import default_sample
@@ -143,24 +150,35 @@ def _trap7_11(model: nn.Module, input_shape, example_inputs) -> list[Finding]:
     out = []
     modules = dict(model.named_modules())
 
-    def idle(path: str) -> bool:  # has parameters, and no op used any of them
-        names = [f"{path}.{n}" if path else n for n, _ in modules[path].named_parameters()]
-        return bool(names) and not any(n in run.used_params for n in names)
+    # Without a tensor in the output there is nothing to trace back from: judge by use alone.
+    reach = run.output_params if _tensor_output(run.output) else run.used_params
 
-    # Report the outermost idle modules only: their children are idle too.
-    for path in (p for p in modules if p and idle(p)):
+    def params_of(path: str) -> list[str]:
+        return [f"{path}.{n}" if path else n for n, _ in modules[path].named_parameters()]
+
+    def ineffective(path: str) -> bool:  # has parameters, and the output depends on none of them
+        names = params_of(path)
+        return bool(names) and not any(n in reach for n in names)
+
+    # Report the outermost such modules only: their children are ineffective too.
+    for path in (p for p in modules if p and ineffective(p)):
         parent = path.rpartition(".")[0]
-        if parent and idle(parent):
+        if parent and ineffective(parent):
             continue
         m = modules[path]
         n = sum(p.numel() for p in m.parameters())
-        how = "is never called" if not run.calls.get(path) else "is called but its parameters are never used"
+        if not run.calls.get(path):
+            how = "is never called in a forward pass"
+        elif not any(name in run.used_params for name in params_of(path)):
+            how = "is called but its parameters are never used in a forward pass"
+        else:
+            how = "is called, but its result never reaches the model's output (computed and dropped)"
         out.append(
             Finding(
                 7,
                 path,
-                f"{type(m).__name__} with {n:,} parameters {how} in a forward pass, so it cannot affect the "
-                "output (defined in __init__ and forgotten in forward?)",
+                f"{type(m).__name__} with {n:,} parameters {how}, so it cannot affect the output "
+                "(defined in __init__ and forgotten in forward, or its result not returned?)",
             )
         )
     modules_by_path = modules
