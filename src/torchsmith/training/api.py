@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -26,7 +27,8 @@ __all__ = ["TrainResult", "evaluate", "predict", "train"]
 @dataclass
 class TrainResult:
     """What a run produced. ``val_acc`` is the final held-out accuracy; ``reloaded_acc`` the same
-    weights' accuracy after a round trip through the checkpoint on disk (they must match)."""
+    weights' accuracy after a round trip through the checkpoint on disk (they must match). ``model``
+    is the trained, unwrapped model (under FSDP an unsharded copy on rank 0, None on other ranks)."""
 
     out_dir: Path
     history: list[dict]
@@ -87,6 +89,7 @@ def train(
     ctx = dist_.setup(r)
     log = log or (lambda s: None)
     threads = torch.get_num_threads()
+    trainer = None
     try:
         if not resume and dist_.elastic_restart() and (out_dir / "last.pt").is_file():
             resume = True
@@ -107,11 +110,18 @@ def train(
             model_sd, _ = trainer._model_state()  # collective: every rank
         else:
             model_sd = None
+        model = trainer.raw_model
+        if model_sd is not None:  # FSDP: a whole, unsharded copy (rank 0 holds the gathered state)
+            from torchsmith.training.build import build_model
+
+            model = build_model(r) if ctx.is_main else None
+            if model is not None:
+                model.load_state_dict(model_sd)
         plot = model_file = reloaded = None
         if ctx.is_main:  # files and a local re-evaluation only; no collective in here
             if r["train"]["plot"]:
                 plot = plot_curves(trainer.history, out_dir / "curves.png")
-            model_file, reloaded = _save_and_reload(trainer, out_dir, model_sd, log)
+            model_file, reloaded = _save_and_reload(trainer, out_dir, model, log)
         dist_.barrier(ctx)
         last = trainer.history[-1] if trainer.history else {}
         val_acc = last.get("val_acc")
@@ -137,25 +147,25 @@ def train(
             model_file=model_file,
             resumed_from=trainer.resumed_from,
             world_size=ctx.world_size,
-            model=trainer.raw_model,
+            model=model,
         )
     finally:
         torch.set_num_threads(threads)  # train.threads is for this run only
+        if ctx.enabled:
+            # Free the DDP/FSDP wrappers and their communication state while the process group still
+            # exists; freed later, at interpreter exit, gloo's teardown can abort the process.
+            trainer = None
+            gc.collect()
         dist_.teardown(ctx)
 
 
 def _save_and_reload(
-    trainer: Any, out_dir: Path, model_sd: dict | None, log: Callable
+    trainer: Any, out_dir: Path, raw: Any, log: Callable
 ) -> tuple[Path | None, float | None]:
-    """Save the final model, read it back from disk into a fresh model and evaluate it again."""
+    """Save the final model (``raw``: unwrapped, unsharded), read it back from disk into a fresh model
+    and evaluate it again."""
     import torch
 
-    raw = trainer.raw_model
-    if model_sd is not None:  # FSDP: the live model is sharded; save a whole copy of it
-        from torchsmith.training.build import build_model
-
-        raw = build_model(trainer.recipe)
-        raw.load_state_dict(model_sd)
     model_file = None
     try:
         from torchsmith import load_model, save  # helper B's safe save/load
