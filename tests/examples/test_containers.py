@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "containers"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"containers_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_modules import load_example
 
 
 def test_s1_sequential(capsys):
-    r = _load("s1_sequential").main()
+    r = load_example("containers", "s1_sequential").main()
     assert r["names"] == ["0", "1", "2"] and r["named"] == ["fc1", "relu1", "fc2"]
     assert r["output_shape"] == (4, 10)
     assert r["params"] == 784 * 256 + 256 + 256 * 10 + 10 == 203_530
@@ -27,7 +17,7 @@ def test_s1_sequential(capsys):
 
 
 def test_s2_my_sequential(capsys):
-    r = _load("s2_my_sequential").main()
+    r = load_example("containers", "s2_my_sequential").main()
     assert r["conv_names"] == ["conv1", "relu1", "conv2", "relu2"]
     assert r["conv_shape"] == (1, 64, 24, 24) and r["conv_same"]
     assert r["mlp_names"] == ["0", "1", "2"] and r["mlp_shape"] == (2, 10) and r["mlp_same"]
@@ -36,7 +26,7 @@ def test_s2_my_sequential(capsys):
 
 
 def test_s3_module_list(capsys):
-    r = _load("s3_module_list").main()
+    r = load_example("containers", "s3_module_list").main()
     assert r["param_shapes"] == [(256, 784), (256,), (10, 256), (10,)]
     assert r["out_shape"] == (1, 10) and r["first_shape"] == (1, 256) and r["last_shape"] == (1, 10)
     assert r["rev_shape"] == (1, 10)
@@ -46,7 +36,7 @@ def test_s3_module_list(capsys):
 
 
 def test_s4_module_dict(capsys):
-    r = _load("s4_module_dict").main()
+    r = load_example("containers", "s4_module_dict").main()
     assert r["order"] == ["linear", "act", "output"]
     assert r["shapes"] == [(1, 256), (1, 256), (1, 10)]
     assert r["attr_is_item"]
@@ -61,5 +51,5 @@ def test_s4_module_dict(capsys):
 
 @pytest.mark.parametrize("name", ["s1_sequential", "s2_my_sequential", "s3_module_list", "s4_module_dict"])
 def test_every_example_has_a_docstring_and_main(name):
-    module = _load(name)
+    module = load_example("containers", name)
     assert module.__doc__ and "Run: " in module.__doc__ and callable(module.main)

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "transfer"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"transfer_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_modules import load_example
 
 
 def test_s14_rules_reproduce_the_seed_init_weights_exactly(capsys):
-    r = _load("s14_init_weights").main(image_size=32)
+    r = load_example("transfer", "s14_init_weights").main(image_size=32)
     assert r["identical"]
     assert r["rules"] == {
         "conv1.weight": "#0 xavier_normal",
@@ -32,7 +22,7 @@ def test_s14_rules_reproduce_the_seed_init_weights_exactly(capsys):
 
 
 def test_s15_trap5_is_silent_in_the_seed_and_loud_in_torchsmith(capsys):
-    r = _load("s15_transfer_learning").main(image_size=32)
+    r = load_example("transfer", "s15_transfer_learning").main(image_size=32)
     assert r["seed_loaded"] is False  # the seed's update() loads nothing
     assert r["torchsmith_loaded"] and r["still_loaded"]
     assert r["skipped"] == ["fc3.weight", "fc3.bias"] and 0.99 < r["fraction"] < 1
