@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "train a model from a YAML recipe (no RECIPE: the built-in digits finetune)"
 DESCRIPTION = (
@@ -48,23 +47,7 @@ def run(args: argparse.Namespace) -> int:
             print_json(result.to_dict())
         else:
             _print_result(result)
-    if result.world_size > 1:
-        _exit_worker()
     return 0
-
-
-def _exit_worker() -> None:
-    """End a torchrun worker once its work is done: files written and fsynced, process group gone.
-
-    Without this, a worker occasionally aborts during interpreter shutdown ("terminate called without
-    an active exception" from a C++ destructor in the gloo/c10d teardown), and torchrun then reports
-    the finished run as failed and kills the other ranks. ``os._exit`` skips that shutdown.
-    """
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def _print_result(result) -> None:
