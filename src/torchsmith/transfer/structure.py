@@ -44,6 +44,7 @@ __all__ = ["StructureMatch", "execution_order", "match_structure"]
 _SCALAR_BUFFERS = ("num_batches_tracked",)
 # Tensors within a module are compared in this order (then by name), so that a file that stores
 # keys sorted (safetensors: "bias" before "weight") compares equal to a model's own order.
+# Equivalent names (gamma/beta) rank as their role, so a Keras-named norm compares like a torch one.
 _LOCAL_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}
 
 
@@ -96,7 +97,9 @@ def _units(shapes: dict[str, tuple[int, ...]], modules: dict[str, Any] | None = 
         unit.locals.append(local)
         unit.shapes.append(tuple(shape))
     for unit in units.values():
-        ranked = sorted(zip(unit.locals, unit.shapes), key=lambda ls: (_LOCAL_RANK.get(ls[0], 99), ls[0]))
+        ranked = sorted(
+            zip(unit.locals, unit.shapes), key=lambda ls: (_LOCAL_RANK.get(_role(ls[0]), 99), ls[0])
+        )
         unit.locals = [n for n, _ in ranked]
         unit.shapes = [s for _, s in ranked]
     return units
@@ -251,15 +254,71 @@ def _align(t_units: list[_Unit], s_units: list[_Unit]) -> tuple[list[tuple[_Unit
     return out, ""
 
 
+#: Names that mean the same tensor in different libraries (PyTorch, Keras/Flax, TF/timm ports).
+#: A tensor's role is the first group its local name is in; names in no group are their own role.
+_EQUIVALENT_NAMES = (
+    ("weight", "gamma", "scale", "kernel"),
+    ("bias", "beta", "shift", "offset"),
+    ("running_mean", "moving_mean"),
+    ("running_var", "moving_variance", "moving_var"),
+)
+_ROLE = {name: group[0] for group in _EQUIVALENT_NAMES for name in group}
+
+
+def _role(local: str) -> str:
+    return _ROLE.get(local.lower(), local)
+
+
 def _pair_keys(t: _Unit, s: _Unit) -> list[tuple[str, str]]:
+    """Pair the tensors of two aligned modules: by name or name equivalence, then by a unique shape.
+
+    Raises :class:`TransferError` when two tensors could swap places (equal shapes) and neither their
+    names nor a name equivalence (``gamma`` is ``weight``, ``beta`` is ``bias``...) says which is which.
+    """
     t_main = [n for n in t.locals if n not in _SCALAR_BUFFERS]
     s_main = [n for n in s.locals if n not in _SCALAR_BUFFERS]
-    if sorted(t_main) == sorted(s_main):
-        pairs = [(t.key(n), s.key(n)) for n in t_main]
-    else:
-        pairs = [(t.key(a), s.key(b)) for a, b in zip(t_main, s_main)]
-    pairs += [(t.key(n), s.key(n)) for n in t.locals if n in _SCALAR_BUFFERS and n in s.locals]
-    return pairs
+    t_shape = dict(zip(t.locals, t.shapes))
+    s_shape = dict(zip(s.locals, s.shapes))
+    pairs: list[tuple[str, str]] = []
+    left_t, left_s = list(t_main), list(s_main)
+    # 1. the same name, 2. the same role (weight = gamma = scale ...), each only when unique.
+    for key in (lambda n: n, _role):
+        s_by: dict[str, list[str]] = {}
+        for n in left_s:
+            s_by.setdefault(key(n), []).append(n)
+        t_by: dict[str, list[str]] = {}
+        for n in left_t:
+            t_by.setdefault(key(n), []).append(n)
+        for k, tn in t_by.items():
+            sn = s_by.get(k, [])
+            if len(tn) == 1 and len(sn) == 1:
+                pairs.append((tn[0], sn[0]))
+                left_t.remove(tn[0])
+                left_s.remove(sn[0])
+    # 3. what is left pairs by shape, only where a shape occurs once on each side.
+    for n in list(left_t):
+        same_t = [m for m in left_t if t_shape[m] == t_shape[n]]
+        same_s = [m for m in left_s if s_shape[m] == t_shape[n]]
+        if len(same_t) == 1 and len(same_s) == 1:
+            pairs.append((n, same_s[0]))
+            left_t.remove(n)
+            left_s.remove(same_s[0])
+    if len(left_t) == 1 and len(left_s) == 1:
+        # One tensor left on each side cannot be swapped with anything (its shapes may differ:
+        # an adapted input conv, a classifier).
+        pairs.append((left_t[0], left_s[0]))
+        left_t, left_s = [], []
+    if left_t or left_s:
+        raise TransferError(
+            f"structure match refused: model module {t.describe()} and source module {s.describe()} "
+            f"line up, but their tensors {', '.join(left_t) or '-'} vs {', '.join(left_s) or '-'} cannot "
+            "be paired: the names are not known equivalents (weight=gamma=scale, bias=beta=shift, "
+            "running_mean=moving_mean, running_var=moving_variance) and the shapes do not tell them "
+            "apart. Rename the source keys (match='name' with rename rules) to say which is which"
+        )
+    out = [(t.key(a), s.key(b)) for a, b in pairs]
+    out += [(t.key(n), s.key(n)) for n in t.locals if n in _SCALAR_BUFFERS and n in s.locals]
+    return out
 
 
 def match_structure(
