@@ -484,7 +484,20 @@ def load_weights(
     _check(report, strict_level, min_fraction, allow_empty, tgt_keys, src_keys)
     if dry_run:
         return report
+    checked = match == "structure" and src_module is not None
+    old_values = {k: tgt_sd[k].detach().clone() for k in new_values} if checked else {}
     _apply(target, tgt_sd, new_values)
+    if checked:  # WRONG = 0: a structure port is kept only if the two models agree on an input
+        from torchsmith.transfer.port_check import check_port
+
+        try:
+            result = check_port(target, src_module, report, example_input)
+        except TransferError:
+            _apply(target, tgt_sd, old_values)
+            raise
+        notes.append(result if isinstance(result, str) else result.describe())
+    elif match == "structure":
+        notes.append("not checked numerically: the source is a state_dict, not a model")
     report.applied = True
     return report
 
