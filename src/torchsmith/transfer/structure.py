@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchsmith.errors import InputError, TransferError
+from torchsmith.transfer.dataflow import dataflow_groups
 
 __all__ = ["StructureMatch", "execution_order", "match_structure"]
 
@@ -152,6 +153,63 @@ def _example_inputs(model: Any) -> list[Any]:
         if isinstance(m, nn.Embedding):
             return [torch.zeros(1, 8, dtype=torch.long, device=device)]
     return []
+
+
+def _traced(model: Any, example_input: Any, fn: Any) -> tuple[Any, Any]:
+    """``(fn(model, x), x)`` for ``example_input`` or the first guessed input the model runs on."""
+    candidates = [example_input] if example_input is not None else _example_inputs(model)
+    if not candidates:
+        raise TransferError(
+            f"cannot guess an input for {type(model).__name__} to trace it; pass example_input=..."
+        )
+    last = None
+    for x in candidates:
+        try:
+            return fn(model, x), x
+        except Exception as e:  # the next candidate may fit
+            last = e
+    raise TransferError(
+        f"could not run {type(model).__name__} to trace its dataflow ({type(last).__name__}: {last}); "
+        "pass example_input=... (a tensor, tuple or dict)"
+    )
+
+
+def _flow_units(
+    units: dict[str, _Unit], groups: list[tuple[str, tuple[str, ...]]]
+) -> tuple[list[_Unit], list[str]]:
+    """Cut ``units`` into the tensor groups of a dataflow trace, in graph order.
+
+    Returns the units and the keys of tensors the forward never used (an aux head in eval), which
+    take no part in the alignment. Scalar buffers ride along with their module's first group.
+    """
+    out: list[_Unit] = []
+    used: set[str] = set()
+    first: dict[str, _Unit] = {}
+    for path, locals_ in groups:
+        unit = units.get(path)
+        if unit is None:
+            continue
+        keep = [
+            (n, sh) for n, sh in zip(unit.locals, unit.shapes) if n in locals_ and unit.key(n) not in used
+        ]
+        if not keep:
+            continue
+        sub = _Unit(path, [n for n, _ in keep], [sh for _, sh in keep], unit.kind)
+        used.update(unit.key(n) for n, _ in keep)
+        first.setdefault(path, sub)
+        out.append(sub)
+    idle = []
+    for path, unit in units.items():
+        for n, sh in zip(unit.locals, unit.shapes):
+            key = unit.key(n)
+            if key in used:
+                continue
+            if n in _SCALAR_BUFFERS and path in first:
+                first[path].locals.append(n)
+                first[path].shapes.append(sh)
+            elif n not in _SCALAR_BUFFERS:
+                idle.append(key)
+    return out, idle
 
 
 def execution_order(model: Any, example_input: Any = None) -> list[str]:
@@ -379,6 +437,27 @@ def match_structure(
 
     candidates: list[tuple[str, list[_Unit], list[_Unit], list[str]]] = []
     trace_error = None
+    if source_module is not None and order in ("auto", "execution"):
+        # Both sides run: match their dataflow graphs, so branch order does not matter.
+        try:
+            t_groups, used = _traced(target, example_input, dataflow_groups)
+            s_groups, _ = _traced(
+                source_module, used if source_example_input is None else source_example_input, dataflow_groups
+            )
+            t_list, t_idle = _flow_units(t_units, t_groups)
+            s_list, s_idle = _flow_units(s_units, s_groups)
+            extra = []
+            if t_idle:
+                extra.append(f"model tensors that take no part in the forward: {', '.join(t_idle[:5])}")
+            if s_idle:
+                extra.append(
+                    f"source tensors that take no part in the forward (left unused): {', '.join(s_idle[:5])}"
+                )
+            candidates.append(("dataflow graph", t_list, s_list, extra))
+        except TransferError as e:
+            if example_input is not None:
+                raise
+            trace_error = str(e)
     if order in ("auto", "execution"):
         try:
             t_exec = execution_order(target, example_input)
@@ -405,11 +484,12 @@ def match_structure(
             if order == "execution" or example_input is not None:
                 raise  # the caller's own input failed, or they asked for forward order
             trace_error = str(e)
-    # Registration order cross-checks a state_dict source; a traced source model needs no check.
-    if order == "registration" or (order == "auto" and (source_module is None or not candidates)):
+    # Registration order cross-checks a state_dict source; a traced source model is checked
+    # numerically after the port instead, so there the first order that aligns is taken.
+    if order == "registration" or order == "auto":
         candidates.append(("registration order", list(t_units.values()), list(s_units.values()), []))
     if trace_error:
-        notes.append(f"forward trace failed, used registration order only: {trace_error}")
+        notes.append(f"forward trace failed, used the other orders only: {trace_error}")
 
     results = []
     failures = []
@@ -426,6 +506,8 @@ def match_structure(
             more += "; " + guessed
         raise TransferError(f"structure match refused ({label}): {why}{more}")
     chosen = results[0]
+    if source_module is not None:
+        results = results[:1]  # the numerical check after the port decides, not a second order
     for other in results[1:]:
         a = {t.path: s.path for t, s, _ in chosen[1]}
         b = {t.path: s.path for t, s, _ in other[1]}

@@ -1,0 +1,156 @@
+"""Trace a model's dataflow into a graph of the operations that consume its tensors.
+
+Execution order depends on how a forward is written: torchvision's RegNet runs a block's shortcut
+before its main branch, timm's after. The dataflow graph does not. One forward pass (eval mode, no
+gradients) runs under a :class:`torch.overrides.TorchFunctionMode` that sees every torch call:
+
+* a call that takes some of the model's parameters or buffers *and* an activation is a **node**
+  (``F.conv2d(x, weight, bias)``, ``torch.cat([cls_token, x])``, ``x + pos_embed``); the tensors it
+  takes form one group (a module's ``weight, bias``; a root-owned ``cls_token`` on its own);
+* a call on parameters only (``weight.t()``, ``table[index]``) derives a tensor that still belongs
+  to those parameters; a call on activations only passes their ancestry on.
+
+Each node gets its depth (longest path from the input) and height (longest path to the output);
+sorting the groups by ``(depth, -height, first run)`` gives an order that is the same for any two
+implementations computing the same graph, whichever branch they run first.
+
+>>> import torch, torch.nn as nn
+>>> class Block(nn.Module):
+...     def __init__(self, shortcut_first):
+...         super().__init__()
+...         self.first = shortcut_first
+...         self.a, self.b, self.short = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+...     def forward(self, x):
+...         s = self.short(x) if self.first else None
+...         y = self.b(self.a(x).relu())
+...         return y + (self.short(x) if s is None else s)
+>>> [p for p, _ in dataflow_groups(Block(True), torch.zeros(1, 4))]
+['a', 'short', 'b']
+>>> [p for p, _ in dataflow_groups(Block(False), torch.zeros(1, 4))]
+['a', 'short', 'b']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["dataflow_groups"]
+
+
+def _tensors(obj: Any, out: list) -> list:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _tensors(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _tensors(o, out)
+    return out
+
+
+def _mode_class() -> type:
+    from torch.overrides import TorchFunctionMode
+
+    class _Flow(TorchFunctionMode):
+        def __init__(self, owner: dict[int, frozenset]):
+            super().__init__()
+            self.owner = owner  # id(tensor) -> frozenset of (module path, local name)
+            self.anc: dict[int, frozenset] = {}  # id(activation) -> frozenset of node ids
+            self.keep: list[Any] = []  # keeps traced tensors alive so their ids are not reused
+            self.nodes: list[tuple[frozenset, frozenset]] = []  # (tensor names, predecessor nodes)
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            result = func(*args, **kwargs)
+            inputs = _tensors(args, _tensors(kwargs, []))
+            outputs = _tensors(result, [])
+            if not outputs:
+                return result
+            owned: frozenset = frozenset()
+            preds: frozenset = frozenset()
+            active = False
+            for t in inputs:
+                o = self.owner.get(id(t))
+                if o is not None:
+                    owned |= o
+                elif id(t) in self.anc:
+                    active = True
+                    preds |= self.anc[id(t)]
+                else:  # a tensor from outside (the model's input, a constant) counts as activation
+                    active = active or t.dtype.is_floating_point or t.dtype.is_complex
+            if owned and not active:
+                for t in outputs:
+                    self.owner[id(t)] = owned
+            else:
+                if owned:
+                    self.nodes.append((owned, preds))
+                    preds = frozenset({len(self.nodes) - 1})
+                for t in outputs:
+                    if id(t) not in self.owner:
+                        self.anc[id(t)] = preds
+            self.keep.extend(outputs)
+            return result
+
+    return _Flow
+
+
+def _call(model: Any, x: Any) -> Any:
+    if isinstance(x, dict):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
+def dataflow_groups(model: Any, example_input: Any) -> list[tuple[str, tuple[str, ...]]]:
+    """``(module path, local tensor names)`` for each group of tensors consumed together, in graph order.
+
+    A tensor consumed by several nodes (a shared weight) belongs to the first. Tensors that take no
+    part in the forward (an aux head in eval, ``num_batches_tracked``) are not listed.
+    """
+    import torch
+
+    owner: dict[int, frozenset] = {}
+    for path, module in model.named_modules(remove_duplicate=True):
+        for name, t in list(module.named_parameters(recurse=False)) + list(
+            module.named_buffers(recurse=False)
+        ):
+            if t is not None:
+                owner.setdefault(id(t), frozenset({(path, name)}))
+    mode = _mode_class()(owner)
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(), mode:
+            _call(model, example_input)
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    nodes = mode.nodes
+    n = len(nodes)
+    depth = [0] * n
+    for i, (_, preds) in enumerate(nodes):  # nodes are recorded in a topological order
+        depth[i] = 1 + max((depth[p] for p in preds), default=0)
+    height = [0] * n
+    succ: list[list[int]] = [[] for _ in range(n)]
+    for i, (_, preds) in enumerate(nodes):
+        for p in preds:
+            succ[p].append(i)
+    for i in range(n - 1, -1, -1):
+        height[i] = 1 + max((height[s] for s in succ[i]), default=0)
+    seen: set[tuple[str, str]] = set()
+    groups: list[tuple[tuple, str, tuple[str, ...]]] = []
+    for i in sorted(range(n), key=lambda i: (depth[i], -height[i], i)):
+        names = sorted(nodes[i][0] - seen)
+        if not names:
+            continue
+        seen.update(names)
+        by_path: dict[str, list[str]] = {}
+        for path, local in names:
+            by_path.setdefault(path, []).append(local)
+        for path, locals_ in by_path.items():
+            groups.append(((depth[i], -height[i], i), path, tuple(locals_)))
+    return [(path, locals_) for _, path, locals_ in groups]
