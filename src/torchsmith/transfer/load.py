@@ -370,6 +370,7 @@ def load_weights(
         return None
 
     order_hint = None
+    sm = None
     if match == "name":
         renames = _parse_renames(rename)
         fitted = _match_names(src_keys, tgt_keys, renames, notes)
@@ -406,6 +407,7 @@ def load_weights(
         pairs = sm.pairs
         report.mapping = sm.mapping
         notes.extend(sm.notes)
+        notes.extend(f"equivalence {e}" for e in sm.equivalences)
         order_hint = sm.target_order
         for k in tgt_keys:
             if k not in keep_t:
@@ -426,8 +428,9 @@ def load_weights(
         s_key = pairs.get(t_key)
         if s_key is None:
             continue
-        used_source.add(s_key)
-        tgt, src = tgt_sd[t_key], src_sd[s_key]
+        tgt = tgt_sd[t_key]
+        src = src_sd[s_key] if sm is None else sm.value(t_key, src_sd, tgt.shape)  # equivalences applied
+        used_source.update([s_key] if sm is None else sm.sources(t_key))
         why = dropped(t_key, s_key) if match == "name" else None
         if why:
             report.excluded.append({"key": t_key, "source_key": s_key, "shape": tuple(tgt.shape), "why": why})

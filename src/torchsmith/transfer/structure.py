@@ -62,6 +62,34 @@ class StructureMatch:
     notes: list[str] = field(default_factory=list)
     target_order: list[str] = field(default_factory=list)
     order: str = ""
+    #: model key -> how its value is derived from source tensors: ("reshape",), ("transpose",),
+    #: ("cat", [source keys]) or ("chunk", index, parts). Keys not here are copied as they are.
+    derived: dict[str, tuple] = field(default_factory=dict)
+    #: the equivalences applied, one line each ("'head.fc' <- 'classifier.0': 1x1 Conv = Linear").
+    equivalences: list[str] = field(default_factory=list)
+
+    def sources(self, key: str) -> list[str]:
+        """Every source key the model's ``key`` takes its value from."""
+        how = self.derived.get(key)
+        if how and how[0] == "cat":
+            return list(how[1])
+        return [self.pairs[key]] if key in self.pairs else []
+
+    def value(self, key: str, source_sd: dict[str, Any], shape: Any) -> Any:
+        """The source value for the model's ``key``, with its equivalence applied."""
+        import torch
+
+        how = self.derived.get(key)
+        src = source_sd[self.pairs[key]]
+        if how is None:
+            return src
+        if how[0] == "cat":
+            return torch.cat([source_sd[k] for k in how[1]], dim=0)
+        if how[0] == "chunk":
+            return src.chunk(how[2], dim=0)[how[1]]
+        if how[0] == "transpose":
+            return src.t() if src.dim() == 2 else src
+        return src.reshape(tuple(shape))
 
 
 @dataclass
@@ -285,26 +313,117 @@ def _compatible(a: _Unit, b: _Unit) -> bool:
     return len(sa) == len(sb) and all(len(x) == len(y) for x, y in zip(sa, sb))
 
 
-def _align(t_units: list[_Unit], s_units: list[_Unit]) -> tuple[list[tuple[_Unit, _Unit, str]] | None, str]:
-    n, m = len(t_units), len(s_units)
-    out: list[tuple[_Unit, _Unit, str]] = []
-    for i in range(min(n, m)):
-        t, s = t_units[i], s_units[i]
-        if t.sig == s.sig:
-            out.append((t, s, "same shapes"))
+def _canon(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape without its singleton dims: (96, 1, 1) and (96,), (n, k, 1, 1) and (n, k) agree."""
+    return tuple(d for d in shape if d != 1)
+
+
+def _reshape_equivalence(t: _Unit, s: _Unit) -> str | None:
+    """The name of the equivalence that makes ``s``'s tensors ``t``'s by a reshape, or None.
+
+    Proven by shapes alone; the numerical check after the port confirms the meaning.
+    """
+    ta, sa = t.sig, s.sig
+    if len(ta) != len(sa):
+        return None
+    if sorted(map(_canon, ta)) == sorted(map(_canon, sa)):
+        kinds = {t.kind, s.kind}
+        if kinds in ({"Conv2d", "Linear"}, {"Conv1d", "Linear"}):
+            return "1x1 Conv = Linear"
+        return "singleton-dim reshape"
+    convs = []
+    for x, y in zip(sorted(ta, key=_flat_key), sorted(sa, key=_flat_key)):
+        if x == y:
             continue
-        edge = i == 0 or (i == n - 1 and i == m - 1)
+        if _flat_key(x) != _flat_key(y) or min(len(x), len(y)) != 2 or len(x) == len(y) or x[0] != y[0]:
+            return None
+        convs.append(x if len(x) > len(y) else y)
+    if not convs:
+        return None
+    return f"Linear(k*h*w -> n) = Conv{len(convs[0]) - 2}d(k, n, {tuple(convs[0][2:])})"
+
+
+def _flat_key(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(first dim, element count): a Linear weight and the conv weight it flattens agree on both."""
+    n = 1
+    for d in shape:
+        n *= d
+    return (shape[0] if shape else 1, n)
+
+
+_PROJ_ROLE = {
+    **dict.fromkeys(("q", "query", "q_proj", "q_lin", "wq"), 0),
+    **dict.fromkeys(("k", "key", "k_proj", "k_lin", "wk"), 1),
+    **dict.fromkeys(("v", "value", "v_proj", "v_lin", "wv"), 2),
+}
+
+
+def _split_group(units: list[_Unit], j: int, fused: _Unit) -> list[_Unit] | None:
+    """Three units at ``j`` that are the q, k, v projections ``fused`` concatenates along dim 0."""
+    group = units[j : j + 3]
+    if len(group) != 3 or len({u.sig for u in group}) != 1:
+        return None
+    roles = [_PROJ_ROLE.get(u.path.rpartition(".")[2].lower()) for u in group]
+    if sorted(r for r in roles if r is not None) != [0, 1, 2]:
+        return None
+    part, whole = group[0].sig, fused.sig
+    if len(part) != len(whole):
+        return None
+    for p, w in zip(part, whole):
+        if len(p) != len(w) or p[0] * 3 != w[0] or p[1:] != w[1:]:
+            return None
+    return sorted(group, key=lambda u: _PROJ_ROLE[u.path.rpartition(".")[2].lower()])
+
+
+def _align(t_units: list[_Unit], s_units: list[_Unit]) -> tuple[list[tuple[Any, Any, str]] | None, str]:
+    """Pair the two unit sequences in order. Each item is ``(target, source, status)`` where a side
+    is a list of three units for a fused projection split on the other side."""
+    n, m = len(t_units), len(s_units)
+    out: list[tuple[Any, Any, str]] = []
+    i = j = 0
+    while i < n and j < m:
+        t, s = t_units[i], s_units[j]
+        if t.sig == s.sig:
+            kinds = {t.kind, s.kind}
+            status = "same shapes"
+            if "Conv1D" in kinds and len(kinds) == 2:
+                status = "equivalent: transposed Conv1D = Linear"
+            out.append((t, s, status))
+            i, j = i + 1, j + 1
+            continue
+        if {t.kind, s.kind} == {"Conv1D", "Linear"} and sorted(map(sorted, t.sig)) == sorted(
+            map(sorted, s.sig)
+        ):
+            out.append((t, s, "equivalent: transposed Conv1D = Linear"))
+            i, j = i + 1, j + 1
+            continue
+        eq = _reshape_equivalence(t, s)
+        if eq:
+            out.append((t, s, f"equivalent: {eq}"))
+            i, j = i + 1, j + 1
+            continue
+        split = _split_group(s_units, j, t)
+        if split:
+            out.append((t, split, "equivalent: fused qkv = cat(q, k, v) along dim 0"))
+            i, j = i + 1, j + 3
+            continue
+        split = _split_group(t_units, i, s)
+        if split:
+            out.append((split, s, "equivalent: fused qkv = cat(q, k, v) along dim 0"))
+            i, j = i + 3, j + 1
+            continue
+        edge = i == 0 or (i == n - 1 and j == m - 1)
         if edge and _compatible(t, s):
             out.append((t, s, "shapes differ" + (" (input layer)" if i == 0 else " (classifier)")))
+            i, j = i + 1, j + 1
             continue
         return None, (
             f"first divergence at position {i}: model module {t.describe()} vs source module {s.describe()}"
             + (f" (the model has {n} modules with weights, the source {m})" if n != m else "")
         )
-    if n != m:
-        i = min(n, m)
-        extra = t_units[i].describe() if n > m else s_units[i].describe()
-        side = "model" if n > m else "source"
+    if i < n or j < m:
+        extra = t_units[i].describe() if i < n else s_units[j].describe()
+        side = "model" if i < n else "source"
         return None, (
             f"first divergence at position {i}: the {side} has more modules with weights ({n} vs {m}), "
             f"starting with {extra}"
@@ -327,7 +446,7 @@ def _role(local: str) -> str:
     return _ROLE.get(local.lower(), local)
 
 
-def _pair_keys(t: _Unit, s: _Unit) -> list[tuple[str, str]]:
+def _pair_keys(t: _Unit, s: _Unit, shape_key: Any = None) -> list[tuple[str, str]]:
     """Pair the tensors of two aligned modules: by name or name equivalence, then by a unique shape.
 
     Raises :class:`TransferError` when two tensors could swap places (equal shapes) and neither their
@@ -335,8 +454,9 @@ def _pair_keys(t: _Unit, s: _Unit) -> list[tuple[str, str]]:
     """
     t_main = [n for n in t.locals if n not in _SCALAR_BUFFERS]
     s_main = [n for n in s.locals if n not in _SCALAR_BUFFERS]
-    t_shape = dict(zip(t.locals, t.shapes))
-    s_shape = dict(zip(s.locals, s.shapes))
+    shape_key = shape_key or tuple
+    t_shape = {n: shape_key(sh) for n, sh in zip(t.locals, t.shapes)}
+    s_shape = {n: shape_key(sh) for n, sh in zip(s.locals, s.shapes)}
     pairs: list[tuple[str, str]] = []
     left_t, left_s = list(t_main), list(s_main)
     # 1. the same name, 2. the same role (weight = gamma = scale ...), each only when unique.
@@ -377,6 +497,49 @@ def _pair_keys(t: _Unit, s: _Unit) -> list[tuple[str, str]]:
     out = [(t.key(a), s.key(b)) for a, b in pairs]
     out += [(t.key(n), s.key(n)) for n in t.locals if n in _SCALAR_BUFFERS and n in s.locals]
     return out
+
+
+def _record(result: StructureMatch, t: Any, s: Any, status: str) -> None:
+    """Add one aligned pair (units, or a unit and a q/k/v group) to ``result``."""
+    equivalence = status.startswith("equivalent: ")
+    if isinstance(s, list) or isinstance(t, list):
+        fused, parts = (t, s) if isinstance(s, list) else (s, t)
+        by_role = [{_role(n): u.key(n) for n in u.locals if n not in _SCALAR_BUFFERS} for u in parts]
+        for n in fused.locals:
+            if n in _SCALAR_BUFFERS:
+                continue
+            keys = [roles.get(_role(n)) for roles in by_role]
+            if None in keys:
+                raise TransferError(
+                    f"structure match refused: {fused.describe()} is a fused projection but "
+                    f"{n!r} has no counterpart in {', '.join(u.describe() for u in parts)}"
+                )
+            if fused is t:
+                result.pairs[t.key(n)] = keys[0]
+                result.derived[t.key(n)] = ("cat", keys)
+            else:
+                for idx, tk in enumerate(keys):
+                    result.pairs[tk] = s.key(n)
+                    result.derived[tk] = ("chunk", idx, len(keys))
+        t_path = t.path if not isinstance(t, list) else "+".join(u.path for u in t)
+        s_path = s.path if not isinstance(s, list) else "+".join(u.path for u in s)
+        result.mapping.append({"target": t_path, "source": s_path, "kind": "fused", "status": status})
+        result.equivalences.append(f"{t_path!r} <- {s_path!r}: {status[12:]}")
+        return
+    pairs = _pair_keys(t, s, _flat_key if equivalence and "Conv1D" not in status else None)
+    if "Conv1D" in status:
+        pairs = _pair_keys(t, s, lambda sh: tuple(sorted(sh)))
+    shapes_t = dict(zip(map(t.key, t.locals), t.shapes))
+    shapes_s = dict(zip(map(s.key, s.locals), s.shapes))
+    for tk, sk in pairs:
+        result.pairs[tk] = sk
+        if "Conv1D" in status and len(shapes_t[tk]) == 2:
+            result.derived[tk] = ("transpose",)
+        elif shapes_t[tk] != shapes_s[sk] and equivalence:
+            result.derived[tk] = ("reshape",)
+    if equivalence:
+        result.equivalences.append(f"{t.path!r} <- {s.path!r}: {status[12:]}")
+    result.mapping.append({"target": t.path, "source": s.path, "kind": t.kind, "status": status})
 
 
 def match_structure(
@@ -527,7 +690,5 @@ def match_structure(
     notes.extend(extra)
     result = StructureMatch(notes=notes, target_order=t_order, order=label)
     for t, s, status in aligned:
-        for tk, sk in _pair_keys(t, s):
-            result.pairs[tk] = sk
-        result.mapping.append({"target": t.path, "source": s.path, "kind": t.kind, "status": status})
+        _record(result, t, s, status)
     return result
