@@ -119,8 +119,23 @@ def _build(raw: RawCheckpoint) -> tuple[Any, list[str]]:
         ops = json.loads(raw.metadata.get("torchsmith.surgery") or "[]")
         if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)):
             raise ValueError("torchsmith.arch has no model name")
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{raw.path}: damaged provenance metadata: {e}") from None
+        if arch is not None and not isinstance(arch.get("kwargs", {}), dict):
+            raise ValueError("torchsmith.arch kwargs is not a mapping")
+        # A recorded spec is inline JSON only: a string would be read as a path or YAML text.
+        if arch is None and not isinstance(spec, dict):
+            raise ValueError(f"torchsmith.spec is a JSON {type(spec).__name__}, not an inline spec mapping")
+        if not (isinstance(ops, list) and all(isinstance(op, dict) for op in ops)):
+            raise ValueError("torchsmith.surgery is not a list of operations")
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{raw.path}: damaged provenance metadata: {str(e)[:200]}") from None
+    from torchsmith._sandbox import check_kwargs, sandbox
+    from torchsmith.errors import InputError
+
+    if arch is not None:
+        try:
+            check_kwargs(arch.get("kwargs", {}), "torchsmith.arch.kwargs")
+        except InputError as e:
+            raise CheckpointError(f"{raw.path}: cannot rebuild the recorded model: {e}") from None
 
     def construct() -> Any:
         if arch is not None:
@@ -139,17 +154,24 @@ def _build(raw: RawCheckpoint) -> tuple[Any, list[str]]:
             model = result if _is_module(result) else model
         return model
 
-    from torchsmith.errors import InputError
-
+    where = f"{raw.path.name}: recorded model"
     try:
-        with params_on_meta():
+        with params_on_meta(), sandbox(where):
             return replay(construct()), notes
     except InputError as e:
         raise CheckpointError(f"{raw.path}: cannot rebuild the recorded model: {e}") from None
     except Exception:  # some constructors compute with their weights: build for real instead
         pass
     notes.append("the model could not be built on the meta device; built it normally")
-    return replay(construct()), notes
+    try:
+        with sandbox(where):
+            return replay(construct()), notes
+    except InputError as e:
+        raise CheckpointError(f"{raw.path}: cannot rebuild the recorded model: {e}") from None
+    except Exception as e:  # malformed metadata must not escape as a raw TypeError
+        raise CheckpointError(
+            f"{raw.path}: cannot rebuild the recorded model: {type(e).__name__}: {str(e)[:200]}"
+        ) from None
 
 
 def _is_module(obj: Any) -> bool:

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from typing import Any
 
 from torchsmith._provenance import set_provenance
+from torchsmith._sandbox import kwarg_problem, sandbox
 from torchsmith.errors import InputError, SpecError, close_matches
 from torchsmith.spec.graph import OPS, SpecDict, SpecGraph, SpecList
 from torchsmith.spec.loader import Spec, _check_plain, envelope, format_path, load_spec
@@ -140,13 +141,17 @@ class _Constructor:
                         else f"; {missing[0]!r} could not be read off an input of shape {shape_str(xs)}"
                     )
                 raise self.fail(plan.where, f"{e}{hint}") from None
+        for key, value in kwargs.items():  # data may not ask the constructor to read files or download
+            why = None if isinstance(value, ModuleArg) else kwarg_problem(key, value)
+            if why is not None:
+                raise self.fail(plan.where.at(key), why)
         call_args = [self.build(a.plan, None)[0] if isinstance(a, ModuleArg) else a for a in plan.args]
         call_kwargs = {
             k: self.build(v.plan, None)[0] if isinstance(v, ModuleArg) else v for k, v in kwargs.items()
         }
         device = torch.device("meta") if self.meta else contextlib.nullcontext()
         try:
-            with device:
+            with device, sandbox(t.name):
                 module = t.factory(*call_args, **call_kwargs)
         except InputError as e:
             raise self.fail(plan.where.at("type"), str(e)) from None

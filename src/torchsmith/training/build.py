@@ -73,8 +73,10 @@ def build_model(recipe: dict, log: Callable[[str], None] | None = None) -> Any:
         model = _call("model.spec", build, m["spec"])
         log(f"model: built from spec {m['spec'] if isinstance(m['spec'], str) else '(inline)'}")
     else:
+        from torchsmith._sandbox import check_kwargs
         from torchsmith.zoo import create_model
 
+        _call("model.kwargs", check_kwargs, m["kwargs"], "")
         model = _call("model.name", create_model, m["name"], **m["kwargs"])
         log(f"model: {m['name']} {m['kwargs'] or ''}".rstrip())
     if recipe["surgery"]:

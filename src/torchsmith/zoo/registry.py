@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchsmith._provenance import set_provenance
+from torchsmith._sandbox import check_kwargs, sandbox
 from torchsmith.errors import InputError, close_matches
 
 __all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
@@ -119,6 +120,9 @@ def _create_torchvision(name: str, kwargs: dict[str, Any]) -> Any:
             f"{name}' with random weights and load a checkpoint with torchsmith.load_weights"
         )
     kwargs = {k: v for k, v in kwargs.items() if k not in ("weights", "pretrained")}
+    # Detection/segmentation builders download backbone weights unless told not to.
+    if "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters:
+        kwargs.setdefault("weights_backbone", None)
     return tvm.get_model(name, weights=None, **kwargs)
 
 
@@ -148,6 +152,16 @@ def create_model(name: str, **kwargs: Any) -> Any:
     """
     if not isinstance(name, str) or not name:
         raise InputError(f"model name must be a non-empty string, got {name!r}")
+    with sandbox(f"model {name!r}"):  # building never downloads or unpickles (see torchsmith._sandbox)
+        model = _create(name, kwargs)
+    set_provenance(model, arch={"name": name, "kwargs": kwargs})
+    return model
+
+
+def _create(name: str, kwargs: dict[str, Any]) -> Any:
+    if name.startswith(("torchvision:", "timm:")):
+        # Other libraries' constructors take file/URL/weights arguments: only plain, harmless ones.
+        check_kwargs(kwargs, f"model {name!r}: argument")
     if name.startswith("torchvision:"):
         try:
             model = _create_torchvision(name.split(":", 1)[1], dict(kwargs))
@@ -166,5 +180,4 @@ def create_model(name: str, **kwargs: Any) -> Any:
         entry = get_entry(name)
         _check_kwargs(name, entry.factory, kwargs)
         model = entry.factory(**kwargs)
-    set_provenance(model, arch={"name": name, "kwargs": kwargs})
     return model
