@@ -79,8 +79,11 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def kwarg_problem(key: str, value: Any) -> str | None:
-    """Why keyword ``key=value`` may not come from data, or None when it may."""
+def kwarg_problem(key: str, value: Any, *, types: bool = True) -> str | None:
+    """Why keyword ``key=value`` may not come from data, or None when it may.
+
+    ``types=False`` checks only the meaning (for the caller's own code, which may pass classes).
+    """
     if not isinstance(key, str):
         return f"argument names must be strings, found {type(key).__name__}"
     if _WEIGHTS.match(key) and value not in (None, False):
@@ -94,7 +97,7 @@ def kwarg_problem(key: str, value: Any) -> str | None:
             f"{key!r} names a file, folder or address for the constructor to read; a model built from "
             "data may not read files or the network (load weights with torchsmith.load_weights)"
         )
-    if not _plain(value):
+    if types and not _plain(value):
         return (
             f"{key!r} is a {type(value).__name__}; arguments from data must be numbers, strings, "
             "bools, null, or lists/dicts of them"
@@ -102,10 +105,10 @@ def kwarg_problem(key: str, value: Any) -> str | None:
     return None
 
 
-def check_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
+def check_kwargs(kwargs: Mapping[str, Any], where: str, *, types: bool = True) -> None:
     """Raise :class:`SpecError` ``"{where}.{key}: why"`` for the first argument data may not pass."""
     for key, value in kwargs.items():
-        why = kwarg_problem(key, value)
+        why = kwarg_problem(key, value, types=types)
         if why is not None:
             raise SpecError(f"{where}.{key}: {why}" if where else why)
 

@@ -160,8 +160,9 @@ def create_model(name: str, **kwargs: Any) -> Any:
 
 def _create(name: str, kwargs: dict[str, Any]) -> Any:
     if name.startswith(("torchvision:", "timm:")):
-        # Other libraries' constructors take file/URL/weights arguments: only plain, harmless ones.
-        check_kwargs(kwargs, f"model {name!r}: argument")
+        # Other libraries' constructors take file/URL/weights arguments: never those (values from
+        # data are also type-checked where the data enters: specs, recipes, load_model).
+        check_kwargs(kwargs, f"model {name!r}: argument", types=False)
     if name.startswith("torchvision:"):
         try:
             model = _create_torchvision(name.split(":", 1)[1], dict(kwargs))
