@@ -54,7 +54,7 @@ def test_shape_mismatch_reports_both_shapes():
     msg = _error(
         {"input_shape": [1, 64], "chain": [{"type": "Linear", "in_features": 100, "out_features": 10}]}
     )
-    assert "chain[0]: Linear cannot take an input of shape (1, 64)" in msg
+    assert "chain[0].in_features: Linear cannot take an input of shape (1, 64)" in msg
     assert "[1, 64] X [100, 10]" in msg  # torch's own words, from the meta run
     msg = _error(
         """

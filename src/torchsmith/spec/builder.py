@@ -50,6 +50,7 @@ from torchsmith.spec.shapes import INFER, describe, infer_value, meta_input, sha
 
 __all__ = ["DEFAULT_MAX_PARAMETERS", "build_model", "build_with_report", "validate_spec"]
 
+BATCH_OPS = ("reshape", "flatten")  # ops that can fold the batch into another dim
 DEFAULT_MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: beyond this a spec is more likely a typo
 
 
@@ -177,8 +178,10 @@ class _Constructor:
             try:
                 out = module(*xs)
             except Exception as e:
+                where, why = _input_mismatch(plan, kwargs, xs)
+                detail = f"{why} ({_first_line(e)})" if why else _first_line(e)
                 raise self.fail(
-                    plan.where, f"{t.name} cannot take an input of shape {shape_str(xs)}: {_first_line(e)}"
+                    where, f"{t.name} cannot take an input of shape {shape_str(xs)}: {detail}"
                 ) from None
         return module, out
 
@@ -211,6 +214,40 @@ class _Constructor:
             where, f"{src!r} gives a {type(value).__name__}; '{src}.{sel}' needs a tuple or dict output"
         )
 
+    def _check_batch(self, st: Any, vals: list, out: Any) -> None:
+        """Refuse an op whose output batch does not follow its input's (a folded or baked-in batch).
+
+        ``reshape: [-1, 4]`` on ``(2, 3, 4)`` folds the batch into dim 0 and ``reshape: [6, 4]``
+        bakes the sample's batch of 2 into the model: both pass on the sample and are wrong (or fail)
+        at any other batch size. The op is run again on the meta device with a batch one larger;
+        its output must keep the batch first and the other dims unchanged.
+        """
+        import torch
+
+        x = vals[0]
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or not isinstance(out, torch.Tensor):
+            return
+        bigger = [torch.empty((x.shape[0] + 1, *x.shape[1:]), dtype=x.dtype, device="meta"), *vals[1:]]
+        try:
+            out2 = OPS[st.op].fn(bigger, **st.op_kwargs)
+            ok = (
+                out2.dim() == out.dim()
+                and out2.shape[0] == x.shape[0] + 1
+                and out2.shape[1:] == out.shape[1:]
+            )
+        except Exception:
+            ok = False
+        if out.dim() == 0 or out.shape[0] != x.shape[0]:
+            ok = False
+        if not ok:
+            raise self.fail(
+                st.where,
+                f"op {st.op!r} turns the input {shape_str(x)} into {shape_str(out)}, which does not keep "
+                "the batch dimension (dim 0) as it is: the model would work only at this batch size or mix "
+                "samples; keep dim 0 as the batch, e.g. reshape with shape [-1, ...] over the other dims "
+                "only, or flatten from start_dim 1",
+            )
+
     def _graph(self, plan: GraphPlan, xs: list | None) -> tuple[Any, Any]:
         env: dict[str, Any] | None = None
         if xs is not None:
@@ -236,6 +273,8 @@ class _Constructor:
                         st.where,
                         f"op {st.op!r} cannot take inputs of shape {shape_str(vals)}: {_first_line(e)}",
                     ) from None
+                if self.meta and st.op in BATCH_OPS:
+                    self._check_batch(st, vals, out)
             if st.plan is None and self.meta:
                 self.record[format_path((*plan.where.inst, st.name))] = {
                     "type": f"op:{st.op}",
@@ -255,6 +294,39 @@ class _Constructor:
             else:
                 out = {k: self._select(env, r, plan.where.at("outputs")) for k, r in outs}
         return module, out
+
+
+def _input_mismatch(plan: LeafPlan, kwargs: dict, xs: list) -> tuple[Where, str]:
+    """When a layer fails on its input, name the argument that disagrees with the input's shape.
+
+    The kernels' own messages ("Invalid channel dimensions", "mat1 and mat2 shapes cannot be
+    multiplied") say neither which argument nor what the input holds; every argument shape
+    inference knows (in_channels, in_features, num_features, ...) is compared with the value read
+    off the input, and the first that differs is reported at its own spec line.
+    """
+    sig = plan.target.signature
+    try:
+        bound = sig.bind_partial(*plan.args, **kwargs).arguments if sig is not None else dict(kwargs)
+    except TypeError:
+        bound = dict(kwargs)
+    for name in INFER:
+        if name not in bound or not xs:
+            continue
+        actual = infer_value(name, xs[0])
+        given = bound[name]
+        if isinstance(given, (list, tuple)) and len(given) == 1:
+            given = given[0]
+        if actual is None or isinstance(given, bool) or not isinstance(given, int) or given == actual:
+            continue
+        dim = INFER[name]
+        axis = "the last dim" if dim == -1 else f"dim {dim}"
+        inferred = name in plan.inferred
+        where = plan.where if inferred or name not in plan.kwargs else plan.where.at(name)
+        return where, (
+            f"expected {name}={given} (as {'inferred' if inferred else 'given'}), but the input has "
+            f"{actual} at {axis}; fix {name} (or leave it out to infer it) or the layer before"
+        )
+    return plan.where, ""
 
 
 def _call_str(args: list, kwargs: dict) -> str:
@@ -367,7 +439,8 @@ def build_with_report(
         raise SpecError(
             f"{loaded.source.name or 'spec'}: the model would have {total:,} parameters "
             f"({total * 4 / 2**30:.1f} GiB in float32); the limit is {max_parameters:,} "
-            "(pass max_parameters=None to lift it)"
+            "(raise or lift it: --max-parameters N, or 0 for no limit, on the command line; "
+            "max_parameters=N or None in Python)"
         )
     layers = []
     children = dict(meta_model.named_children())

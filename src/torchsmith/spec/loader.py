@@ -193,6 +193,8 @@ def _from_yaml(text: str, source: Source) -> Any:
             return None
         counter = _Counter(source)
         active: set[int] = set()
+        flattened: dict[int, int] = {}  # id(mapping node) -> how many leading pairs '<<' merged in
+        explicit: dict[int, set] = {}
 
         def convert(node: Any, path: PathT, depth: int) -> Any:
             counter.tick(path)
@@ -216,12 +218,9 @@ def _from_yaml(text: str, source: Source) -> Any:
                 if isinstance(node, yaml.SequenceNode):
                     return [convert(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
                 if isinstance(node, yaml.MappingNode):
-                    try:
-                        loader.flatten_mapping(node)  # resolves '<<' merge keys
-                    except yaml.YAMLError as e:
-                        raise _fail(source, path, f"bad merge key: {getattr(e, 'problem', e)}") from None
+                    merged = _flatten(loader, node, flattened, source, path)
                     out: dict[str, Any] = {}
-                    for knode, vnode in node.value:
+                    for i, (knode, vnode) in enumerate(node.value):
                         if not isinstance(knode, yaml.ScalarNode):
                             raise _fail(
                                 source, path, "found a list or mapping used as a key; expected a string"
@@ -233,9 +232,15 @@ def _from_yaml(text: str, source: Source) -> Any:
                                 source, path, f"cannot read a key: {getattr(e, 'problem', e)}"
                             ) from None
                         key = _key(raw_key, source, path)
-                        if key in out:
+                        # an explicit key overrides one merged in by '<<' (keeping its place);
+                        # two explicit ones are a duplicate
+                        if key in out and i >= merged and key in explicit.get(id(node), ()):
                             source.lines[(*path, key)] = knode.start_mark.line + 1
                             raise _fail(source, (*path, key), f"duplicate key {key!r}")
+                        if i >= merged:
+                            explicit.setdefault(id(node), set()).add(key)
+                        # the key's own line: a block value starts on the next line
+                        source.lines[(*path, key)] = knode.start_mark.line + 1
                         out[key] = convert(vnode, (*path, key), depth + 1)
                     return out
             finally:
@@ -245,6 +250,27 @@ def _from_yaml(text: str, source: Source) -> Any:
         return convert(node, (), 0)
     finally:
         loader.dispose()
+
+
+def _flatten(loader: Any, node: Any, flattened: dict, source: Source, path: PathT) -> int:
+    """Resolve ``<<`` merge keys in place; returns how many leading pairs came from merges.
+
+    PyYAML puts the merged pairs first and the mapping's own after them; of the merged pairs the
+    first mapping named wins, and an explicit key overrides a merged one (YAML's merge-key rules).
+    An alias reaches the same node again: it is flattened once and the count remembered.
+    """
+    import yaml
+
+    if id(node) in flattened:
+        return flattened[id(node)]
+    own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+    try:
+        loader.flatten_mapping(node)
+    except yaml.YAMLError as e:
+        raise _fail(source, path, f"bad merge key: {getattr(e, 'problem', e)}") from None
+    merged = len(node.value) - own
+    flattened[id(node)] = merged
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------- dicts
@@ -312,6 +338,46 @@ def _from_envelope(data: dict) -> Spec:
     return Spec(data, source=source)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _from_json_file(text: str, name: str) -> Spec:
+    """A ``.json`` file is strict JSON (no comments, trailing commas, NaN); lines come from YAML.
+
+    YAML would accept ``#`` comments and lenient flow syntax, so a file named ``.json`` is first
+    parsed by ``json``; when the YAML reading of it gives the same value, its line numbers are kept.
+    """
+    try:
+        raw = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise SpecError(f"{name}: the JSON nests too deeply; expected at most {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(
+            f"{name}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno}); a .json spec is strict "
+            "JSON: no comments, no trailing commas (use .yaml for those)"
+        ) from None
+    except ValueError as e:
+        raise SpecError(f"{name}: not valid JSON: {e}") from None
+    source = Source(name)
+    data = _check_plain(raw, source)
+    try:
+        lined_source = Source(name)
+        lined = _from_yaml(text, lined_source)
+    except SpecError as e:
+        if "duplicate key" in str(e):  # json.loads keeps the last of two keys silently
+            raise
+        lined = None
+    if lined == data:
+        source = lined_source
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{name}: the spec must be a mapping (keys such as 'chain', 'graph', 'type', 'blocks'); "
+            f"found {type(data).__name__ if data is not None else 'null'}"
+        )
+    return Spec(data, source=source)
+
+
 def _looks_like_path(text: str) -> bool:
     if "\n" in text or text.lstrip().startswith(("{", "[")):
         return False
@@ -366,6 +432,8 @@ def load_spec(path_or_text: str | os.PathLike | dict) -> Spec:
             f"a spec must be a dict, YAML/JSON text or a file path; got {type(path_or_text).__name__}"
         )
     source = Source(name)
+    if name.lower().endswith(".json"):
+        return _from_json_file(text, name)
     try:
         data = _from_yaml(text, source)
     except SpecError as yaml_error:

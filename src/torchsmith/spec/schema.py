@@ -224,7 +224,16 @@ class Planner:
         for key, value in raw.items():
             if not _NAME.match(key):
                 raise self.fail(where.at(key), f"parameter name {key!r} is not an identifier")
-            scope[key] = self.sub(overrides.get(key, value), where.at(key), scope)
+            default = self.sub(value, where.at(key), scope)
+            if key not in overrides:
+                scope[key] = default
+                continue
+            try:
+                given = substitute(overrides[key], scope)
+            except ExprError as e:
+                raise SpecError(f"parameter {key!r} (given as an override): {e}") from None
+            _check_override(key, given, default, self.source.where(where.at(key).src))
+            scope[key] = given
         self.globals = scope
 
     def _read_blocks(self, raw: Any, where: Where) -> None:
@@ -730,6 +739,34 @@ class Planner:
                 path.append(nxt)
                 iters.append(iter([s for s, _ in steps[nxt].refs]))
         return order
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean (true/false)"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "null"
+
+
+def _check_override(name: str, given: Any, default: Any, where: str) -> None:
+    """An override (``params=``, ``--param``) must have the kind of value its default has.
+
+    Without this, ``--param width=abc`` surfaces far away as "cannot apply Mult to str and int".
+    A null default accepts anything (the spec did not say what it wants).
+    """
+    if default is None or _kind(given) == _kind(default):
+        return
+    raise SpecError(
+        f"parameter {name!r}: found {given!r:.60} ({_kind(given)}); expected {_kind(default)} like its "
+        f"default {default!r:.60} ({where})"
+    )
 
 
 def parse_input_spec(value: Any, planner: Planner | None, where: Where | None) -> tuple | None:
