@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "CheckpointError",
+    "DistributedError",
     "InputError",
     "RecipeError",
     "SpecError",
@@ -52,6 +53,10 @@ class SurgeryError(InputError):
 
 class TransferError(TorchsmithError):
     """Weights could not be moved into a model as asked (nothing loaded, ambiguous match...)."""
+
+
+class DistributedError(TorchsmithError):
+    """The process group could not form or lost a member (rendezvous, gloo/NCCL, a timeout). Exit 1."""
 
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:

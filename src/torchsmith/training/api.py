@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -77,7 +78,9 @@ def train(
     completely before anything is built, so a typo costs a second, not a run.
 
     Under ``torchrun`` every process calls this and they train together; rank 0 writes the files.
-    After an elastic restart (``TORCHELASTIC_RESTART_COUNT > 0``) it resumes by itself.
+    ``resume="auto"`` resumes when ``out/last.pt`` exists and starts afresh otherwise (what a
+    command line restarted by ``torchrun --max-restarts`` wants); after an elastic restart
+    (``TORCHELASTIC_RESTART_COUNT > 0``) it resumes by itself.
     """
     import torch
 
@@ -86,6 +89,8 @@ def train(
 
     r = load_recipe(recipe, overrides)
     out_dir = Path(out) if out is not None else Path("runs") / r["name"]
+    if resume == "auto":
+        resume = (out_dir / "last.pt").is_file()
     ctx = dist_.setup(r)
     log = log or (lambda s: None)
     threads = torch.get_num_threads()
@@ -99,6 +104,8 @@ def train(
         trainer = Trainer(r, out_dir, ctx, log=log)
         trainer.setup(resume=resume)
         if ctx.is_main:
+            if dist_.elastic_restart() and not trainer.resumed_from:
+                log("elastic restart: no complete checkpoint yet, starting from the beginning")
             out_dir.mkdir(parents=True, exist_ok=True)
             from torchsmith._io import atomic_write
 
@@ -149,7 +156,14 @@ def train(
             world_size=ctx.world_size,
             model=model,
         )
+    except Exception as e:
+        if ctx.enabled:
+            dist_.raise_clean(e)  # a peer lost or a collective timed out: one line, what to do
+        raise
     finally:
+        if trainer is not None:
+            with contextlib.suppress(Exception):  # a pending checkpoint write finishes first
+                trainer.close()
         torch.set_num_threads(threads)  # train.threads is for this run only
         if ctx.enabled:
             # Free the DDP/FSDP wrappers and their communication state while the process group still
@@ -208,7 +222,10 @@ def _model_from_checkpoint(
     from torchsmith.training.build import build_model
     from torchsmith.training.checkpointing import load_checkpoint
 
+    from torchsmith.training.checkpointing import checkpoint_model_state
+
     state = load_checkpoint(path, map_location=device)
+    state["model"] = checkpoint_model_state(path, state)  # in last.pt, or in its DCP folder
     if recipe is None:
         recipe = load_recipe(json.loads(state["recipe"]))
     elif not isinstance(recipe, Recipe):

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from torchsmith.errors import InputError, RecipeError
+from torchsmith.errors import DistributedError, InputError, RecipeError
 
 __all__ = [
     "DistContext",
@@ -29,6 +29,7 @@ __all__ = [
     "barrier",
     "elastic_restart",
     "gather_objects",
+    "raise_clean",
     "setup",
     "teardown",
     "unused_parameters",
@@ -110,11 +111,65 @@ def setup(recipe: dict) -> DistContext:
     if backend == "nccl" and device.type != "cuda":
         raise RecipeError("recipe field 'distributed.backend': nccl needs CUDA devices; use gloo on the CPU")
     if not dist.is_initialized():
+        import datetime
+
         kwargs = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
+        timeout = datetime.timedelta(seconds=float(recipe["distributed"].get("timeout", 600)))
+        try:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout, **kwargs)
+        except Exception as e:  # rendezvous or transport: torch's message is a page of C++ context
+            raise DistributedError(
+                f"rank {rank} of {world} could not join the {backend} process group at "
+                f"{_endpoint()}: {_first_line(e)}; {_RETRY}"
+            ) from None
         ctx.owns_group = True
     ctx.backend = dist.get_backend()
     return ctx
+
+
+_RETRY = (
+    "retry with torchrun --max-restarts=N (workers resume with --resume auto), check that "
+    "--rdzv_endpoint (or --master_addr/--master_port) is reachable from every node, or raise "
+    "distributed.timeout"
+)
+
+
+def _endpoint() -> str:
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    return f"{host}:{port}" if host else "the rendezvous endpoint (MASTER_ADDR unset)"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # gloo/c10d messages start with a source location "[../third_party/gloo/...] "; keep what follows
+    text = lines[0] if lines else type(e).__name__
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return f"{type(e).__name__}: {text}"[:300]
+
+
+_DIST_WORDS = ("gloo", "nccl", "connection", "connect", "timed out", "timeout", "peer", "socket", "store")
+
+
+def raise_clean(e: BaseException) -> None:
+    """Re-raise a failure of the process group (a peer died, a collective timed out) as one line.
+
+    Errors torchsmith raised on purpose pass through unchanged; so does anything that is not about
+    the process group.
+    """
+    import torch.distributed as dist
+
+    from torchsmith.errors import TorchsmithError
+
+    if isinstance(e, TorchsmithError):
+        return
+    dist_error = getattr(dist, "DistError", ())
+    text = str(e).lower()
+    if isinstance(e, dist_error) or (isinstance(e, RuntimeError) and any(w in text for w in _DIST_WORDS)):
+        raise DistributedError(
+            f"rank {_env_int('RANK', 0)} of {_env_int('WORLD_SIZE', 1)}: the process group failed "
+            f"during training: {_first_line(e)}; {_RETRY}"
+        ) from None
 
 
 def teardown(ctx: DistContext) -> None:

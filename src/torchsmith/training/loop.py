@@ -33,6 +33,7 @@ from typing import Any
 from torchsmith._io import atomic_path, atomic_write
 from torchsmith.errors import CheckpointError, RecipeError, TorchsmithError
 from torchsmith.training import distributed as dist_
+from torchsmith.training import checkpointing as ckpt_
 from torchsmith.training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
 __all__ = ["Trainer", "evaluate_model", "plot_curves"]
@@ -267,6 +268,13 @@ class Trainer:
         self._count = 0  # samples seen this epoch by this rank
         self._ks: list[int] | None = None
         self.stopped_early = False
+        c = recipe.get("checkpoint") or {}
+        fmt = c.get("format", "auto")
+        fsdp = recipe["distributed"]["strategy"] == "fsdp"
+        self.ckpt_format = "dcp" if fmt == "dcp" or (fmt == "auto" and fsdp) else "pt"
+        self.writer = ckpt_.CheckpointWriter(asynchronous=bool(c.get("async", False)))
+        self._pinned: dict = {}  # reused host buffers of async snapshots on a GPU
+        self._ckpt_group: Any = None  # a process group of its own for DCP's background writes
 
     # ------------------------------------------------------------------ set-up
     def setup(self, resume: bool | str = False) -> None:
@@ -439,18 +447,16 @@ class Trainer:
             )
         return self.raw_model.state_dict(), self.optimizer.state_dict()
 
-    def _state(self, *, epoch_done: bool) -> dict:
+    def _state(self, *, epoch_done: bool, with_model: bool = True) -> dict:
         """The checkpoint dict. Every rank must call this (it gathers per-rank RNG and sums)."""
         import torch
 
-        per_rank = {
-            "rng": capture_rng(self.ctx.device),
-            "acc": None if self._acc_state is None else self._acc_state.detach().cpu(),
-            "count": self._count,
-        }
+        # An epoch's sums belong to it: a resume at the next epoch starts from zero.
+        acc = None if epoch_done or self._acc_state is None else self._acc_state.detach().cpu()
+        per_rank = {"rng": capture_rng(self.ctx.device), "acc": acc, "count": 0 if epoch_done else self._count}
         ranks = dist_.gather_objects(per_rank, self.ctx)
-        model_sd, opt_sd = self._model_state()
-        return {
+        model_sd, opt_sd = self._model_state() if with_model else (None, None)
+        state = {
             "epoch": self.epoch + 1 if epoch_done else self.epoch,
             "batches_done": 0 if epoch_done else self.batches_done,
             "step": self.step,
@@ -468,32 +474,98 @@ class Trainer:
             "recipe": json.dumps(self.recipe),
             "torch_version": str(torch.__version__),
         }
+        if not with_model:
+            del state["model"], state["optimizer"]
+        return state
 
     def save(self, *, epoch_done: bool, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt``, ``metrics.jsonl``); every rank calls this.
+
+        The state is taken here, at the step boundary; the files are written by :attr:`writer`, in
+        this thread or (``checkpoint.async``) in its background thread from a CPU snapshot.
+        """
+        self.writer.wait()  # never two writes at once; a failed write raises here
+        if self.ckpt_format == "dcp":
+            return self._save_dcp(epoch_done=epoch_done, best=best)
         state = self._state(epoch_done=epoch_done)
         if self.ctx.is_main:  # file writing only; no collective in here
-            last = save_checkpoint(self.out_dir / "last.pt", state)
-            if best:
-                with atomic_path(self.out_dir / "best.pt") as tmp:
-                    # A second name for the same bytes: every write here replaces files by rename,
-                    # never in place, so the next last.pt cannot change best.pt.
-                    try:
-                        os.link(last, tmp)
-                    except OSError:  # a file system without hard links
-                        shutil.copyfile(last, tmp)
-            with atomic_write(self.out_dir / "metrics.jsonl", "w") as f:
-                for h in self.history:
-                    f.write(json.dumps(h) + "\n")
-        dist_.barrier(self.ctx)
+            if self.writer.asynchronous:
+                pin = self.ctx.device.type == "cuda"
+                state = ckpt_.snapshot(state, pin=pin, _cache=self._pinned if pin else None)
+            metrics = "".join(json.dumps(h) + "\n" for h in self.history)
+            self.writer.submit(lambda: self._write_files(state, best, metrics))
+        if not self.writer.asynchronous:
+            dist_.barrier(self.ctx)
+
+    def _write_files(self, state: dict, best: bool, metrics: str, cleanup: bool = False) -> None:
+        last = save_checkpoint(self.out_dir / "last.pt", state)
+        if best:
+            with atomic_path(self.out_dir / "best.pt") as tmp:
+                # A second name for the same bytes: every write here replaces files by rename,
+                # never in place, so the next last.pt cannot change best.pt.
+                try:
+                    os.link(last, tmp)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(last, tmp)
+        with atomic_write(self.out_dir / "metrics.jsonl", "w") as f:
+            f.write(metrics)
+        if cleanup:
+            self._remove_old_dcp(state["dcp"])
+
+    def _save_dcp(self, *, epoch_done: bool, best: bool) -> None:
+        """Each rank writes its shard with torch.distributed.checkpoint; then rank 0 writes last.pt."""
+        folder = ckpt_.dcp_folder(self.out_dir, self.step)
+        model_sd, opt_sd = ckpt_.dcp_state_dicts(self.raw_model, self.optimizer)
+        state = self._state(epoch_done=epoch_done, with_model=False)
+        state["dcp"] = str(folder.relative_to(self.out_dir))
+        if self.writer.asynchronous:
+            pin = self.ctx.device.type == "cuda"
+            model_sd, opt_sd = ckpt_.snapshot((model_sd, opt_sd), pin=pin, _cache=self._pinned if pin else None)
+            if self.ctx.enabled and self._ckpt_group is None:
+                import torch.distributed as dist
+
+                self._ckpt_group = dist.new_group(backend="gloo")  # every rank, same path
+        metrics = "".join(json.dumps(h) + "\n" for h in self.history)
+        main, group = self.ctx.is_main, self._ckpt_group
+
+        def write() -> None:
+            ckpt_.save_dcp(folder, model_sd, opt_sd, process_group=group)
+            if main:  # after every rank's shard and the metadata are on disk
+                self._write_files(state, best, metrics, cleanup=True)
+
+        self.writer.submit(write)
+        if not self.writer.asynchronous:
+            dist_.barrier(self.ctx)
+
+    def _remove_old_dcp(self, keep: str) -> None:
+        """Delete DCP folders neither last.pt nor best.pt names (rank 0, after last.pt is in place)."""
+        names = {keep}
+        best = self.out_dir / "best.pt"
+        if best.is_file():
+            with contextlib.suppress(CheckpointError):
+                names.add(str(load_checkpoint(best).get("dcp")))
+        root = self.out_dir / "dcp"
+        for d in root.iterdir() if root.is_dir() else ():
+            if str(d.relative_to(self.out_dir)) not in names:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def close(self) -> None:
+        """Wait for the checkpoint write in flight (call before reading the files or exiting)."""
+        self.writer.wait()
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.ctx.device)
-        if state["world_size"] != self.ctx.world_size:
+        resharded = state["world_size"] != self.ctx.world_size
+        if resharded and ("dcp" not in state or state["batches_done"]):
             raise CheckpointError(
                 f"checkpoint {path}: written by {state['world_size']} process(es), resumed with "
-                f"{self.ctx.world_size}; exact resume needs the same number"
+                f"{self.ctx.world_size}; a different number needs a DCP checkpoint (checkpoint.format: "
+                "dcp) taken at the end of an epoch"
+                + (f", and this one is mid-epoch (batch {state['batches_done']})" if "dcp" in state else "")
             )
-        if self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
+        if "dcp" in state:
+            ckpt_.load_dcp(path.parent / state["dcp"], self.raw_model, self.optimizer)
+        elif self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 set_model_state_dict,
@@ -515,8 +587,12 @@ class Trainer:
         self.history = json.loads(state["history"])
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self._ks = state["ks"]
-        mine = state["ranks"][self.ctx.rank]
-        restore_rng(mine["rng"], self.ctx.device)
+        # Another world size (DCP) resumes at an epoch boundary: ranks that existed get their RNG back,
+        # new ranks keep their per-rank seeding; the run is then not bit-identical to an unbroken one.
+        ranks = state["ranks"]
+        mine = ranks[self.ctx.rank] if self.ctx.rank < len(ranks) else {"rng": None, "acc": None, "count": 0}
+        if mine["rng"] is not None:
+            restore_rng(mine["rng"], self.ctx.device)
         self._acc_state = None if mine["acc"] is None else mine["acc"].to(self.ctx.device)
         self._count = mine["count"]
         old = json.loads(state["recipe"])
@@ -526,10 +602,12 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "batches_done": self.batches_done,
+            "world_size": state["world_size"],
         }
         if self.ctx.is_main:
             self.log(
                 f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batches_done}, step {self.step}"
+                + (f" (resharded from {state['world_size']} to {self.ctx.world_size} processes)" if resharded else "")
                 + (f" (recipe fields changed since: {', '.join(changed)})" if changed else "")
             )
 
@@ -561,6 +639,7 @@ class Trainer:
             self.batches_done = 0
             self._acc_state = None
             self._count = 0
+        self.close()  # the last write is on disk before anyone reads the files
 
     def _check_finite(self, record: dict) -> None:
         # Values are already reduced over ranks, so every rank raises together.

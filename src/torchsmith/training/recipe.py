@@ -127,8 +127,13 @@ SCHEMA: dict[str, Any] = {
         "best_metric": _f(str, "val_acc", choices=("val_acc", "val_loss")),
         "threads": _f(_OPT_INT, None, doc="torch.set_num_threads on the CPU"),
     },
+    "checkpoint": {
+        "async": _f(bool, False, doc="write checkpoints in a background thread from a CPU snapshot"),
+        "format": _f(str, "auto", choices=("auto", "pt", "dcp"), doc="dcp: sharded (auto for FSDP)"),
+    },
     "distributed": {
         "strategy": _f(str, "ddp", choices=("ddp", "fsdp")),
+        "timeout": _f(_NUM, 600, minimum=1, doc="seconds to join the group / wait in a collective"),
         "backend": _f(_OPT_STR, None, choices=(None, "gloo", "nccl")),
         "find_unused_parameters": _f(bool, False),
         "check_unused_parameters": _f(bool, True),
