@@ -73,5 +73,27 @@ def test_other_world_size_needs_dcp_at_an_epoch_boundary(tmp_path):
     state = load_checkpoint(tmp_path / "last.pt")
     state["world_size"] = 2
     torch.save(state, tmp_path / "last.pt")
-    with pytest.raises(CheckpointError, match=r"written by 2 process\(es\), resumed with 1.*checkpoint\.format"):
+    with pytest.raises(CheckpointError, match=r"by 2 process\(es\), resumed with 1.*checkpoint\.format"):
         train({**r, "train": {**r["train"], "epochs": 2}}, out=tmp_path, resume=True, log=None)
+
+
+class _Plant:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # what a crafted .metadata does the moment plain pickle.load reads it
+        return (os.mkdir, (self.path,))
+
+
+def test_resume_never_unpickles_a_crafted_dcp_metadata(tmp_path):
+    import pickle
+
+    r = recipe(data={"limit": 100}, train={"epochs": 1, "progress": False, "plot": False},
+               checkpoint={"format": "dcp"})  # fmt: skip
+    train(r, out=tmp_path / "run", log=None)
+    folder = tmp_path / "run" / load_checkpoint(tmp_path / "run" / "last.pt")["dcp"] / "model"
+    planted = tmp_path / "planted"
+    (folder / ".metadata").write_bytes(pickle.dumps(_Plant(str(planted))))
+    with pytest.raises(CheckpointError, match=r"\.metadata|metadata"):
+        train({**r, "train": {**r["train"], "epochs": 2}}, out=tmp_path / "run", resume=True, log=None)
+    assert not planted.exists()

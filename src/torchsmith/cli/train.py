@@ -15,7 +15,15 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="recipe file (YAML); default: the built-in digits recipe")
     p.add_argument("--out", help="output folder (default: runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the output folder's last checkpoint")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="auto|CHECKPOINT",
+        help="continue from the output folder's last.pt (or CHECKPOINT); 'auto': resume when last.pt "
+        "exists, else start (what a torchrun --max-restarts command line wants)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -32,13 +40,16 @@ def run(args: argparse.Namespace) -> int:
     from torchsmith.cli._output import print_json
     from torchsmith.training import train
 
+    resume = args.resume
+    if isinstance(resume, str) and args.recipe is None and resume.endswith((".yaml", ".yml")):
+        args.recipe, resume = resume, True  # `train --resume recipe.yaml`: the flag took the recipe
     overrides = list(args.overrides)
     if args.quiet:
         overrides.append("train.progress=false")
     result = train(
         args.recipe,
         out=args.out,
-        resume=args.resume,
+        resume=resume,
         overrides=overrides,
         log=None if args.quiet else _log,
     )

@@ -93,6 +93,13 @@ def train(
         resume = (out_dir / "last.pt").is_file()
     ctx = dist_.setup(r)
     log = log or (lambda s: None)
+    if ctx.enabled and ctx.local_rank == 0 and not ctx.is_main:
+        # Multi-node: torchrun's c10d rendezvous orders nodes itself (not by --node_rank), so the
+        # node a user watches may not hold rank 0. Say where the progress lines are.
+        log(
+            f"this node's first worker is global rank {ctx.rank} of {ctx.world_size} (node "
+            f"{os.environ.get('GROUP_RANK', '?')}); rank 0, on another node, prints progress and results"
+        )
     threads = torch.get_num_threads()
     trainer = None
     try:
@@ -220,9 +227,7 @@ def _model_from_checkpoint(
     path: str | os.PathLike, recipe: dict | None, device: Any
 ) -> tuple[Any, dict, Recipe]:
     from torchsmith.training.build import build_model
-    from torchsmith.training.checkpointing import load_checkpoint
-
-    from torchsmith.training.checkpointing import checkpoint_model_state
+    from torchsmith.training.checkpointing import checkpoint_model_state, load_checkpoint
 
     state = load_checkpoint(path, map_location=device)
     state["model"] = checkpoint_model_state(path, state)  # in last.pt, or in its DCP folder

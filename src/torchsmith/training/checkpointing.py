@@ -246,33 +246,18 @@ def save_dcp(folder: Path, model_sd: dict, optim_sd: dict, *, process_group: Any
         dcp.save(sd, checkpoint_id=str(where), process_group=process_group)
 
 
-def verified_dcp_reader(folder: Path) -> Any:
-    """A DCP ``StorageReader`` for ``folder`` whose metadata has been checked before torch unpickles it.
+def _read_dcp_part(state_dict: dict, folder: Path, **kwargs: Any) -> None:
+    """THE one place training hands a DCP folder to torch (resume, and reading a DCP run's model):
+    through :func:`torchsmith.checkpoint.dcp.load_dcp`, which checks ``.metadata`` with the
+    restricted reader and gives torch a Metadata object built from the checked values."""
+    from torchsmith.checkpoint.dcp import load_dcp
 
-    THE single place where training hands a DCP folder to torch: resume, and reading a DCP run's
-    model, go through here. The check is :mod:`torchsmith.checkpoint.dcp`'s restricted reader; swap
-    in its verified-Metadata reader here when it exists (issue 10).
-    """
-    from torch.distributed.checkpoint import FileSystemReader
-
-    from torchsmith.checkpoint.dcp import read_dcp
-
-    raw = read_dcp(Path(folder))  # parses .metadata without running it; raises when damaged
-    foreign = raw.metadata.get("torchsmith.dcp_foreign")
-    if foreign:
-        raise CheckpointError(
-            f"{folder}: its .metadata names classes outside torch.distributed.checkpoint ({foreign}); "
-            "refusing to let torch unpickle it"
-        )
-    return FileSystemReader(str(folder))
+    load_dcp(state_dict, folder, **kwargs)
 
 
-def load_dcp(folder: Path, model: Any, optimizer: Any, *, process_group: Any = None) -> None:
+def restore_dcp(folder: Path, model: Any, optimizer: Any, *, process_group: Any = None) -> None:
     """Load a :func:`save_dcp` folder into ``model`` and ``optimizer``, resharded to this world size."""
-    import warnings
-
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     folder = Path(folder)
@@ -281,36 +266,22 @@ def load_dcp(folder: Path, model: Any, optimizer: Any, *, process_group: Any = N
             raise CheckpointError(f"checkpoint {folder / part}: DCP folder missing or incomplete")
     kw: dict = {"process_group": process_group} if dist.is_initialized() else {"no_dist": True}
     model_sd, optim_sd = dcp_state_dicts(model, optimizer)  # templates: this run's shapes and shards
-    try:
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(model_sd, storage_reader=verified_dcp_reader(folder / "model"), **kw)
-            dcp.load(optim_sd, storage_reader=verified_dcp_reader(folder / "optimizer"), **kw)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"checkpoint {folder}: cannot be loaded into this model: {first}"[:500]) from None
+    _read_dcp_part(model_sd, folder / "model", **kw)
+    _read_dcp_part(optim_sd, folder / "optimizer", **kw)
     set_model_state_dict(model, model_sd)
     set_optimizer_state_dict(model, optimizer, optim_sd)
 
 
 def read_dcp_model(folder: Path) -> dict:
     """The whole (unsharded) model state dict of a :func:`save_dcp` folder, on one process."""
-    import warnings
-
     import torch
-    import torch.distributed.checkpoint as dcp
 
     from torchsmith.checkpoint.dcp import read_dcp
 
     part = Path(folder) / "model"
-    reader = verified_dcp_reader(part)
-    refs = read_dcp(part).obj
+    refs = read_dcp(part).obj  # checked metadata: names, dtypes, shapes
     state = {k: torch.empty(r.shape, dtype=getattr(torch, r.dtype)) for k, r in refs.items()}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, storage_reader=reader, no_dist=True)
+    _read_dcp_part(state, part, no_dist=True)
     return state
 
 

@@ -32,8 +32,8 @@ from typing import Any
 
 from torchsmith._io import atomic_path, atomic_write
 from torchsmith.errors import CheckpointError, RecipeError, TorchsmithError
-from torchsmith.training import distributed as dist_
 from torchsmith.training import checkpointing as ckpt_
+from torchsmith.training import distributed as dist_
 from torchsmith.training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
 __all__ = ["Trainer", "evaluate_model", "plot_curves"]
@@ -453,7 +453,8 @@ class Trainer:
 
         # An epoch's sums belong to it: a resume at the next epoch starts from zero.
         acc = None if epoch_done or self._acc_state is None else self._acc_state.detach().cpu()
-        per_rank = {"rng": capture_rng(self.ctx.device), "acc": acc, "count": 0 if epoch_done else self._count}
+        count = 0 if epoch_done else self._count
+        per_rank = {"rng": capture_rng(self.ctx.device), "acc": acc, "count": count}
         ranks = dist_.gather_objects(per_rank, self.ctx)
         model_sd, opt_sd = self._model_state() if with_model else (None, None)
         state = {
@@ -520,7 +521,8 @@ class Trainer:
         state["dcp"] = str(folder.relative_to(self.out_dir))
         if self.writer.asynchronous:
             pin = self.ctx.device.type == "cuda"
-            model_sd, opt_sd = ckpt_.snapshot((model_sd, opt_sd), pin=pin, _cache=self._pinned if pin else None)
+            cache = self._pinned if pin else None
+            model_sd, opt_sd = ckpt_.snapshot((model_sd, opt_sd), pin=pin, _cache=cache)
             if self.ctx.enabled and self._ckpt_group is None:
                 import torch.distributed as dist
 
@@ -564,7 +566,7 @@ class Trainer:
                 + (f", and this one is mid-epoch (batch {state['batches_done']})" if "dcp" in state else "")
             )
         if "dcp" in state:
-            ckpt_.load_dcp(path.parent / state["dcp"], self.raw_model, self.optimizer)
+            ckpt_.restore_dcp(path.parent / state["dcp"], self.raw_model, self.optimizer)
         elif self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -605,9 +607,10 @@ class Trainer:
             "world_size": state["world_size"],
         }
         if self.ctx.is_main:
+            moved = f" (resharded from {state['world_size']} to {self.ctx.world_size} processes)"
             self.log(
                 f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batches_done}, step {self.step}"
-                + (f" (resharded from {state['world_size']} to {self.ctx.world_size} processes)" if resharded else "")
+                + (moved if resharded else "")
                 + (f" (recipe fields changed since: {', '.join(changed)})" if changed else "")
             )
 
