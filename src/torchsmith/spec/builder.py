@@ -214,6 +214,19 @@ class _Constructor:
             where, f"{src!r} gives a {type(value).__name__}; '{src}.{sel}' needs a tuple or dict output"
         )
 
+    def _call(self, st: Any, module: Any, vals: list | None) -> Any:
+        """Run a shared module again (meta pass only: the real pass computes nothing)."""
+        if vals is None or not self.meta:
+            return None
+        try:
+            return module(*vals)
+        except Exception as e:
+            raise self.fail(
+                st.where,
+                f"the module of node {st.call!r} cannot take an input of shape {shape_str(vals)} here: "
+                f"{_first_line(e)}",
+            ) from None
+
     def _check_batch(self, st: Any, vals: list, out: Any) -> None:
         """Refuse an op whose output batch does not follow its input's (a folded or baked-in batch).
 
@@ -265,6 +278,8 @@ class _Constructor:
             out = None
             if st.plan is not None:
                 modules[st.name], out = self.build(st.plan, vals)
+            elif st.call is not None:
+                out = self._call(st, modules[st.call], vals)
             elif vals is not None:
                 try:
                     out = OPS[st.op].fn(vals, **st.op_kwargs)
@@ -277,12 +292,12 @@ class _Constructor:
                     self._check_batch(st, vals, out)
             if st.plan is None and self.meta:
                 self.record[format_path((*plan.where.inst, st.name))] = {
-                    "type": f"op:{st.op}",
+                    "type": f"call:{st.call}" if st.call else f"op:{st.op}",
                     "output_shape": describe(out) if vals is not None else None,
                 }
             if env is not None:
                 env[st.name] = out
-            steps.append((st.name, st.op, st.op_kwargs, st.refs))
+            steps.append((st.name, st.op, {"call": st.call} if st.call else st.op_kwargs, st.refs))
         module = SpecGraph(plan.inputs, steps, plan.outputs, modules)
         out = None
         if env is not None:

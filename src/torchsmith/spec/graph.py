@@ -101,6 +101,10 @@ def _mean(xs: Sequence[torch.Tensor], dim: Any = None, keepdim: bool = False) ->
     return xs[0].mean() if dim is None else xs[0].mean(dim=dim, keepdim=keepdim)
 
 
+def _abs(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return xs[0].abs()
+
+
 @dataclass(frozen=True)
 class Op:
     """A merge or reshaping operation usable as a graph node: ``{op: concat, inputs: [a, b]}``."""
@@ -134,6 +138,7 @@ OPS: dict[str, Op] = {
     "sigmoid": Op(_sigmoid, 1, 1, {}, doc="torch.sigmoid"),
     "softmax": Op(_softmax, 1, 1, {"dim": 1}, doc="F.softmax"),
     "mean": Op(_mean, 1, 1, {"dim": None, "keepdim": False}, doc="x.mean(dim, keepdim)"),
+    "abs": Op(_abs, 1, 1, {}, doc="torch.abs (|a - b| for a distance head)"),
 }
 
 # a graph step: (node name, op name or None for a module, op kwargs, ((source, selector), ...))
@@ -191,7 +196,11 @@ class SpecGraph(nn.Module):
             shown = "(" + ", ".join(_ref_str(r) for r in outs) + ")"
         else:
             shown = "{" + ", ".join(f"{k}: {_ref_str(r)}" for k, r in outs) + "}"
-        ops = [f"{n}={op}({', '.join(_ref_str(r) for r in refs)})" for n, op, _, refs, _ in self._steps if op]
+        ops = [
+            f"{n}={op or kw['call']}({', '.join(_ref_str(r) for r in refs)})"
+            for n, op, kw, refs, _ in self._steps
+            if op or "call" in kw
+        ]
         return f"inputs=({', '.join(self.input_names)}), outputs={shown}" + (
             ", ops: " + "; ".join(ops) if ops else ""
         )
@@ -209,8 +218,8 @@ class SpecGraph(nn.Module):
             env[key] = value
         for name, op, kw, refs, frees in self._steps:
             xs = [env[src] if sel is None else _pick(env[src], sel) for src, sel in refs]
-            if op is None:
-                env[name] = getattr(self, name)(*xs)
+            if op is None:  # a module node, or a call of another node's module (shared weights)
+                env[name] = getattr(self, kw.get("call", name))(*xs)
             else:
                 env[name] = OPS[op].fn(xs, **kw)
             for dead in frees:

@@ -116,6 +116,7 @@ class StepPlan:
     op_kwargs: dict
     refs: tuple  # ((source, selector), ...)
     ref_wheres: tuple  # Where of each ref, for errors
+    call: str | None = None  # the module node whose module this node runs again (shared weights)
 
 
 @dataclass
@@ -573,6 +574,7 @@ class Planner:
                 continue
             steps[name] = step
             previous = name
+        self._check_calls(steps, inputs, disabled)
         known = set(inputs) | set(steps)
         for step in steps.values():
             for (src, _), rw in zip(step.refs, step.ref_wheres):
@@ -614,9 +616,48 @@ class Planner:
                 )
         return GraphPlan(node_where, inputs, input_specs, [steps[n] for n in order], outputs)
 
+    def _plan_call(
+        self, name: str, value: dict, w: Where, scope: dict, previous: str | None
+    ) -> StepPlan | None:
+        """``{call: enc, inputs: b}``: run node ``enc``'s module again on other inputs (one weight set)."""
+        self._unknown_keys(value, ("call", "inputs", "when"), w, "a call node")
+        if not self._when(value, w, scope):
+            return None
+        target = self.sub(value["call"], w.at("call"), scope)
+        if not isinstance(target, str) or not target:
+            raise self.fail(w.at("call"), f"found {target!r:.60}; expected the name of a module node")
+        refs, ref_wheres = self._refs(value, w, scope, previous)
+        return StepPlan(name, w, None, None, {}, refs, ref_wheres, call=target)
+
+    def _check_calls(self, steps: dict, inputs: list, disabled: set) -> None:
+        for step in steps.values():
+            if step.call is None:
+                continue
+            w, target = step.where.at("call"), step.call
+            modules = [n for n, s in steps.items() if s.plan is not None]
+            if target in disabled:
+                raise self.fail(w, f"node {target!r} is switched off by its 'when', so it cannot be called")
+            if target not in steps or steps[target].plan is None:
+                kind = (
+                    "a graph input"
+                    if target in inputs
+                    else "an op node"
+                    if target in steps and steps[target].op
+                    else "a call node"
+                    if target in steps
+                    else "not a node"
+                )
+                raise self.fail(
+                    w,
+                    f"{target!r} is {kind}{close_matches(target, modules)}; 'call' names a node that "
+                    f"builds a module: {', '.join(modules) or '(none)'}",
+                )
+
     def _plan_step(
         self, name: str, value: Any, w: Where, scope: dict, previous: str | None
     ) -> StepPlan | None:
+        if isinstance(value, dict) and "call" in value:
+            return self._plan_call(name, value, w, scope, previous)
         if isinstance(value, dict) and "op" in value:
             if not self._when(value, w, scope):
                 return None
@@ -720,7 +761,7 @@ class Planner:
             if state.get(root) == 2:
                 continue
             path: list[str] = [root]
-            iters = [iter([s for s, _ in steps[root].refs])]
+            iters = [iter(_deps(steps[root]))]
             state[root] = 1
             while path:
                 nxt = next(iters[-1], None)
@@ -737,8 +778,13 @@ class Planner:
                     raise self.fail(steps[nxt].where.at("inputs"), f"the graph has a cycle: {cycle}")
                 state[nxt] = 1
                 path.append(nxt)
-                iters.append(iter([s for s, _ in steps[nxt].refs]))
+                iters.append(iter(_deps(steps[nxt])))
         return order
+
+
+def _deps(step: StepPlan) -> list:
+    """What must run before ``step``: its inputs, and the node whose module it calls."""
+    return [s for s, _ in step.refs] + ([step.call] if step.call else [])
 
 
 def _kind(value: Any) -> str:
