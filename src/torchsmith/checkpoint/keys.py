@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from torchsmith._patterns import compile_regex
+
 __all__ = ["WRAPPER_COMPONENTS", "KeyMapping", "fit_keys", "strip_wrappers", "wrapper_prefix"]
 
 # Dotted-key components that wrappers insert: DataParallel/DDP/FSDP(1) -> "module",
@@ -109,7 +111,7 @@ def _compile_renames(renames: Sequence[tuple[str, str]]) -> list[tuple[re.Patter
         except (TypeError, ValueError):
             raise InputError(f"renames[{i}]: expected a (regex, replacement) pair, got {rule!r}") from None
         try:
-            compiled.append((re.compile(pattern), repl))
+            compiled.append((compile_regex(pattern), repl))  # linear time (RE2)
         except re.error as e:
             raise InputError(f"renames[{i}]: invalid regular expression {pattern!r}: {e}") from None
     return compiled

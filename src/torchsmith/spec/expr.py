@@ -99,6 +99,10 @@ def evaluate(text: str, scope: Mapping[str, Any]) -> Any:
             left, right = ev(node.left, d), ev(node.right, d)
             both_numbers = _number(left) and _number(right)
             both_strings = isinstance(node.op, ast.Add) and isinstance(left, str) and isinstance(right, str)
+            if both_strings and len(left) + len(right) > MAX_STR:  # checked before the string is built
+                raise ExprError(
+                    f"the result would be a string of {len(left) + len(right)} characters (limit {MAX_STR})"
+                )
             if not (both_numbers or both_strings):
                 raise ExprError(
                     f"cannot apply {type(node.op).__name__} to {type(left).__name__} "
@@ -181,9 +185,54 @@ def substitute_str(text: str, scope: Mapping[str, Any]) -> Any:
     if whole:
         return evaluate(whole.group(1), scope)
     if "${" in text:
-        out = _INTERP.sub(lambda mm: str(evaluate(mm.group(1), scope)), text)
-        return _check_size(out)
+        # Sizes are added up before anything is joined: 100k interpolations of a long value must
+        # fail at the limit, not after building a gigabyte string.
+        parts: list[str] = []
+        total = 0
+        pos = 0
+        for mm in _INTERP.finditer(text):
+            piece = _bounded_str(evaluate(mm.group(1), scope), MAX_STR - total)
+            parts += [text[pos : mm.start()], piece]
+            total += mm.start() - pos + len(piece)
+            pos = mm.end()
+            if total > MAX_STR:
+                break
+        total += len(text) - pos
+        if total > MAX_STR:
+            raise ExprError(f"the result is a string of more than {MAX_STR} characters (limit {MAX_STR})")
+        return "".join(parts) + text[pos:]
     return text
+
+
+def _bounded_str(value: Any, budget: int) -> str:
+    """``str(value)``, refused when it would exceed ``budget`` characters (sized before building)."""
+    if _str_size(value, budget + 1, 0) > budget:
+        raise ExprError(f"the result is a string of more than {MAX_STR} characters (limit {MAX_STR})")
+    return str(value)
+
+
+def _str_size(value: Any, budget: int, depth: int) -> int:
+    # An upper bound on len(str(value)) that stops counting once over budget (shared sublists
+    # from YAML aliases would otherwise multiply).
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, (list, tuple, dict)):
+        if depth > 64:
+            return budget + 1
+        total = 2
+        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        for k, v in items:
+            total += (
+                2
+                + (0 if k is None else _str_size(k, budget - total, depth + 1))
+                + _str_size(v, budget - total, depth + 1)
+            )
+            if total > budget:
+                return total
+        return total
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return budget + 1
+    return 32 if isinstance(value, (int, float, bool)) or value is None else budget + 1
 
 
 def substitute(value: Any, scope: Mapping[str, Any]) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchsmith._patterns import compile_regex
 from torchsmith.errors import SurgeryError
 
 __all__ = ["carry_hooks", "compile_pattern", "match_path", "place_like", "record"]
@@ -70,7 +71,7 @@ def compile_pattern(pattern: str | type | tuple, what: str = "pattern"):
         )
     if pattern.startswith("re:"):
         try:
-            rx = re.compile(pattern[3:])
+            rx = compile_regex(pattern[3:])  # linear time: patterns come from data too
         except re.error as e:
             raise SurgeryError(f"{what}: bad regular expression {pattern[3:]!r}: {e}") from None
         return lambda path, m: rx.fullmatch(path) is not None
@@ -83,7 +84,11 @@ def compile_pattern(pattern: str | type | tuple, what: str = "pattern"):
 def match_path(name: str, pattern: str) -> bool:
     """True when parameter/module ``name`` matches glob/regex ``pattern`` or lies under a match."""
     if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None or re.match(pattern[3:] + r"\.", name) is not None
+        try:
+            whole, under = compile_regex(pattern[3:]), compile_regex(pattern[3:] + r"\.")
+        except re.error as e:
+            raise SurgeryError(f"bad regular expression {pattern[3:]!r}: {e}") from None
+        return whole.fullmatch(name) is not None or under.match(name) is not None
     if fnmatch.fnmatchcase(name, pattern):
         return True
     parts = name.split(".")

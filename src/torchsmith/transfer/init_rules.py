@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchsmith._patterns import compile_regex
 from torchsmith.errors import InputError, RecipeError, close_matches
 
 __all__ = ["INIT_FUNCTIONS", "InitReport", "InitRule", "init_weights", "load_init_rules", "rules_from_config"]
@@ -234,7 +235,7 @@ def _path_matcher(pattern: Any, where: str) -> Callable[[str], bool]:
         raise _err(where, f"field 'path': expected a glob or 're:REGEX' string, got {pattern!r}")
     if pattern.startswith("re:"):
         try:
-            rx = re.compile(pattern[3:])
+            rx = compile_regex(pattern[3:])  # linear time (RE2)
         except re.error as e:
             raise _err(where, f"field 'path': invalid regular expression {pattern[3:]!r}: {e}") from None
         return lambda p: rx.search(p) is not None

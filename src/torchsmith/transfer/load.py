@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from torchsmith._patterns import compile_regex
 from torchsmith.errors import InputError, TorchsmithError, TransferError, close_matches
 from torchsmith.transfer.report import TransferReport
 
@@ -131,7 +132,7 @@ def _pattern_matcher(patterns: Iterable[str], what: str):
             raise InputError(f"{what}[{i}]: expected a glob or 're:REGEX' string, got {p!r}")
         if p.startswith("re:"):
             try:
-                rx = re.compile(p[3:])
+                rx = compile_regex(p[3:])  # linear time (RE2)
             except re.error as e:
                 raise InputError(f"{what}[{i}]: invalid regular expression {p[3:]!r}: {e}") from None
             compiled.append((p, lambda k, rx=rx: rx.search(k) is not None))

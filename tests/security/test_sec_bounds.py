@@ -1,0 +1,56 @@
+"""Unbounded work from small inputs: regexes from data, ${...} sizes, pickle bombs, zip bombs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch.nn as nn
+from safetensors.torch import save_file
+
+import torchsmith
+from torchsmith.errors import SpecError
+from torchsmith.spec import validate_spec
+from torchsmith.surgery import apply_surgery
+
+
+def test_backtracking_regex_from_metadata_is_linear(tmp_path):
+    model = nn.Sequential()
+    model.add_module("a" * 40, nn.Linear(2, 2))
+    t = time.perf_counter()
+    apply_surgery(model, [{"op": "freeze", "patterns": ["re:(a+)+b|a+"]}])  # exponential in Python's re
+    assert time.perf_counter() - t < 2
+    # The same pattern recorded in a checkpoint's metadata.
+    arch = {"name": "torchvision:resnet18", "kwargs": {"num_classes": 2}}
+    ops = [{"op": "freeze", "patterns": ["re:(a+)+b|fc", "re:(" + "(x+x+)+y" * 3 + ")|conv1"]}]
+    m = torchsmith.create_model("torchvision:resnet18", num_classes=2)
+    save_file(
+        {k: v.contiguous() for k, v in m.state_dict().items()},
+        tmp_path / "m.safetensors",
+        metadata={"torchsmith.arch": json.dumps(arch), "torchsmith.surgery": json.dumps(ops)},
+    )
+    t = time.perf_counter()
+    torchsmith.load_model(tmp_path / "m.safetensors")
+    assert time.perf_counter() - t < 10
+
+
+@pytest.mark.parametrize("pattern", ["re:(a)\\1", "re:(?=a)b", "re:" + "a" * 2000, "re:(unclosed"])
+def test_bad_or_backtracking_only_patterns_are_clean_errors(pattern):
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(torchsmith.errors.InputError, match="regular expression"):
+        apply_surgery(model, [{"op": "freeze", "patterns": [pattern]}])
+
+
+def test_interpolation_sizes_are_checked_before_building():
+    import tracemalloc
+
+    spec = {"params": {"s": "x" * 9000}, "chain": [{"type": "Dropout", "p": "${s}" * 50_000}]}
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpecError, match="characters"):
+            validate_spec(spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 << 20  # the 450 MB string is never built
