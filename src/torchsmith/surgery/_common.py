@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -13,7 +15,60 @@ import torch.nn as nn
 from torchsmith._patterns import compile_regex
 from torchsmith.errors import SurgeryError
 
-__all__ = ["carry_hooks", "compile_pattern", "match_path", "place_like", "record"]
+__all__ = [
+    "carry_hooks",
+    "compile_pattern",
+    "match_path",
+    "on_plain_model",
+    "place_like",
+    "plain_model",
+    "record",
+]
+
+_DISTRIBUTED = ("DistributedDataParallel", "FullyShardedDataParallel", "FSDPModule")
+
+
+def plain_model(model: Any, what: str = "surgery") -> nn.Module:
+    """The model surgery works on: ``torch.compile``/``DataParallel`` unwrapped; DDP/FSDP refused.
+
+    A compiled model's paths carry ``_orig_mod.``; working on the module inside records paths that
+    replay on a fresh model (the compiled wrapper recompiles on the changed module). DDP and FSDP
+    register the parameters they synchronise (or shard) when they are built, so a layer changed
+    afterwards is not among them and training fails, or silently diverges, a step later.
+    """
+    if not isinstance(model, nn.Module):
+        raise SurgeryError(f"{what}: expected an nn.Module, got {type(model).__name__}")
+    while True:
+        name = type(model).__name__
+        if name == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif name == "DataParallel" and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module  # replicated from .module at every call: changes there are seen
+        else:
+            break
+    for path, m in model.named_modules():
+        wrapper = next((c.__name__ for c in type(m).__mro__ if c.__name__ in _DISTRIBUTED), None)
+        if wrapper is not None:
+            where = f"its submodule {path!r} is" if path else "it is"
+            raise SurgeryError(
+                f"{what}: {where} wrapped in {wrapper}: do surgery before wrapping. The wrapper "
+                "registered the parameters it synchronises when it was built, so a changed layer would "
+                "not be trained in step; change the plain model first, then wrap it"
+            )
+    return model
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_plain_model(fn: F) -> F:
+    """Decorator: the first argument goes through :func:`plain_model` (named after ``fn``)."""
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(plain_model(model, fn.__name__), *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def record(model: nn.Module, report: Any, op: dict) -> None:

@@ -46,6 +46,39 @@ class DryRun:
     input_consumers: list[str] = field(default_factory=list)
     output_func: str | None = None
     input_shape: tuple[int, ...] | None = None
+    out_keys: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # path -> its output nodes
+    strides: dict[str, float | None] = field(default_factory=dict)  # path -> downsampling of its output
+    graph: dict[tuple[int, int], tuple] = field(default_factory=dict)  # node -> input-derived parents
+    input_keys: set[tuple[int, int]] = field(default_factory=set)
+
+    def output_nodes(self) -> list[tuple[int, int]]:
+        """Graph nodes of the tensors in the model's output, in order."""
+        return [_key(t) for t in _tensors(self.output)]
+
+    def dominates(self, path: str, node: tuple[int, int] | None = None) -> bool:
+        """True when every way from the input to ``node`` (the first output) passes through ``path``.
+
+        That is, the output is a function of ``path``'s output alone (plus constants and weights),
+        as it is of a classifier's logits, and unlike a block's output a residual is added to.
+        """
+        if node is None:
+            nodes = self.output_nodes()
+            if not nodes:
+                return False
+            node = nodes[0]
+        stop = set(self.out_keys.get(path, ()))
+        if not stop:
+            return False
+        todo, seen = [node], set()
+        while todo:
+            k = todo.pop()
+            if k in stop or k in seen:
+                continue
+            seen.add(k)
+            if k in self.input_keys:
+                return False
+            todo.extend(self.graph.get(k, ()))
+        return True
 
 
 def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
@@ -80,6 +113,23 @@ def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
     raise SurgeryError(
         f"cannot guess a sample input for {type(model).__name__} (no convolution or linear layer "
         "found); pass input_shape=(batch, ...) or example_inputs"
+    )
+
+
+_LARGER_SIZES = (299, 384, 512)
+
+
+def _declared_shape(model: nn.Module) -> bool:
+    """True when the sample shape is declared (set_in_channels, a spec, the zoo, timm's config)."""
+    from torchsmith._provenance import get_provenance
+
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    name = (get_provenance(model).get("arch") or {}).get("name")
+    return bool(
+        getattr(model, "_torchsmith_input_shape", None)
+        or (isinstance(cfg, dict) and cfg.get("input_size"))
+        or _spec_input_shapes(model)
+        or (name and ":" not in name)
     )
 
 
@@ -119,9 +169,59 @@ def _spec_input_shapes(model: nn.Module) -> list[tuple[int, ...]] | None:
     return None
 
 
+def _key(t: torch.Tensor) -> tuple[int, int]:
+    """A graph node: a tensor at one version (an in-place op makes a new node of the same tensor)."""
+    try:
+        return (id(t), t._version)
+    except Exception:  # tensors without a version counter (inference mode)
+        return (id(t), 0)
+
+
+# Ops that downsample by a stride argument: position of (stride, kernel_size) in args, and the name.
+_STRIDED = {f"conv{n}d": 3 for n in (1, 2, 3)}
+_POOLS = {
+    f"{kind}_pool{n}d{suffix}"
+    for kind in ("max", "avg", "lp")
+    for n in (1, 2, 3)
+    for suffix in ("", "_with_indices")
+}
+_JOINS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack"}  # pass-through, not a layer
+
+
+def _last(v: Any) -> float | None:
+    if isinstance(v, list | tuple):
+        v = v[-1] if v else None
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v > 0 else None
+
+
+def _op_stride(fname: str, args: tuple, kwargs: dict, x: torch.Tensor, out: Any) -> float | None:
+    """How much ``fname`` downsamples its first input along the last spatial dimension (None: not at all)."""
+    if fname in _STRIDED:
+        return _last(args[3] if len(args) > 3 else kwargs.get("stride", 1))
+    if fname.startswith("conv_transpose"):
+        s = _last(args[3] if len(args) > 3 else kwargs.get("stride", 1))
+        return 1.0 / s if s else None
+    if fname in _POOLS:
+        ki = 2 if fname.startswith("lp") else 1  # lp_pool(input, norm_type, kernel_size, stride)
+        kernel = args[ki] if len(args) > ki else kwargs.get("kernel_size")
+        stride = args[ki + 1] if len(args) > ki + 1 else kwargs.get("stride")
+        return _last(stride) or _last(kernel)
+    if fname == "pixel_unshuffle":
+        return _last(args[1] if len(args) > 1 else kwargs.get("downscale_factor"))
+    if fname == "pixel_shuffle":
+        s = _last(args[1] if len(args) > 1 else kwargs.get("upscale_factor"))
+        return 1.0 / s if s else None
+    if fname.startswith(("adaptive_", "interpolate", "upsample")):
+        o = out[0] if isinstance(out, tuple) else out
+        if isinstance(o, torch.Tensor) and o.dim() == x.dim() and x.dim() > 2 and o.shape[-1]:
+            return x.shape[-1] / o.shape[-1]  # a resize to a given size: that is its factor
+    return None
+
+
 class _Recorder(TorchFunctionMode):
     """Tracks, for every torch op: parameters used, tensors derived from the input, who made what,
-    and which parameters each tensor depends on (so parameters whose results are dropped show)."""
+    which parameters each tensor depends on (so parameters whose results are dropped show), the
+    graph of input-derived tensors, and the downsampling (stride) of each tensor."""
 
     _NO_PARAMS: frozenset[str] = frozenset()
 
@@ -129,34 +229,71 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.param_ids = param_ids
         self.used: set[str] = set()
+        # Derived from the input without passing a layer with weights yet (finds the input layers).
         self.tainted: dict[int, torch.Tensor] = {id(t): t for t in input_tensors}
+        self.consumers: list[str] = []
         self.maker: dict[int, tuple[str, torch.Tensor]] = {}  # keeps tensors alive: ids stay unique
         self.depends: dict[int, frozenset[str]] = {}
+        self.graph: dict[tuple[int, int], tuple] = {}
+        self.input_keys = {_key(t) for t in input_tensors}
+        self.derived: set[int] = {id(t) for t in input_tensors}
+        self.stride: dict[int, float] = {id(t): 1.0 for t in input_tensors}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        in_keys = [_key(a) for a in flat_in if id(a) in self.derived]
+        out = func(*args, **kwargs)
         if not flat_in:
             return out
         deps = set()
+        param_names = []
         for a in flat_in:
             names = self.param_ids.get(id(a), ())  # every name of a shared parameter
             self.used.update(names)
             deps.update(names)
             deps |= self.depends.get(id(a), self._NO_PARAMS)
+            if names:
+                param_names.append(names[0])
         frozen = frozenset(deps)
         flat_out = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
         fname = getattr(func, "__name__", str(func))
-        if fname.endswith("_") or fname.startswith("__i") or fname == "__setitem__":
+        in_place = fname.endswith("_") and not fname.endswith("__")  # add_, not __get__
+        if in_place or fname.startswith("__i") or fname == "__setitem__":
             flat_out = [flat_in[0], *flat_out]  # in place: the first argument now depends on the rest
         if any(id(a) in self.tainted for a in flat_in):
+            if param_names and fname not in _JOINS:
+                # A layer's own weights meet the input: that layer consumes it.
+                for name in param_names:
+                    owner = name.rpartition(".")[0]
+                    if owner not in self.consumers:
+                        self.consumers.append(owner)
+            else:
+                for o in flat_out:
+                    self.tainted[id(o)] = o
+        if in_keys:
+            stride = self._stride(fname, args, kwargs, flat_in, out)
             for o in flat_out:
-                self.tainted[id(o)] = o
+                self.derived.add(id(o))
+                k = _key(o)
+                self.graph[k] = (*self.graph.get(k, ()), *in_keys)
+                if stride is not None:
+                    self.stride[id(o)] = stride
         for o in flat_out:
             self.maker[id(o)] = (fname, o)
             self.depends[id(o)] = frozen | self.depends.get(id(o), self._NO_PARAMS)
         return out
+
+    def _stride(self, fname, args, kwargs, flat_in, out) -> float | None:
+        known = [self.stride[id(a)] for a in flat_in if id(a) in self.stride]
+        if not known:
+            return None
+        x = flat_in[0]
+        if id(x) in self.stride and x.dim() > 2:
+            factor = _op_stride(fname, args, kwargs, x, out)
+            if factor is not None:
+                return self.stride[id(x)] * factor
+        return max(known)
 
     def reaching(self, outputs: list[torch.Tensor]) -> set[str]:
         """Names of the parameters that the given tensors depend on."""
@@ -201,24 +338,36 @@ def dry_run(
     *,
     train: bool | None = None,
     record: bool = True,
+    min_batch: int = 1,
 ) -> DryRun:
     """Run one forward pass of ``model`` and record what happened (see :class:`DryRun`).
 
-    ``input_shape`` or ``example_inputs`` give the sample input (guessed when both are ``None``).
-    ``train`` sets the mode for the pass (the model's own mode is restored afterwards).
+    ``input_shape`` or ``example_inputs`` give the sample input (guessed when both are ``None``;
+    a guess from the first layer that fails is retried at 299, 384 and 512 pixels). ``train`` sets
+    the mode for the pass (the model's own mode is restored afterwards); ``min_batch`` is the
+    smallest batch of a guessed sample (2 for training-mode batch norm).
     """
-    if example_inputs is None and input_shape is None:
-        input_shape, example_inputs = default_sample(model)
+    guessed = example_inputs is None and input_shape is None
+    if guessed:
+        input_shape, example_inputs = default_sample(model, min_batch)
     elif example_inputs is None:
         input_shape = tuple(input_shape)
+    shapes = [input_shape]
+    if guessed and input_shape is not None and len(input_shape) == 4 and not _declared_shape(model):
+        # A size guessed from the first layer (224) can be too small (inception_v3's aux head):
+        # the usual larger sizes cost nothing on the meta device.
+        shapes += [(*input_shape[:2], s, s) for s in _LARGER_SIZES if s > input_shape[-1]]
     errors = []
-    for device in ("meta", "real"):
-        try:
-            return _run(model, input_shape, example_inputs, device, train, record)
-        except SurgeryError:
-            raise
-        except Exception as e:
-            errors.append(f"{device}: {type(e).__name__}: {e}")
+    for shape in shapes:
+        for device in ("meta", "real"):
+            try:
+                return _run(model, shape, example_inputs, device, train, record)
+            except SurgeryError:
+                raise
+            except Exception as e:
+                errors.append(f"{device}: {type(e).__name__}: {e}")
+        if len(shapes) > 1:
+            errors = errors[:2]  # report the first size's failure: the other sizes are fallbacks
     what = f"input shape {input_shape}" if example_inputs is None else "the example inputs"
     raise SurgeryError(
         f"a sample forward pass of {type(model).__name__} with {what} failed ({'; '.join(errors)}); "
@@ -244,7 +393,11 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
         param_ids = _names_by_id((v, k) for k, v in named_params)
         real_dev = next((p.device for p in model.parameters()), torch.device("cpu"))
         if example_inputs is None:
-            inputs = (torch.zeros(input_shape, device=real_dev, dtype=_float_dtype(model)),)
+            # A random sample, not zeros: data-dependent branches (`if h.mean() > 0`) must see
+            # typical data, or a layer behind one looks unused (seeded: the same run every time).
+            gen = torch.Generator().manual_seed(0)
+            sample = torch.randn(input_shape, generator=gen, dtype=_float_dtype(model))
+            inputs = (sample.to(real_dev),)
         else:
             inputs = _make_inputs(example_inputs, "real")
 
@@ -263,16 +416,14 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
 
         return hook
 
-    def post_hook(path, has_own_params):
+    def post_hook(path):
         def hook(mod, args, out):
             if path not in result.outputs:
                 result.outputs[path] = out
-            tainted = recorder is not None and any(id(t) in recorder.tainted for t in _tensors(args))
-            if tainted and has_own_params:
-                if path not in result.input_consumers:
-                    result.input_consumers.append(path)
-                for t in _tensors(out):
-                    recorder.tainted.pop(id(t), None)
+                if recorder is not None:
+                    ts = _tensors(out)
+                    result.out_keys[path] = [_key(t) for t in ts]
+                    result.strides[path] = recorder.stride.get(id(ts[0])) if ts else None
 
         return hook
 
@@ -280,9 +431,8 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
         if id(m) in seen_ids:  # a module registered twice: hook it once, under its first path
             continue
         seen_ids[id(m)] = path
-        own = any(True for _ in m.parameters(recurse=False))
         handles.append(m.register_forward_pre_hook(pre_hook(path)))
-        handles.append(m.register_forward_hook(post_hook(path, own)))
+        handles.append(m.register_forward_hook(post_hook(path)))
 
     modes = {id(m): m.training for _, m in mods}
     saved = None
@@ -315,6 +465,8 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
         result.used_params = recorder.used
         outs = _tensors(out)
         result.output_params = recorder.reaching(outs)
+        result.input_consumers = list(recorder.consumers)
+        result.graph, result.input_keys = recorder.graph, recorder.input_keys
         if outs:
             made = recorder.maker.get(id(outs[0]))
             result.output_func = made[0] if made else None

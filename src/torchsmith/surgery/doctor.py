@@ -141,12 +141,8 @@ def _tensor_output(out: Any) -> bool:
 
 
 def _trap7_11(model: nn.Module, input_shape, example_inputs) -> list[Finding]:
-    if example_inputs is None and input_shape is None:
-        from torchsmith.surgery._dryrun import default_sample
-
-        # Training-mode batch norm needs 2 samples.
-        input_shape, example_inputs = default_sample(model, min_batch=2)
-    run = dry_run(model, input_shape, example_inputs, train=True)
+    # Training-mode batch norm needs 2 samples in a guessed input.
+    run = dry_run(model, input_shape, example_inputs, train=True, min_batch=2)
     out = []
     modules = dict(model.named_modules())
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch.nn as nn
 
 from torchsmith.errors import SurgeryError
-from torchsmith.surgery._common import record
+from torchsmith.surgery._common import on_plain_model, record
 from torchsmith.surgery._dryrun import dry_run, shape_of
 from torchsmith.surgery.paths import get_module
 from torchsmith.surgery.report import SurgeryReport, snapshot
@@ -99,6 +99,7 @@ class _FeatureForward:
         return (out, feats) if cfg.output else feats
 
 
+@on_plain_model
 def remove_features(model: nn.Module) -> None:
     """Undo :func:`return_features`: the model returns only its usual output again."""
     cfg = getattr(getattr(model, "__dict__", {}).get("forward"), "cfg", None)
@@ -120,6 +121,7 @@ def _names(features: Sequence[str] | Mapping[str, str] | str) -> dict[str, str]:
     return names
 
 
+@on_plain_model
 def return_features(
     model: nn.Module,
     features: Sequence[str] | Mapping[str, str] | str,
@@ -188,6 +190,7 @@ def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...]) -> list[str
     return stages
 
 
+@on_plain_model
 def feature_info(
     model: nn.Module,
     features: Sequence[str] | Mapping[str, str] | str | None = None,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from torchsmith.errors import SurgeryError
-from torchsmith.surgery._common import match_path, record
+from torchsmith.surgery._common import match_path, on_plain_model, record
 from torchsmith.surgery.paths import get_module
 from torchsmith.surgery.report import SurgeryReport, snapshot
 
@@ -86,11 +86,13 @@ def _select(model: nn.Module, patterns, before, exclude, op: str) -> tuple[set[s
     return chosen, bns
 
 
+@on_plain_model
 def frozen_bn_paths(model: nn.Module) -> list[str]:
     """Paths of batch norms whose statistics are frozen by :func:`freeze` (``bn_stats=True``)."""
     return [p for p, m in model.named_modules() if isinstance(vars(m).get("train"), functools.partial)]
 
 
+@on_plain_model
 def freeze(
     model: nn.Module,
     patterns: str | Sequence[str] | None = None,
@@ -133,6 +135,7 @@ def freeze(
     return report
 
 
+@on_plain_model
 def unfreeze(
     model: nn.Module,
     patterns: str | Sequence[str] | None = None,

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from torchsmith.errors import SurgeryError
-from torchsmith.surgery._common import carry_hooks, place_like, record
+from torchsmith.surgery._common import carry_hooks, on_plain_model, place_like, record
 from torchsmith.surgery._dryrun import dry_run, shape_of
 from torchsmith.surgery.paths import _as_module, _opaque, get_module
 from torchsmith.surgery.report import SurgeryReport, snapshot
@@ -48,6 +48,7 @@ def _in_width(m: nn.Module) -> int:
     return m.in_features if isinstance(m, nn.Linear) else m.in_channels
 
 
+@on_plain_model
 def find_head(model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None) -> str:
     """The dotted path of ``model``'s classifier layer (see the module docstring for how).
 
@@ -112,6 +113,7 @@ def _new_head_layer(old: nn.Module, n: int) -> nn.Module:
     )
 
 
+@on_plain_model
 def set_num_classes(
     model: nn.Module,
     num_classes: int,
@@ -176,6 +178,7 @@ def set_num_classes(
     return report
 
 
+@on_plain_model
 def replace_head(
     model: nn.Module,
     new: nn.Module | dict,

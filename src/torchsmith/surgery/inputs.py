@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from torchsmith.errors import InputError, SurgeryError, close_matches
-from torchsmith.surgery._common import record
+from torchsmith.surgery._common import on_plain_model, record
 from torchsmith.surgery._dryrun import dry_run, guess_input_shape, is_dry_run
 from torchsmith.surgery.paths import get_module
 from torchsmith.surgery.report import SurgeryReport, snapshot
@@ -40,6 +40,7 @@ __all__ = ["add_inputs", "find_input_layers", "set_in_channels"]
 INPUT_SHAPE_ATTR = "_torchsmith_input_shape"
 
 
+@on_plain_model
 def find_input_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
     """Paths of the layers with weights that consume the model's input (usually one convolution).
 
@@ -89,6 +90,12 @@ def _adapt_weight(w: torch.Tensor, c: int, channel_map: Sequence[Any] | None, pa
     return w.repeat(1, reps, *([1] * (w.dim() - 2)))[:, :c] * (c0 / c)
 
 
+def _own_forward(m: nn.Module) -> bool:
+    """True when a convolution's class overrides forward (it may transform its weight first)."""
+    return type(m).forward not in (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+
+
+@on_plain_model
 def set_in_channels(
     model: nn.Module,
     in_channels: int,
@@ -156,6 +163,14 @@ def set_in_channels(
     report.notes.append(
         f"input layer(s) {', '.join(p for p, _ in convs)}: {shape[1]} -> {in_channels} channels ({how})"
     )
+    custom = [f"{p} ({type(m).__name__})" for p, m in convs if _own_forward(m)]
+    if custom and channel_map is None:
+        report.notes.append(
+            f"{', '.join(custom)} compute their kernel in forward (weight standardisation such as timm's "
+            "StdConv2d/ScaledStdConv2d normalises it over the input channels), so the adapted kernel is "
+            "transformed again: the outputs are not those of the RGB model for a gray/repeated image; "
+            "fine-tune the input layer"
+        )
     op: dict[str, Any] = {"op": "set_in_channels", "in_channels": in_channels}
     if channel_map is not None:
         op["channel_map"] = list(channel_map)
@@ -272,6 +287,7 @@ def _positional_count(model: nn.Module) -> int | None:
     return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
+@on_plain_model
 def add_inputs(
     model: nn.Module,
     at: str,

@@ -24,6 +24,7 @@ from typing import Any
 import torch.nn as nn
 
 from torchsmith.errors import SurgeryError, close_matches
+from torchsmith.surgery._common import on_plain_model
 from torchsmith.surgery.report import SurgeryReport, snapshot
 
 __all__ = ["OPS", "apply_surgery", "load_ops"]
@@ -88,6 +89,7 @@ def load_ops(path: str | os.PathLike) -> list[dict]:
     return data
 
 
+@on_plain_model
 def apply_surgery(model: nn.Module, ops: Sequence[dict] | str | os.PathLike) -> SurgeryReport:
     """Apply each operation ``{"op": name, **arguments}`` to ``model`` in order, in place.
 

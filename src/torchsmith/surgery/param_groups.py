@@ -15,13 +15,14 @@ parameter lands in exactly one group and no frozen parameter in any; this is che
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch.nn as nn
 
 from torchsmith.errors import SurgeryError
-from torchsmith.surgery._common import match_path
+from torchsmith.surgery._common import match_path, on_plain_model
 
 __all__ = ["check_param_groups", "format_param_groups", "layer_ids", "param_groups"]
 
@@ -32,13 +33,20 @@ def _is_norm(m: nn.Module) -> bool:
     return isinstance(m, _NORMS) or "norm" in type(m).__name__.lower()
 
 
+@on_plain_model
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
-    """Depth index of every parameter, from the model's own structure; and the number of depths.
+    """Depth index of every parameter, and the number of depths.
 
-    A parameter's block is its path up to the first numeric part (``layer1.0``, ``blocks.3``);
-    everything before the first block is the stem (depth 0), everything after the last is the head
-    (last depth), and each block in between is one depth, in registration order.
+    A model that declares its layers with timm's ``group_matcher(coarse=False)`` gets timm's
+    depths (each block of each stage its own depth, as ``timm.optim.param_groups_layer_decay``
+    has them). Otherwise from the model's structure: a parameter's block is its path up to the
+    first numeric part (``layer1.0``, ``blocks.3``); everything before the first block is the stem
+    (depth 0), everything after the last is the head (last depth), and each block in between is one
+    depth, in registration order.
     """
+    declared = _matcher_ids(model)
+    if declared is not None:
+        return declared
     keys: list[str] = []
     of: dict[str, str] = {}
     numeric: dict[str, bool] = {}
@@ -68,6 +76,62 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     return {name: depth[key] for name, key in of.items()}, n
 
 
+_JOIN_PREVIOUS = 99999.0  # timm's MATCH_PREV_GROUP ordinal: the parameters join the group before
+
+
+def _matcher_ids(model: nn.Module) -> tuple[dict[str, int], int] | None:
+    """Depths from the model's own ``group_matcher(coarse=False)`` (timm's format), or None.
+
+    The matcher maps group names to a regex, or to ``[(regex, suffix ordinal or None), ...]``; a
+    parameter's ordinal is (group position, the regex's numeric groups, the suffix); unmatched
+    parameters (the head) come last; sorted ordinals become depths 0, 1, ..., except that an
+    ordinal ending in 99999 shares the depth of the one before it.
+    """
+    matcher = getattr(model, "group_matcher", None)
+    if not callable(matcher):
+        return None
+    try:
+        spec = matcher(coarse=False)
+        rules = []
+        for i, entry in enumerate(spec.values()):
+            if entry is None:
+                continue
+            pairs = entry if isinstance(entry, list | tuple) else [(entry, None)]
+            rules += [(re.compile(rx), (float(i),), suffix) for rx, suffix in pairs]
+    except Exception:  # not timm's format: fall back to the structure
+        return None
+
+    def ordinal(name: str) -> tuple[float, ...]:
+        for rx, prefix, suffix in rules:
+            m = rx.match(name)
+            if m:
+                found = tuple(float(g) for g in m.groups() if g is not None)
+                return prefix + found + tuple(float(x) for x in (suffix or ()))
+        return (float("inf"),)
+
+    of = {name: ordinal(name) for name, _ in model.named_parameters()}
+    depth_of: dict[tuple[float, ...], int] = {}
+    d = -1
+    for key in sorted(set(of.values())):
+        if d < 0 or key[-1] != _JOIN_PREVIOUS:
+            d += 1
+        depth_of[key] = d
+    return {name: depth_of[key] for name, key in of.items()}, d + 1
+
+
+def _no_weight_decay(model: nn.Module) -> list[str]:
+    """Names or patterns the model's own ``no_weight_decay()`` excludes (timm: pos_embed, cls_token)."""
+    fn = getattr(model, "no_weight_decay", None)
+    if not callable(fn):
+        return []
+    try:
+        names = fn()
+    except Exception:
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, set | list | tuple) else []
+
+
+@on_plain_model
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -83,10 +147,11 @@ def param_groups(
     ``rules``: ``[{"match": "fc" | ["layer4", "re:..."], "lr": 1e-2 | "lr_scale": 10,
     "weight_decay": 0.0}]`` (``params`` is accepted for ``match``); the first rule that matches a
     parameter decides. ``no_decay_norm_bias``:
-    weight decay 0 for biases and normalisation weights. ``layer_decay``: the learning rate is
-    multiplied by ``layer_decay ** (depths - 1 - depth)``, depths from :func:`layer_ids`. Frozen
-    parameters are left out. Each group also has ``name`` and ``param_names`` (``torch.optim`` keeps
-    extra keys). ``verbose=True`` prints the group table.
+    weight decay 0 for biases, normalisation weights, and what the model's own ``no_weight_decay()``
+    names (timm's ``cls_token``, ``pos_embed``, ``relative_position_bias_table``). ``layer_decay``:
+    the learning rate is multiplied by ``layer_decay ** (depths - 1 - depth)``, depths from
+    :func:`layer_ids`. Frozen parameters are left out. Each group also has ``name`` and
+    ``param_names`` (``torch.optim`` keeps extra keys). ``verbose=True`` prints the group table.
     """
     if not isinstance(lr, int | float) or lr <= 0:
         raise SurgeryError(f"param_groups: lr must be a positive number, got {lr!r}")
@@ -109,6 +174,7 @@ def param_groups(
                 )
     depth, n_depths = layer_ids(model) if layer_decay is not None else ({}, 1)
     norm_params = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
+    declared_no_decay = _no_weight_decay(model) if no_decay_norm_bias else []
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -129,7 +195,8 @@ def param_groups(
             d = depth[name]
             g_lr *= float(layer_decay) ** (n_depths - 1 - d)
             label += f"/depth{d}"
-        if no_decay_norm_bias and (p.ndim <= 1 or id(p) in norm_params or name.endswith(".bias")):
+        no_decay = p.ndim <= 1 or id(p) in norm_params or name.endswith(".bias")
+        if no_decay_norm_bias and (no_decay or any(match_path(name, n) for n in declared_no_decay)):
             g_wd = 0.0
             label += "/no_decay"
         key = (label, g_lr, g_wd)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from torchsmith.errors import SurgeryError
-from torchsmith.surgery._common import carry_hooks, compile_pattern, place_like, record
+from torchsmith.surgery._common import carry_hooks, compile_pattern, on_plain_model, place_like, record
 from torchsmith.surgery._spec import module_from_spec, module_to_spec
 from torchsmith.surgery.report import SurgeryReport, snapshot
 
@@ -97,6 +97,7 @@ def _as_module(new: Any, where: str) -> tuple[nn.Module, dict | None]:
     raise SurgeryError(f"{where}: expected an nn.Module or a module spec dict, got {type(new).__name__}")
 
 
+@on_plain_model
 def replace_module(model: nn.Module, path: str, new: nn.Module | dict) -> SurgeryReport:
     """Put ``new`` at ``path`` in place of the module there; every other weight is untouched.
 
@@ -135,6 +136,7 @@ def _renumber(container: nn.Module, items: list[tuple[str, nn.Module]]) -> None:
     container._modules = OrderedDict(items)
 
 
+@on_plain_model
 def insert_module(
     model: nn.Module,
     path: str,
@@ -204,6 +206,7 @@ def insert_module(
     return report
 
 
+@on_plain_model
 def remove_module(model: nn.Module, path: str) -> SurgeryReport:
     """Remove the module at ``path``.
 
@@ -311,6 +314,7 @@ def _factory(new: Any, kwargs: dict) -> Callable[[nn.Module], nn.Module]:
     raise SurgeryError(f"replace_modules: cannot make modules from {new!r}")
 
 
+@on_plain_model
 def replace_modules(
     model: nn.Module,
     match: str | type | tuple,

@@ -1,0 +1,183 @@
+"""Surgery on the models users meet in the wild (issue 12): wrapped and compiled models, ViT-family
+inputs, timm's layer decay and no_weight_decay, doctor's sample input."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torchvision
+
+from torchsmith.errors import SurgeryError
+from torchsmith.surgery import (
+    apply_surgery,
+    doctor,
+    find_input_layers,
+    freeze,
+    layer_ids,
+    param_groups,
+    replace_module,
+    return_features,
+    set_in_channels,
+    set_num_classes,
+)
+
+# --- wrapped and compiled models --------------------------------------------------------------------
+
+
+@pytest.fixture
+def gloo_world_of_one():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_surgery_refuses_ddp_and_fsdp_wrapped_models(gloo_world_of_one):
+    from torch.distributed.fsdp import fully_shard
+
+    ddp = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
+    for op in (lambda m: set_num_classes(m, 7), lambda m: replace_module(m, "module.1", nn.GELU())):
+        with pytest.raises(SurgeryError, match="do surgery before wrapping") as e:
+            op(ddp)
+        assert "DistributedDataParallel" in str(e.value)
+    assert ddp.module[2].out_features == 3  # nothing changed
+    sharded = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    fully_shard(sharded[0])
+    with pytest.raises(SurgeryError, match=r"submodule '0' is wrapped in FSDPModule: do surgery before"):
+        freeze(sharded, ["0"])
+
+
+def test_compiled_model_is_unwrapped_and_its_record_replays():
+    net = torchvision.models.resnet18(weights=None, num_classes=10)
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 32, 32)
+    report = set_num_classes(compiled, 7)
+    assert report.replaced == ["fc"] and report.ops[0]["head"] == "fc"
+    assert compiled(x).shape == (2, 7)
+    return_features(compiled, ["layer2"])
+    out, feats = compiled(x)
+    assert out.shape == (2, 7) and feats["layer2"].shape == (2, 128, 4, 4)
+    from torchsmith._provenance import get_provenance
+
+    ops = get_provenance(net)["surgery"]
+    assert not any("_orig_mod" in str(op) for op in ops)
+    fresh = torchvision.models.resnet18(weights=None, num_classes=10)
+    apply_surgery(fresh, ops)
+    fresh.load_state_dict(net.state_dict())  # strict: the replayed model has the same keys and shapes
+    assert fresh.eval()(x)[0].shape == (2, 7)
+
+
+# --- ViT-family input layers ------------------------------------------------------------------------
+
+
+def test_set_in_channels_on_vit_family_finds_the_patch_embedding():
+    with torch.device("meta"):  # shapes only: no weights are computed
+        tv16 = torchvision.models.vit_b_16()
+        tv32 = torchvision.models.vit_b_32()
+    timm_models = {}
+    for name in (
+        "vit_tiny_patch16_224",
+        "eva02_tiny_patch14_224",
+        "crossvit_tiny_240",
+        "xcit_nano_12_p16_224",
+    ):
+        with torch.device("meta"):
+            timm_models[name] = timm.create_model(name, pretrained=False)
+    expected = {
+        "vit_tiny_patch16_224": ["patch_embed.proj"],
+        "eva02_tiny_patch14_224": ["patch_embed.proj"],
+        "crossvit_tiny_240": ["patch_embed.0.proj", "patch_embed.1.proj"],
+        "xcit_nano_12_p16_224": ["patch_embed.proj.0.0"],
+    }
+    for net, layers in [(tv16, ["conv_proj"]), (tv32, ["conv_proj"])] + [
+        (timm_models[n], expected[n]) for n in expected
+    ]:
+        assert find_input_layers(net) == layers, type(net).__name__
+        root_params = {n: p for n, p in net.named_parameters() if "." not in n}  # cls_token, pos_embed
+        report = set_in_channels(net, 4)
+        assert all(net.get_submodule(p).weight.shape[1] == 4 for p in layers)
+        assert sorted(report.reshaped) == sorted(f"{p}.weight" for p in layers)
+        assert all(net.get_parameter(n) is p for n, p in root_params.items())
+
+
+def test_set_in_channels_keeps_rgb_weights_as_timm_adapt_input_conv():
+    from timm.models import adapt_input_conv
+
+    for c in (1, 2, 4, 7):
+        net = torchvision.models.resnet18(weights=None)
+        w = net.conv1.weight.detach().clone()
+        set_in_channels(net, c)
+        assert torch.allclose(net.conv1.weight, adapt_input_conv(c, w), atol=1e-6), c
+
+
+def test_set_in_channels_says_weight_standardised_convs_lose_the_equivalence():
+    from timm.layers import ScaledStdConv2d
+
+    net = nn.Sequential(ScaledStdConv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.randn(1, 3, 16, 16))
+    report = set_in_channels(net, 1, input_shape=(1, 3, 16, 16))
+    assert any("ScaledStdConv2d" in n and "not those of the RGB model" in n for n in report.notes)
+    plain = torchvision.models.resnet18(weights=None)
+    assert not any("standardis" in n for n in set_in_channels(plain, 1).notes)
+
+
+# --- layer decay and no_weight_decay, as timm has them --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "levels"),
+    [
+        ("swin_tiny_patch4_window7_224", 14),
+        ("efficientnet_b0", 18),
+        ("densenet121", 60),
+        ("vit_tiny_patch16_224", 14),
+    ],
+)
+def test_layer_decay_and_no_weight_decay_match_timm(name, levels):
+    from timm.optim import param_groups_layer_decay
+
+    with torch.device("meta"):
+        net = timm.create_model(name, pretrained=False)
+    assert layer_ids(net)[1] == levels
+    nwd = net.no_weight_decay() if hasattr(net, "no_weight_decay") else ()
+    ref = param_groups_layer_decay(net, weight_decay=0.05, no_weight_decay_list=nwd, layer_decay=0.75)
+    want = {id(p): (g["lr_scale"], g["weight_decay"]) for g in ref for p in g["params"]}
+    got = {
+        id(p): (g["lr"], g["weight_decay"])
+        for g in param_groups(net, lr=1.0, weight_decay=0.05, layer_decay=0.75)
+        for p in g["params"]
+    }
+    assert got.keys() == want.keys()
+    names = {id(p): n for n, p in net.named_parameters()}
+    wrong = [names[i] for i in want if abs(want[i][0] - got[i][0]) > 1e-12 or want[i][1] != got[i][1]]
+    assert wrong == []
+    no_decay = {names[i] for i, (_, wd) in got.items() if wd == 0.0}
+    for special in ("cls_token", "pos_embed", "relative_position_bias_table"):
+        assert all(n in no_decay for n in names.values() if special in n)
+
+
+# --- doctor's sample input ----------------------------------------------------------------------------
+
+
+class _DataBranch(nn.Module):
+    """A layer behind a data-dependent branch: an all-zero sample never takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra = nn.Linear(4, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.abs().mean() > 0:
+            x = self.extra(x)
+        return self.fc(x)
+
+
+def test_doctor_uses_a_random_sample_and_the_models_own_size():
+    assert doctor(_DataBranch()) == []
+    # 224 (guessed from the first layer) is too small for inception's training-mode aux head.
+    assert doctor(torchvision.models.inception_v3(weights=None, init_weights=False)) == []
