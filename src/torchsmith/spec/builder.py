@@ -50,7 +50,8 @@ from torchsmith.spec.shapes import INFER, describe, infer_value, meta_input, sha
 
 __all__ = ["DEFAULT_MAX_PARAMETERS", "build_model", "build_with_report", "validate_spec"]
 
-BATCH_OPS = ("reshape", "flatten")  # ops that can fold the batch into another dim
+# ops that can fold the batch into another dim or move it: their output must keep it as dim 0
+BATCH_OPS = ("reshape", "flatten", "permute", "transpose", "select", "index")
 DEFAULT_MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: beyond this a spec is more likely a typo
 
 
@@ -214,6 +215,29 @@ class _Constructor:
             where, f"{src!r} gives a {type(value).__name__}; '{src}.{sel}' needs a tuple or dict output"
         )
 
+    def _param(self, st: Any) -> Any:
+        """The tensor of a ``param`` node: meta in the meta pass, initialised in the real one."""
+        import torch
+        import torch.nn as nn
+
+        kw = st.op_kwargs
+        if self.meta:
+            t = torch.empty(kw["shape"], device="meta")
+        else:
+            t = torch.empty(kw["shape"])
+            with torch.no_grad():
+                if kw["init"] == "zeros":
+                    t.zero_()
+                elif kw["init"] == "ones":
+                    t.fill_(1.0)
+                elif kw["init"] == "normal":
+                    nn.init.normal_(t, std=kw["std"])
+                else:
+                    nn.init.trunc_normal_(t, std=kw["std"], a=-2 * kw["std"], b=2 * kw["std"])
+        if kw["buffer"]:
+            return t
+        return nn.Parameter(t, requires_grad=kw["trainable"])
+
     def _call(self, st: Any, module: Any, vals: list | None) -> Any:
         """Run a shared module again (meta pass only: the real pass computes nothing)."""
         if vals is None or not self.meta:
@@ -276,7 +300,9 @@ class _Constructor:
         for st in plan.steps:
             vals = None if env is None else [self._select(env, r, w) for r, w in zip(st.refs, st.ref_wheres)]
             out = None
-            if st.plan is not None:
+            if st.op == "param":
+                modules[st.name] = out = self._param(st)
+            elif st.plan is not None:
                 modules[st.name], out = self.build(st.plan, vals)
             elif st.call is not None:
                 out = self._call(st, modules[st.call], vals)
@@ -292,8 +318,8 @@ class _Constructor:
                     self._check_batch(st, vals, out)
             if st.plan is None and self.meta:
                 self.record[format_path((*plan.where.inst, st.name))] = {
-                    "type": f"call:{st.call}" if st.call else f"op:{st.op}",
-                    "output_shape": describe(out) if vals is not None else None,
+                    "type": f"call:{st.call}" if st.call else "param" if st.op == "param" else f"op:{st.op}",
+                    "output_shape": describe(out) if vals is not None or st.op == "param" else None,
                 }
             if env is not None:
                 env[st.name] = out
@@ -462,7 +488,9 @@ def build_with_report(
     for path, info in meta.record.items():
         if path and "." not in path and "<" not in path:
             sub = children.get(path)
-            layers.append({"name": path, **info, "parameters": _count(sub)[0] if sub is not None else 0})
+            tensor = dict(meta_model.named_parameters(recurse=False)).get(path)
+            count = _count(sub)[0] if sub is not None else tensor.numel() if tensor is not None else 0
+            layers.append({"name": path, **info, "parameters": count})
     report = {
         "name": loaded.get("name", ""),
         "inputs": {n: list(inputs[n][0]) for n in names} if inputs else {n: None for n in names},

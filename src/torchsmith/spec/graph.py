@@ -105,6 +105,68 @@ def _abs(xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return xs[0].abs()
 
 
+def _permute(xs: Sequence[torch.Tensor], dims: list[int]) -> torch.Tensor:
+    return xs[0].permute(*dims)
+
+
+def _transpose(xs: Sequence[torch.Tensor], dim0: int, dim1: int) -> torch.Tensor:
+    return xs[0].transpose(dim0, dim1)
+
+
+def _select(xs: Sequence[torch.Tensor], dim: int, index: int) -> torch.Tensor:
+    return xs[0].select(dim, index)
+
+
+def _index(xs: Sequence[torch.Tensor], dim: int, index: Any) -> torch.Tensor:
+    """``x[..., index, ...]`` along ``dim``: an int drops the dim, a list keeps it (index_select)."""
+    if isinstance(index, int):
+        return xs[0].select(dim, index)
+    size = xs[0].shape[dim]
+    bad = [i for i in index if not -size <= i < size]
+    if bad:  # the meta kernel does not check the values of an index tensor
+        raise IndexError(f"index {bad[0]} is out of range for dim {dim} of size {size}")
+    index = [i % size for i in index]
+    return xs[0].index_select(dim, torch.tensor(index, dtype=torch.long, device=xs[0].device))
+
+
+def _named(parts: Sequence[torch.Tensor], names: list[str] | None) -> Any:
+    if names is None:
+        return tuple(parts)
+    if len(names) != len(parts):
+        raise ValueError(f"gives {len(parts)} parts but names lists {len(names)}: {names}")
+    return dict(zip(names, parts))
+
+
+def _split(xs: Sequence[torch.Tensor], size: Any, dim: int = 1, names: list[str] | None = None) -> Any:
+    return _named(torch.split(xs[0], size, dim), names)
+
+
+def _chunk(xs: Sequence[torch.Tensor], chunks: int, dim: int = 1, names: list[str] | None = None) -> Any:
+    return _named(torch.chunk(xs[0], chunks, dim), names)
+
+
+def _getitem(xs: Sequence[Any], index: Any) -> Any:
+    return _pick(xs[0], index)
+
+
+def _matmul(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.matmul(xs[0], xs[1])
+
+
+def _expand(xs: Sequence[torch.Tensor], size: list[int]) -> torch.Tensor:
+    return xs[0].expand(*size)
+
+
+def _expand_batch(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``inputs[0]`` (batch 1: a class token) repeated to the batch of ``inputs[1]``, without a copy."""
+    x, like = xs
+    if x.shape[0] != 1:
+        raise ValueError(
+            f"expected a first input with batch 1 (a parameter such as [1, 1, D]); got {tuple(x.shape)}"
+        )
+    return x.expand(like.shape[0], *x.shape[1:])
+
+
 @dataclass(frozen=True)
 class Op:
     """A merge or reshaping operation usable as a graph node: ``{op: concat, inputs: [a, b]}``."""
@@ -139,6 +201,49 @@ OPS: dict[str, Op] = {
     "softmax": Op(_softmax, 1, 1, {"dim": 1}, doc="F.softmax"),
     "mean": Op(_mean, 1, 1, {"dim": None, "keepdim": False}, doc="x.mean(dim, keepdim)"),
     "abs": Op(_abs, 1, 1, {}, doc="torch.abs (|a - b| for a distance head)"),
+    "cat": Op(_concat, 2, None, {"dim": 1}, doc="torch.cat(inputs, dim): concat by its torch name"),
+    "permute": Op(_permute, 1, 1, {"dims": None}, required=("dims",), doc="x.permute(*dims)"),
+    "transpose": Op(
+        _transpose,
+        1,
+        1,
+        {"dim0": None, "dim1": None},
+        required=("dim0", "dim1"),
+        doc="x.transpose(dim0, dim1)",
+    ),
+    "select": Op(
+        _select, 1, 1, {"dim": None, "index": None}, required=("dim", "index"), doc="x.select(dim, index)"
+    ),
+    "index": Op(
+        _index,
+        1,
+        1,
+        {"dim": None, "index": None},
+        required=("dim", "index"),
+        doc="an int: x.select(dim, i); a list: x.index_select(dim, list)",
+    ),
+    "split": Op(
+        _split,
+        1,
+        1,
+        {"size": None, "dim": 1, "names": None},
+        required=("size",),
+        doc="torch.split(x, size, dim): a tuple (node.0, ...) or, with names, a dict (node.q, ...)",
+    ),
+    "chunk": Op(
+        _chunk,
+        1,
+        1,
+        {"chunks": None, "dim": 1, "names": None},
+        required=("chunks",),
+        doc="torch.chunk(x, chunks, dim): a tuple, or a dict with names",
+    ),
+    "getitem": Op(
+        _getitem, 1, 1, {"index": None}, required=("index",), doc="one element of a tuple/dict output"
+    ),
+    "matmul": Op(_matmul, 2, 2, {}, doc="torch.matmul(inputs[0], inputs[1])"),
+    "expand": Op(_expand, 1, 1, {"size": None}, required=("size",), doc="x.expand(*size) (-1 keeps a dim)"),
+    "expand_batch": Op(_expand_batch, 2, 2, {}, doc="inputs[0] (batch 1) expanded to the batch of inputs[1]"),
 }
 
 # a graph step: (node name, op name or None for a module, op kwargs, ((source, selector), ...))
@@ -162,7 +267,12 @@ class SpecGraph(nn.Module):
     ) -> None:
         super().__init__()
         for name, module in modules.items():
-            self.add_module(name, module)
+            if isinstance(module, nn.Parameter):  # a param node: a class token, a position embedding
+                self.register_parameter(name, module)
+            elif isinstance(module, torch.Tensor):
+                self.register_buffer(name, module)
+            else:
+                self.add_module(name, module)
         self.input_names = tuple(input_names)
         self._steps = tuple(
             (n, op, dict(kw), tuple(refs), self._frees(steps, outputs, i))
@@ -199,7 +309,7 @@ class SpecGraph(nn.Module):
         ops = [
             f"{n}={op or kw['call']}({', '.join(_ref_str(r) for r in refs)})"
             for n, op, kw, refs, _ in self._steps
-            if op or "call" in kw
+            if (op and op != "param") or "call" in kw
         ]
         return f"inputs=({', '.join(self.input_names)}), outputs={shown}" + (
             ", ops: " + "; ".join(ops) if ops else ""
@@ -220,6 +330,8 @@ class SpecGraph(nn.Module):
             xs = [env[src] if sel is None else _pick(env[src], sel) for src, sel in refs]
             if op is None:  # a module node, or a call of another node's module (shared weights)
                 env[name] = getattr(self, kw.get("call", name))(*xs)
+            elif op == "param":
+                env[name] = getattr(self, name)
             else:
                 env[name] = OPS[op].fn(xs, **kw)
             for dead in frees:

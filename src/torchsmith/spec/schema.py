@@ -53,6 +53,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHILD = re.compile(r"^[A-Za-z0-9_]+$")
 _DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 REQUIRED = object()
+PARAM_KEYS = {"shape": None, "init": "zeros", "std": 0.02, "trainable": True, "buffer": False}
+PARAM_INITS = ("zeros", "ones", "normal", "trunc_normal")
 
 
 @dataclass(frozen=True)
@@ -573,7 +575,8 @@ class Planner:
                 disabled.add(name)
                 continue
             steps[name] = step
-            previous = name
+            if step.op != "param":  # a parameter is not the running value a next node takes
+                previous = name
         self._check_calls(steps, inputs, disabled)
         known = set(inputs) | set(steps)
         for step in steps.values():
@@ -629,6 +632,50 @@ class Planner:
         refs, ref_wheres = self._refs(value, w, scope, previous)
         return StepPlan(name, w, None, None, {}, refs, ref_wheres, call=target)
 
+    def _plan_param(self, name: str, value: dict, w: Where, scope: dict) -> StepPlan | None:
+        """``{param: {shape: [1, 1, $dim], init: zeros}}``: an ``nn.Parameter`` (or buffer) as a node."""
+        self._unknown_keys(value, ("param", "when"), w, "a param node")
+        if not self._when(value, w, scope):
+            return None
+        wp = w.at("param")
+        raw = self.sub(value["param"], wp, scope)
+        if not isinstance(raw, dict):
+            raise self.fail(
+                wp, f"found {raw!r:.60}; expected a mapping like {{shape: [1, 1, 64], init: zeros}}"
+            )
+        self._unknown_keys(raw, tuple(PARAM_KEYS), wp, "a param")
+        spec = {**PARAM_KEYS, **raw}
+        shape = spec["shape"]
+        if (
+            not isinstance(shape, list)
+            or not 1 <= len(shape) <= 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**31 for d in shape)
+        ):
+            raise self.fail(
+                wp.at("shape"), f"found {shape!r:.60}; expected a list of 1 to 8 positive integers"
+            )
+        if spec["init"] not in PARAM_INITS:
+            raise self.fail(
+                wp.at("init"),
+                f"found init {spec['init']!r}{close_matches(str(spec['init']), PARAM_INITS)}; "
+                f"expected one of {', '.join(PARAM_INITS)}",
+            )
+        std = spec["std"]
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 <= std <= 1e6:
+            raise self.fail(wp.at("std"), f"found {std!r:.60}; expected a number from 0 up")
+        for key in ("trainable", "buffer"):
+            if not isinstance(spec[key], bool):
+                raise self.fail(wp.at(key), f"found {spec[key]!r:.60}; expected true or false")
+        count = 1
+        for d in shape:
+            count *= d
+        if count > 2**31:
+            raise self.fail(
+                wp.at("shape"), f"the shape {shape} has {count:,} elements; expected at most 2**31"
+            )
+        self.tick(w)
+        return StepPlan(name, w, None, "param", spec, (), ())
+
     def _check_calls(self, steps: dict, inputs: list, disabled: set) -> None:
         for step in steps.values():
             if step.call is None:
@@ -658,6 +705,8 @@ class Planner:
     ) -> StepPlan | None:
         if isinstance(value, dict) and "call" in value:
             return self._plan_call(name, value, w, scope, previous)
+        if isinstance(value, dict) and "param" in value:
+            return self._plan_param(name, value, w, scope)
         if isinstance(value, dict) and "op" in value:
             if not self._when(value, w, scope):
                 return None

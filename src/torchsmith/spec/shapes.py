@@ -15,6 +15,8 @@ Inferred when omitted and the layer's signature has them:
 ``num_channels``       dim 1             (GroupNorm)
 ``input_size``         last dim          (RNN, LSTM, GRU with batch_first)
 ``normalized_shape``   last dim          (LayerNorm)
+``d_model``            last dim          (TransformerEncoderLayer/DecoderLayer, batch_first)
+``embed_dim``          last dim          (MultiheadAttention, batch_first)
 =====================  =========================================
 """
 
@@ -32,6 +34,8 @@ INFER: dict[str, int] = {
     "num_channels": 1,
     "input_size": -1,
     "normalized_shape": -1,
+    "d_model": -1,
+    "embed_dim": -1,
 }
 
 
