@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
@@ -54,3 +55,43 @@ def test_interpolation_sizes_are_checked_before_building():
     finally:
         tracemalloc.stop()
     assert peak < 200 << 20  # the 450 MB string is never built
+
+
+def _proto2(body: bytes) -> bytes:
+    return b"\x80\x02" + body + b"."
+
+
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        # builtins.bytearray(2**30): 34 bytes that would allocate 1 GiB
+        ("bytearray", _proto2(b"c__builtin__\nbytearray\nJ\x00\x00\x00@\x85R")),
+        ("bytes", _proto2(b"c__builtin__\nbytes\n\x8a\x05\x00\x00\x00\x00\x01\x85R")),  # 4 GiB
+        # list(range(10**9))
+        ("list-range", _proto2(b"c__builtin__\nlist\nc__builtin__\nrange\nJ\x00\xca\x9a;\x85R\x85R")),
+        ("bytes-range", _proto2(b"c__builtin__\nbytes\nc__builtin__\nrange\nJ\x00\xca\x9a;\x85R\x85R")),
+    ],
+)
+def test_allocating_constructors_are_size_checked(tmp_path, name, data):
+    import resource
+
+    f = tmp_path / f"{name}.pkl"
+    f.write_bytes(data)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(torchsmith.errors.CheckpointError, match=r"limit|allocate"):
+        torchsmith.read_state_dict(f)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 << 10  # KiB: < 256 MiB
+
+
+def test_memo_shared_dicts_are_walked_once(tmp_path):
+    # One dict shared 100 times at each of four levels: 100**4 paths if walked naively.
+    level = {"w": torch.zeros(1)}
+    for _ in range(4):
+        level = {f"k{i}": level for i in range(100)}
+    f = tmp_path / "shared.pt"
+    torch.save(level, f)
+    assert f.stat().st_size < 50_000
+    start = time.perf_counter()
+    assert list(torchsmith.read_state_dict(f)) == ["k0.k0.k0.k0.w"]
+    assert torchsmith.inspect_checkpoint(f)["tensors"] == 1
+    assert time.perf_counter() - start < 10

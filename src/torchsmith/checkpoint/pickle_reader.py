@@ -176,21 +176,48 @@ def _numpy_scalar(dtype, data=None):
     return StandInCall("numpy.core.multiarray.scalar", (dtype, data))
 
 
+# Allowed constructors that allocate are size-checked: a 34-byte pickle calling bytearray(2**30)
+# or list(range(10**9)) must fail, not allocate gigabytes.
+MAX_ALLOC_BYTES = 64 << 20
+MAX_ALLOC_ITEMS = 4 << 20
+
+
+def _sized(fn: Callable[..., Any]) -> Callable[..., Any]:
+    name = fn.__name__
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        if args:
+            a = args[0]
+            if fn in (bytes, bytearray) and isinstance(a, int) and a > MAX_ALLOC_BYTES:
+                raise pickle.UnpicklingError(f"{name}({a}) would allocate more than {MAX_ALLOC_BYTES} bytes")
+            if isinstance(a, range) and len(a) > MAX_ALLOC_ITEMS:
+                raise pickle.UnpicklingError(
+                    f"{name}() of a range of {len(a)} items (limit {MAX_ALLOC_ITEMS})"
+                )
+            if fn is str and not isinstance(a, (str, bytes, bytearray, int, float, bool)) and a is not None:
+                # str() of a shared nested structure grows exponentially with its depth.
+                raise pickle.UnpicklingError(f"str() of a {type(a).__name__} is not allowed in a checkpoint")
+        return fn(*args, **kwargs)
+
+    build.__name__ = name
+    return build
+
+
 _SAFE: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("collections", "defaultdict"): collections.defaultdict,
     ("builtins", "dict"): dict,
-    ("builtins", "list"): list,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
+    ("builtins", "list"): _sized(list),
+    ("builtins", "tuple"): _sized(tuple),
+    ("builtins", "set"): _sized(set),
+    ("builtins", "frozenset"): _sized(frozenset),
     ("builtins", "int"): int,
     ("builtins", "float"): float,
     ("builtins", "complex"): complex,
     ("builtins", "bool"): bool,
-    ("builtins", "str"): str,
-    ("builtins", "bytes"): bytes,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "str"): _sized(str),
+    ("builtins", "bytes"): _sized(bytes),
+    ("builtins", "bytearray"): _sized(bytearray),
     ("builtins", "slice"): slice,
     ("builtins", "range"): range,
     ("builtins", "getattr"): _safe_getattr,

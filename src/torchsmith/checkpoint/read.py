@@ -40,8 +40,21 @@ CONTAINER_KEYS = (
 
 # Globals whose call in a pickle means "run code": reported by name, never executed.
 _DANGEROUS_MODULES = ("os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy",
-                      "pty", "ctypes", "webbrowser", "code", "pickle", "marshal", "types")  # fmt: skip
-_DANGEROUS_BUILTINS = {"eval", "exec", "compile", "__import__", "open", "input", "breakpoint", "globals"}
+                      "pty", "ctypes", "webbrowser", "code", "codeop", "pickle", "_pickle", "marshal",
+                      "types", "cProfile", "profile", "timeit", "pydoc", "pdb", "bdb", "trace",
+                      "multiprocessing", "asyncio", "threading", "_thread", "signal", "tempfile",
+                      "urllib", "http", "ftplib", "smtplib", "requests", "httpx", "dill", "cloudpickle",
+                      "joblib", "numpy.f2py", "numpy.testing", "distutils", "setuptools", "pip",
+                      "zipimport", "pkgutil", "operator", "glob", "fileinput", "linecache",
+                      "logging.config", "shelve",
+                      "dbm", "sqlite3", "venv", "ensurepip", "idlelib", "tkinter", "turtle",
+                      "torch.hub", "torch.fx", "torch.jit", "torch._dynamo", "torch._inductor",
+                      "torch.utils.cpp_extension", "torch.package", "torch.serialization.load",
+                      "torch.cuda._utils", "torch._C._jit", "torch.testing", "torch.distributed.rpc",
+                      "torch.multiprocessing", "torch.utils.data.datapipes")  # fmt: skip
+_DANGEROUS_BUILTINS = {"eval", "exec", "compile", "__import__", "open", "input", "breakpoint", "globals",
+                       "locals", "vars", "getattr", "setattr", "delattr", "__build_class__", "help",
+                       "memoryview", "exit", "quit", "copyright", "credits", "license"}  # fmt: skip
 
 
 @dataclass
@@ -62,15 +75,16 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
 
 
+def is_dangerous(qualname: str) -> bool:
+    """Whether calling global ``qualname`` from a pickle can run code, reach files or the network."""
+    module, _, name = qualname.rpartition(".")
+    if module in ("builtins", "__builtin__"):
+        return name in _DANGEROUS_BUILTINS
+    return any(module == m or module.startswith(m + ".") for m in _DANGEROUS_MODULES)
+
+
 def _dangerous(calls: list[str]) -> list[str]:
-    bad = []
-    for q in calls:
-        module, _, name = q.rpartition(".")
-        if module.split(".")[0] in _DANGEROUS_MODULES or (
-            module == "builtins" and name in _DANGEROUS_BUILTINS
-        ):
-            bad.append(q)
-    return sorted(set(bad))
+    return sorted({q for q in calls if is_dangerous(q)})
 
 
 def describe_value(v: Any) -> str:
@@ -106,24 +120,38 @@ def _tensor_dict(d: dict) -> dict[str, TensorRef] | None:
     return tensors
 
 
-def _flatten(d: dict, prefix: str, out: dict[str, TensorRef], depth: int = 0) -> None:
+_MAX_FLAT_ENTRIES = 1_000_000
+
+
+def _flatten(
+    d: dict, prefix: str, out: dict[str, TensorRef], depth: int = 0, seen: set | None = None
+) -> None:
+    # A dict the pickle shares (memo) is walked once: five levels of one 100-key dict referenced
+    # 100 times each would otherwise be 100**5 paths.
+    seen = set() if seen is None else seen
+    if id(d) in seen:
+        return
+    seen.add(id(d))
     for k, v in d.items():
+        if len(seen) + len(out) > _MAX_FLAT_ENTRIES:
+            raise CheckpointError(f"more than {_MAX_FLAT_ENTRIES} nested entries; not a checkpoint")
         if isinstance(v, TensorRef):
             out[f"{prefix}{k}"] = v
         elif isinstance(v, dict) and depth < 4:
-            _flatten(v, f"{prefix}{k}.", out, depth + 1)
+            _flatten(v, f"{prefix}{k}.", out, depth + 1, seen)
 
 
 def select_tensors(raw: RawCheckpoint) -> tuple[dict[str, TensorRef], str | None, dict[str, str], list[str]]:
     """Find the weights in ``raw``: ``(tensors, container_key, other_keys, notes)``. Needs no torch."""
     path, obj = raw.path, raw.obj
     notes: list[str] = []
-    bad = _dangerous(raw.calls)
+    bad = _dangerous([*raw.calls, *raw.stand_ins])  # named at all, not only called
     if bad:
         raise CheckpointError(
-            f"{path}: refused: unpickling this file would call {', '.join(bad)} (arbitrary code); "
-            "nothing was executed. It is not a checkpoint a training script writes; do not load it "
-            "with torch.load"
+            f"{path}: refused: unpickling this file would call {', '.join(bad[:5])} (it can run "
+            "arbitrary code); nothing was executed. A training script never writes such a call: treat "
+            "the whole file as hostile (no torch.load, pickle or other unpickling tool), whatever else "
+            "it holds; 'torchsmith inspect' lists every call it names"
         )
     if isinstance(obj, BoundMethodRef):
         owner = obj.obj
