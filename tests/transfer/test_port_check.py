@@ -43,3 +43,14 @@ def test_a_new_classifier_is_checked_at_its_input():
     report = load_weights(model, source, match="structure", example_input=torch.randn(2, 6))
     assert any("inputs of '2' and '2'" in n for n in report.notes), report.notes
     assert [e["key"] for e in report.skipped_shape] == ["2.weight", "2.bias"]
+
+
+def test_an_all_zero_output_does_not_count_as_agreement():
+    """A zero-initialised head makes any two bodies agree; the check then looks at the head's input."""
+    source = nn.Sequential(RightMultiply(6), nn.ReLU(), nn.Linear(6, 3))
+    model = nn.Sequential(nn.Linear(6, 6, bias=False), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        source[2].weight.zero_()
+        source[2].bias.zero_()
+    with pytest.raises(TransferError, match="inputs of '2' and '2' differ"):
+        load_weights(model, source, match="structure", example_input=torch.randn(2, 6))

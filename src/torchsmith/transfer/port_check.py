@@ -36,6 +36,7 @@ class PortCheck:
     what: str
     input_shape: tuple
     max_rel_diff: float
+    scale: float = 1.0  # max |source value|: 0 means the comparison proved nothing
 
     def describe(self) -> str:
         return (
@@ -140,7 +141,7 @@ def compare_outputs(
                 "were paired wrongly although their shapes agree; nothing was loaded. "
                 "Use match='name' with rename rules to say which tensor is which"
             )
-        return PortCheck(what, shape, rel)
+        return PortCheck(what, shape, rel, scale)
     raise TransferError(
         "port refused: could not run both models on one input to check the port numerically"
         + (f" ({last_error})" if last_error else "")
@@ -174,4 +175,14 @@ def check_port(target: Any, source: Any, report: Any, example_input: Any = None)
             )
         target_tap, source_tap = head, by_target[head]
     inputs = [example_input] if example_input is not None else _example_inputs(target)
-    return compare_outputs(target, source, inputs, target_tap=target_tap, source_tap=source_tap)
+    result = compare_outputs(target, source, inputs, target_tap=target_tap, source_tap=source_tap)
+    if result.scale == 0 and report.mapping and target_tap is None:
+        # All-zero outputs (a zero-initialised head) prove nothing: compare the head's inputs.
+        last = report.mapping[-1]
+        if "+" not in last["target"] + last["source"]:
+            result = compare_outputs(
+                target, source, inputs, target_tap=last["target"], source_tap=last["source"]
+            )
+    if result.scale == 0:
+        return "not checked numerically: the source computes all zeros on a random input"
+    return result

@@ -120,6 +120,11 @@ class TransferReport:
             "unexpected": clean(self.unexpected),
             "excluded": clean(self.excluded),
             "mapping": clean(self.mapping),
+            "equivalences": [
+                {"target": m["target"], "source": m["source"], "equivalence": m["status"][len("equivalent: ") :]}
+                for m in self.mapping
+                if str(m.get("status", "")).startswith("equivalent: ")
+            ],
             "notes": list(self.notes),
         }
 

@@ -27,7 +27,7 @@ from torchsmith.errors import InputError, close_matches
 __all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_PREFIXES = ("torchvision:", "timm:")
+_PREFIXES = ("torchvision:", "timm:", "hf:")
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,10 @@ def _create(name: str, kwargs: dict[str, Any]) -> Any:
             model = _create_timm(name.split(":", 1)[1], dict(kwargs))
         except TypeError as e:
             raise InputError(f"bad arguments for model {name!r}: {e}") from None
+    elif name.startswith("hf:"):
+        from torchsmith.zoo.hf_models import create_hf_model  # transformers config, random weights
+
+        model = create_hf_model(name[3:], dict(kwargs))
     elif ":" in name:
         raise InputError(
             f"unknown model namespace in {name!r}; use one of {', '.join(_PREFIXES)} or a zoo name"
