@@ -53,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a model argument, e.g. --arg num_classes=10 (value read as YAML; repeatable)",
     )
     p.add_argument(
+        "--source-model",
+        metavar="NAME",
+        help="with --match structure: the checkpoint's own architecture (zoo, torchvision:, timm:, hf: name "
+        "or a spec file); CKPT is loaded into it by name and ported model to model",
+    )
+    p.add_argument(
         "--input-shape", metavar="N,C,H,W", help="sample input for --match structure (default: guessed)"
     )
     p.add_argument("--show-loaded", action="store_true", help="list the loaded keys too")
@@ -94,9 +100,17 @@ def run(args: argparse.Namespace) -> int:
     model = build_cli_model(args.model, model_kwargs(args.model_args))
     example = torch.randn(parse_shape(args.input_shape)) if args.input_shape else None
     adapt = {"input": True, "all": "all", "none": False}[args.adapt]
+    source, source_note = args.checkpoint, ""
+    if args.source_model:
+        if args.match != "structure":
+            raise InputError("--source-model: only used with --match structure")
+        from torchsmith.transfer.source_model import load_source_model
+
+        source, _ = load_source_model(args.source_model, args.checkpoint, trust_pickle=args.trust_pickle)
+        source_note = f"{args.checkpoint} loaded by name into {args.source_model}, then ported by structure"
     report = load_weights(
         model,
-        args.checkpoint,
+        source,
         match=args.match,
         rename=args.rename,
         include=args.include,
@@ -107,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
         example_input=example,
     )
+    if source_note:
+        report.notes.insert(0, source_note)
     loaded_any = bool(report.loaded or report.adapted)
     enough = loaded_any and (args.min_fraction is None or report.fraction >= args.min_fraction)
     saved = None

@@ -121,7 +121,11 @@ class TransferReport:
             "excluded": clean(self.excluded),
             "mapping": clean(self.mapping),
             "equivalences": [
-                {"target": m["target"], "source": m["source"], "equivalence": m["status"][len("equivalent: ") :]}
+                {
+                    "target": m["target"],
+                    "source": m["source"],
+                    "equivalence": m["status"][len("equivalent: ") :],
+                }
                 for m in self.mapping
                 if str(m.get("status", "")).startswith("equivalent: ")
             ],

@@ -617,6 +617,8 @@ def match_structure(
                     f"source tensors that take no part in the forward (left unused): {', '.join(s_idle[:5])}"
                 )
             candidates.append(("dataflow graph", t_list, s_list, extra))
+            if _align(t_list, s_list)[0] is not None:
+                order = "dataflow"  # aligned: no other order is needed (the numerical check follows)
         except TransferError as e:
             if example_input is not None:
                 raise
@@ -649,7 +651,7 @@ def match_structure(
             trace_error = str(e)
     # Registration order cross-checks a state_dict source; a traced source model is checked
     # numerically after the port instead, so there the first order that aligns is taken.
-    if order == "registration" or order == "auto":
+    if order in ("registration", "auto"):
         candidates.append(("registration order", list(t_units.values()), list(s_units.values()), []))
     if trace_error:
         notes.append(f"forward trace failed, used the other orders only: {trace_error}")

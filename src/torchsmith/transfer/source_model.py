@@ -1,0 +1,67 @@
+"""A structure port from a plain file: rebuild the source's own architecture, then port model to model.
+
+A ``.safetensors`` file stores its keys sorted, so the order its layers run in is lost, and a file
+says nothing of the code that made it. Naming the source architecture (``--source-model``) gives
+both back: the file is loaded into that architecture *by name*, every key required, and the
+resulting model is the source of the structure port, traced and checked numerically like any other.
+
+>>> import torch, torchsmith
+>>> path = __import__("tempfile").mkdtemp() + "/w.safetensors"
+>>> torchsmith.save(torchsmith.create_model("torchvision:resnet18"), path)  # doctest: +ELLIPSIS
+PosixPath(...)
+>>> src, report = load_source_model("torchvision:resnet18", path)
+>>> report.fraction
+1.0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torchsmith.errors import InputError, TransferError
+
+__all__ = ["build_source_model", "load_source_model"]
+
+
+def build_source_model(name: Any, kwargs: dict[str, Any] | None = None) -> Any:
+    """An ``nn.Module`` as is, a spec file (.yaml/.yml/.json), or a zoo/torchvision:/timm:/hf: name."""
+    import torch.nn as nn
+
+    if isinstance(name, nn.Module):
+        return name
+    if not isinstance(name, (str, Path)):
+        raise InputError(
+            f"source_model: expected a model name, a spec file or an nn.Module, got {type(name).__name__}"
+        )
+    path = Path(name)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise InputError(f"source_model: spec file {str(name)!r} not found")
+        from torchsmith.spec import build_model
+
+        return build_model(path, params=kwargs) if kwargs else build_model(path)
+    from torchsmith.zoo import create_model
+
+    return create_model(str(name), **(kwargs or {}))
+
+
+def load_source_model(
+    source_model: Any, checkpoint: Any, *, trust_pickle: bool = False, kwargs: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """Build ``source_model`` and load ``checkpoint`` into it by name; every model key must come from it.
+
+    Returns ``(model, report)``. Raises :class:`~torchsmith.errors.TransferError` naming the keys
+    when the checkpoint is not of that architecture.
+    """
+    from torchsmith.transfer.load import load_weights
+
+    model = build_source_model(source_model, kwargs)
+    try:
+        report = load_weights(model, checkpoint, match="name", strict="target", trust_pickle=trust_pickle)
+    except TransferError as e:
+        raise TransferError(
+            f"source model {source_model if isinstance(source_model, str) else type(model).__name__!r}: "
+            f"the checkpoint is not of this architecture ({e})"
+        ) from None
+    return model, report
