@@ -20,7 +20,7 @@ ITEMSIZE: dict[str, int] = {
     "uint16": 2, "uint32": 4, "uint64": 8,
     "complex64": 8, "complex128": 16, "complex32": 4,
     "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
-    "float8_e8m0fnu": 1,
+    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
     "qint8": 1, "quint8": 1, "qint32": 4,
 }  # fmt: skip
 
@@ -182,11 +182,32 @@ class FileMaps:
         return flat
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _check_representable(ref: TensorRef) -> None:
+    # torch multiplies sizes in int64 left to right (even when one is 0): [2**40, 2**40, 0] is a
+    # valid empty tensor in a file but one torch cannot make. Checked with Python ints, named clearly.
+    acc = ref.itemsize
+    for d in ref.shape:
+        acc *= max(int(d), 1)
+        if acc > _INT64_MAX:
+            from torchsmith.errors import CheckpointError
+
+            where = ref.storage.file if ref.storage is not None else "checkpoint"
+            raise CheckpointError(
+                f"{where}: a tensor of shape {list(ref.shape)} ({ref.dtype}): "
+                "torch cannot hold it (the product of its sizes overflows 64 bits, even though it has "
+                f"{ref.numel} elements); inspect/verify read it, but it cannot become a torch tensor"
+            )
+
+
 def materialize(ref: TensorRef, maps: FileMaps):
     """The torch tensor described by ``ref``, a view into the memory-mapped file when possible."""
     import torch
 
     dtype = getattr(torch, ref.dtype)
+    _check_representable(ref)
     if ref.storage is None:
         return torch.empty(ref.shape, dtype=dtype)
     flat = maps.storage_tensor(ref.storage)

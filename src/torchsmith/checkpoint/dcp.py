@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
 from torchsmith.checkpoint._refs import ITEMSIZE, TensorRef
-from torchsmith.checkpoint.formats import RawCheckpoint
 from torchsmith.checkpoint.pickle_reader import DTypeRef, StandIn, StandInCall, read_pickle
 from torchsmith.errors import CheckpointError
 
@@ -568,3 +568,6 @@ def load_dcp_tensors(raw: RawCheckpoint, *, trust_pickle: bool = False) -> dict[
             f"{raw.path}: cannot read this torch.distributed.checkpoint: {e}"[:500]
         ) from None
     return state
+
+
+register_reader("dcp", read_dcp)

@@ -61,11 +61,7 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, An
             if ta.numel() == 0:
                 max_abs[kb] = 0.0
                 continue
-            if ta.dtype == torch.bool or tb.dtype == torch.bool:
-                max_abs[kb] = float((ta != tb).any())
-                continue
-            diff = (ta.double() - tb.double()).abs().max()
-            max_abs[kb] = float(diff.real if diff.is_complex() else diff)
+            max_abs[kb] = _max_abs_diff(ta, tb)
     identical = not (fit.unmatched_source or fit.unmatched_target or shape_differs or dtype_differs) and all(
         v == 0 for v in max_abs.values()
     )
@@ -81,3 +77,30 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, An
         "prefixes_added": fit.prefixes_added,
         "identical": identical,
     }
+
+
+def _max_abs_diff(ta: Any, tb: Any) -> float:
+    """Largest element difference; 0.0 when every element is equal, NaN at the same place included.
+
+    Complex values compare both parts; ``inf`` equals ``inf`` of the same sign; NaN against a number,
+    or ``inf`` against a finite value, is an infinite difference. Integers compare exactly.
+    """
+    import torch
+
+    if ta.dtype == torch.bool or tb.dtype == torch.bool:
+        return float((ta.bool() != tb.bool()).any())
+    if ta.is_complex() or tb.is_complex():
+        ta, tb = (torch.view_as_real(t.to(torch.complex128)) for t in (ta, tb))
+    exact = not (ta.is_floating_point() or tb.is_floating_point() or ta.is_complex())
+    if exact:
+        same = ta == tb  # integers: no rounding through float64
+        a64, b64 = ta.double(), tb.double()
+    else:
+        a64, b64 = ta.double(), tb.double()
+        same = (a64 == b64) | (a64.isnan() & b64.isnan())
+    if bool(same.all()):
+        return 0.0
+    diff = (a64 - b64).abs()[~same]
+    diff = torch.where(diff.isnan(), torch.full_like(diff, float("inf")), diff)
+    worst = float(diff.max())
+    return max(worst, 1.0) if exact else worst  # unequal integers differ by 1 at least (float64 rounds)

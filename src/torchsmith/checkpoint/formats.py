@@ -17,18 +17,28 @@ format              what it is
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from torchsmith.checkpoint._raw import READERS, RawCheckpoint
 from torchsmith.errors import CheckpointError
 
 __all__ = ["FORMATS", "RawCheckpoint", "open_raw", "resolve_dir", "sniff"]
 
 FORMATS = ("torch-zip", "torch-legacy", "pickle", "safetensors", "sharded", "dcp")
+
+# The modules that register a reader for each format (checkpoint/_raw.py), imported on first use.
+_READER_MODULES = {
+    "torch-zip": "torch_files",
+    "torch-legacy": "torch_files",
+    "pickle": "torch_files",
+    "safetensors": "safetensors_io",
+    "sharded": "sharded",
+    "dcp": "dcp",
+}
 
 # torch's legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c (protocol 2).
 _LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
@@ -52,18 +62,10 @@ _FOREIGN = {
 }
 
 
-@dataclass
-class RawCheckpoint:
-    """A checkpoint read without torch: its top-level object with tensors as ``TensorRef``."""
-
-    path: Path
-    format: str
-    obj: Any
-    metadata: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-    stand_ins: set[str] = field(default_factory=set)
-    calls: list[str] = field(default_factory=list)
+def _reader(fmt: str):
+    if fmt not in READERS:
+        importlib.import_module(f"torchsmith.checkpoint.{_READER_MODULES[fmt]}")
+    return READERS[fmt]
 
 
 def resolve_dir(path: Path) -> tuple[Path, str]:
@@ -100,22 +102,25 @@ def sniff(path: str | os.PathLike) -> str:
     if size == 0:
         raise CheckpointError(f"{path}: the file is empty (0 bytes); expected a checkpoint")
     with open(path, "rb") as f:
-        head = f.read(64)
+        head = f.read(512)
+    # Strongest evidence first: a safetensors header is checked whole (its length fits the file, it
+    # is a JSON object, every tensor's offsets lie inside the file), so a header length such as
+    # 0x280 (bytes 80 02 ..., a pickle's opening) cannot be mistaken for a pickle.
+    st_error = None
+    if len(head) >= 10 and head[8:9] == b"{":
+        try:
+            _reader("safetensors")(path)
+            return "safetensors"
+        except CheckpointError as e:
+            st_error = e
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "torch-zip"
     if head.startswith(_LEGACY_HEAD):
         return "torch-legacy"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "pickle"
-    if len(head) >= 10:
-        (n,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 8 + n <= size:
-            return "safetensors"
-        if head[8:9] == b"{":
-            raise CheckpointError(
-                f"{path}: truncated safetensors file: its header says {n} header bytes but the file "
-                f"has {size} bytes in all"
-            )
+    if st_error is not None:
+        raise st_error
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
         try:
@@ -141,22 +146,4 @@ def open_raw(path: str | os.PathLike) -> RawCheckpoint:
     fmt = sniff(path)
     if path.is_dir() and fmt != "dcp":
         path = resolve_dir(path)[0]
-    if fmt == "torch-zip":
-        from torchsmith.checkpoint.torch_files import read_torch_zip
-
-        return read_torch_zip(path)
-    if fmt in ("torch-legacy", "pickle"):
-        from torchsmith.checkpoint.torch_files import read_torch_legacy
-
-        return read_torch_legacy(path, plain=fmt == "pickle")
-    if fmt == "safetensors":
-        from torchsmith.checkpoint.safetensors_io import read_safetensors
-
-        return read_safetensors(path)
-    if fmt == "sharded":
-        from torchsmith.checkpoint.sharded import read_sharded
-
-        return read_sharded(path)
-    from torchsmith.checkpoint.dcp import read_dcp
-
-    return read_dcp(path)
+    return _reader(fmt)(path)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchsmith.checkpoint._numpy_values import numpy_global
 from torchsmith.checkpoint._refs import ITEMSIZE, STORAGE_DTYPES, StorageRef, TensorRef
 
 __all__ = [
@@ -163,19 +164,6 @@ def _reconstructor(cls, base, state=None):
     return obj
 
 
-def _numpy_scalar(dtype, data=None):
-    # numpy scalars (e.g. a saved 'best_acc') decoded by hand: importing numpy costs time.
-    import struct
-
-    codes = {"f8": "d", "f4": "f", "i8": "q", "i4": "i", "i2": "h", "i1": "b", "u1": "B", "b1": "?"}
-    code = None
-    if isinstance(dtype, StandIn) and dtype._args:
-        code = codes.get(str(dtype._args[0]))
-    if code and isinstance(data, (bytes, bytearray)) and len(data) == struct.calcsize(code):
-        return struct.unpack("<" + code, data)[0]
-    return StandInCall("numpy.core.multiarray.scalar", (dtype, data))
-
-
 # Allowed constructors that allocate are size-checked: a 34-byte pickle calling bytearray(2**30)
 # or list(range(10**9)) must fail, not allocate gigabytes.
 MAX_ALLOC_BYTES = 64 << 20
@@ -230,8 +218,6 @@ _SAFE: dict[tuple[str, str], Any] = {
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
     ("torch", "Size"): tuple,
     ("torch", "device"): lambda *a: DeviceRef(":".join(str(x) for x in a)),
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
 }
 
 
@@ -265,8 +251,13 @@ class _Unpickler(pickle.Unpickler):
             return safe
         if module == "torch" and name in ITEMSIZE:
             return DTypeRef(name)
-        if module == "torch" and name in STORAGE_DTYPES:
+        if module in ("torch", "torch.storage") and name in STORAGE_DTYPES:
+            # UntypedStorage counts bytes; the tensor's dtype comes from _rebuild_tensor_v3's argument.
             return StorageTypeRef(STORAGE_DTYPES[name], name)
+        if module == "numpy" or module.startswith("numpy."):
+            value = numpy_global(module, name)
+            if value is not None:
+                return value
         return self._stand_in(qualname, name)
 
     def _stand_in(self, qualname: str, name: str) -> type:

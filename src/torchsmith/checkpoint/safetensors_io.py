@@ -20,7 +20,7 @@ from typing import Any
 
 from torchsmith._io import pwrite_all, start_writeback
 from torchsmith.checkpoint._refs import DTYPE_TO_ST, ITEMSIZE, ST_TO_DTYPE, StorageRef, TensorRef
-from torchsmith.checkpoint.formats import RawCheckpoint
+from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
 from torchsmith.errors import CheckpointError
 
 __all__ = ["read_header", "read_safetensors", "write_safetensors"]
@@ -220,3 +220,6 @@ def write_safetensors(
                 raise CheckpointError(f"{path}: internal error: header size changed while writing")
             pwrite_all(fd, [memoryview(new)], 8)
     return sha
+
+
+register_reader("safetensors", read_safetensors)

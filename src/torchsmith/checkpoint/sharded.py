@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torchsmith.checkpoint.formats import RawCheckpoint, sniff
+from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
 from torchsmith.errors import CheckpointError, close_matches
 
 __all__ = ["parse_size", "read_sharded", "shard_names"]
@@ -51,7 +51,7 @@ def shard_names(path: Path, count: int) -> tuple[list[Path], Path]:
 
 def read_sharded(path: Path) -> RawCheckpoint:
     """Read every shard an index names into one ``RawCheckpoint`` (tensors still unread)."""
-    from torchsmith.checkpoint.formats import open_raw
+    from torchsmith.checkpoint.formats import open_raw, sniff
     from torchsmith.checkpoint.read import select_tensors
 
     try:
@@ -102,3 +102,6 @@ def read_sharded(path: Path) -> RawCheckpoint:
         raw.metadata["torchsmith.sha256"] = json.dumps(hashes, sort_keys=True)
     raw.metadata["torchsmith.shard_format"] = sniff(raw.files[0])
     return raw
+
+
+register_reader("sharded", read_sharded)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from torchsmith.checkpoint._refs import ITEMSIZE, StorageRef
-from torchsmith.checkpoint.formats import RawCheckpoint
+from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
 from torchsmith.checkpoint.pickle_reader import read_pickle, storage_from_pid
 from torchsmith.errors import CheckpointError
 
@@ -130,7 +130,11 @@ def zip_crc_errors(path: Path) -> list[str]:
     bad = []
     with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
         for info in zf.infolist():
-            f.seek(_data_offset(f, info))
+            try:
+                f.seek(_data_offset(f, info))
+            except zipfile.BadZipFile:
+                bad.append(info.filename)  # its local header is damaged: the record cannot be read
+                continue
             crc, left = 0, info.file_size
             while left > 0:
                 chunk = f.read(min(left, 1 << 24))
@@ -206,3 +210,8 @@ def read_torch_legacy(path: Path, *, plain: bool = False) -> RawCheckpoint:
     raw = RawCheckpoint(path, "torch-legacy", result.obj, stand_ins=result.stand_ins, calls=result.calls)
     _note_locations(raw, storages.values())
     return raw
+
+
+register_reader("torch-zip", read_torch_zip)
+register_reader("torch-legacy", read_torch_legacy)
+register_reader("pickle", lambda path: read_torch_legacy(path, plain=True))

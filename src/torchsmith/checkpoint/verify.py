@@ -7,6 +7,7 @@ True
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any
 
 from torchsmith.checkpoint._refs import FileMaps
@@ -39,7 +40,10 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         from torchsmith.checkpoint.torch_files import zip_crc_errors
 
         for f in zips:
-            bad_records = zip_crc_errors(f)
+            try:
+                bad_records = zip_crc_errors(f)
+            except (OSError, ValueError, zipfile.BadZipFile) as e:
+                raise CheckpointError(f"{f}: damaged zip directory: {type(e).__name__}: {e}") from None
             if bad_records:
                 keys = {r.split("/")[-1] for r in bad_records}
                 hit = [
@@ -48,7 +52,9 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                     if r.storage is not None and r.storage.key in keys and r.storage.file == str(f)
                 ]
                 what = ", ".join(repr(h) for h in hit[:5]) if hit else ", ".join(bad_records[:3])
-                raise CheckpointError(f"{f}: damaged: CRC-32 mismatch in {what} (bit flips or a bad copy)")
+                raise CheckpointError(
+                    f"{f}: damaged: record {what} is unreadable or fails its CRC-32 (bit flips or a bad copy)"
+                )
         checks.append("crc32")
     if raw.format == "dcp":
         from torchsmith.checkpoint.dcp import load_dcp_tensors
