@@ -57,7 +57,9 @@ def _scalar(dtype: Any, data: Any = None) -> Any:
     if dtype.hasobject:
         return data  # an object scalar pickles the object itself
     if not isinstance(data, bytes | bytearray) or len(data) != dtype.itemsize:
-        raise ValueError(f"numpy scalar of dtype {dtype} needs {dtype.itemsize} bytes, got {type(data).__name__}")
+        raise ValueError(
+            f"numpy scalar of dtype {dtype} needs {dtype.itemsize} bytes, got {type(data).__name__}"
+        )
     return np.frombuffer(bytes(data), dtype=dtype)[0]
 
 
@@ -82,7 +84,7 @@ _CONSTRUCTORS = {"_reconstruct": _reconstruct, "scalar": _scalar, "_frombuffer":
 
 
 def numpy_global(module: str, name: str) -> Any | None:
-    """The decoder for numpy global ``module.name`` or None when it is not one of numpy's value constructors."""
+    """The decoder for numpy global ``module.name``; None when it is not one of its value constructors."""
     if module == "numpy":
         return {"dtype": _dtype, "ndarray": _NDARRAY}.get(name)
     if module in _MODULES:

@@ -21,7 +21,8 @@ ITEMSIZE: dict[str, int] = {
     "complex64": 8, "complex128": 16, "complex32": 4,
     "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
     "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
-    "qint8": 1, "quint8": 1, "qint32": 4,
+    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
+    "bcomplex32": 4, "bits16": 2, "bits8": 1, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
 }  # fmt: skip
 
 # Legacy typed-storage class names in torch pickles -> dtype
@@ -31,6 +32,7 @@ STORAGE_DTYPES: dict[str, str] = {
     "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
     "ComplexDoubleStorage": "complex128", "ComplexFloatStorage": "complex64",
     "QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
     "UntypedStorage": "uint8",
 }  # fmt: skip
 
@@ -177,17 +179,32 @@ class FileMaps:
                 # Unaligned data (possible in hand-made safetensors files): copy it into place.
                 flat = torch.frombuffer(bytearray(buf[ref.offset : ref.offset + ref.nbytes]), dtype=dtype)
             else:
-                flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=ref.offset)
+                try:
+                    flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=ref.offset)
+                except (TypeError, ValueError, RuntimeError):  # dtypes frombuffer refuses (quint4x2...)
+                    flat = torch.frombuffer(buf, dtype=torch.uint8, count=ref.nbytes, offset=ref.offset)
+                    flat = flat.view(dtype)
         self._storages[id(ref)] = (ref, flat)
         return flat
 
 
 _INT64_MAX = (1 << 63) - 1
+# Quantized dtypes need a quantizer (scale, zero point) that a plain storage does not carry; torch
+# crashes on views of one made without it, so they are refused by name rather than materialized.
+QUANTIZED_DTYPES = {"qint8", "quint8", "qint32", "quint4x2", "quint2x4"}
 
 
 def _check_representable(ref: TensorRef) -> None:
     # torch multiplies sizes in int64 left to right (even when one is 0): [2**40, 2**40, 0] is a
     # valid empty tensor in a file but one torch cannot make. Checked with Python ints, named clearly.
+    if ref.dtype in QUANTIZED_DTYPES:
+        from torchsmith.errors import CheckpointError
+
+        where = ref.storage.file if ref.storage is not None else "checkpoint"
+        raise CheckpointError(
+            f"{where}: a tensor of quantized dtype {ref.dtype} (shape {list(ref.shape)}): quantized "
+            "tensors are not read; dequantize before saving (tensor.dequantize())"
+        )
     acc = ref.itemsize
     for d in ref.shape:
         acc *= max(int(d), 1)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import struct
 from pathlib import Path
 
 from torchsmith.checkpoint._raw import READERS, RawCheckpoint
@@ -92,10 +91,14 @@ def resolve_dir(path: Path) -> tuple[Path, str]:
 
 def sniff(path: str | os.PathLike) -> str:
     """The format of ``path`` (one of :data:`FORMATS`), read from its first bytes."""
-    path = Path(path)
+    return _sniff(Path(path))[0]
+
+
+def _sniff(path: Path) -> tuple[str, CheckpointError | None]:
+    """The format, and why the file is not valid safetensors when it started like one."""
     if path.is_dir():
         target, fmt = resolve_dir(path)
-        return fmt or sniff(target)
+        return (fmt, None) if fmt else _sniff(target)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     size = path.stat().st_size
@@ -110,15 +113,15 @@ def sniff(path: str | os.PathLike) -> str:
     if len(head) >= 10 and head[8:9] == b"{":
         try:
             _reader("safetensors")(path)
-            return "safetensors"
+            return "safetensors", None
         except CheckpointError as e:
             st_error = e
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "torch-zip"
+        return "torch-zip", st_error
     if head.startswith(_LEGACY_HEAD):
-        return "torch-legacy"
+        return "torch-legacy", st_error
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        return "pickle"
+        return "pickle", st_error
     if st_error is not None:
         raise st_error
     stripped = head.lstrip()
@@ -129,7 +132,7 @@ def sniff(path: str | os.PathLike) -> str:
         except (ValueError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: starts like JSON but is not valid JSON: {e}") from None
         if isinstance(index, dict) and isinstance(index.get("weight_map"), dict):
-            return "sharded"
+            return "sharded", None
         raise CheckpointError(f"{path}: a JSON file without a 'weight_map'; expected a sharded index.json")
     for magic, what in _FOREIGN.items():
         if head.startswith(magic) or head[257:262] == magic:
@@ -143,7 +146,13 @@ def sniff(path: str | os.PathLike) -> str:
 def open_raw(path: str | os.PathLike) -> RawCheckpoint:
     """Read ``path`` without torch: headers, pickles (restricted) and tensor locations."""
     path = Path(path)
-    fmt = sniff(path)
+    fmt, st_error = _sniff(path)
     if path.is_dir() and fmt != "dcp":
         path = resolve_dir(path)[0]
-    return _reader(fmt)(path)
+    try:
+        return _reader(fmt)(path)
+    except CheckpointError as e:
+        if st_error is None:
+            raise
+        # It began like safetensors and like a pickle and is neither: say both, safetensors first.
+        raise CheckpointError(f"{st_error} (nor is it a readable {fmt} file: {e})"[:800]) from None

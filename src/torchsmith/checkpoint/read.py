@@ -107,6 +107,8 @@ def describe_value(v: Any) -> str:
         return f"call to {v.qualname} (not executed)"
     if v is None:
         return "None"
+    if type(v).__name__ == "ndarray" and type(v).__module__ == "numpy":
+        return f"numpy array {v.dtype}{list(v.shape)}"
     return type(v).__name__
 
 

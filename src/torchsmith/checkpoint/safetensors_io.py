@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from torchsmith._io import pwrite_all, start_writeback
-from torchsmith.checkpoint._refs import DTYPE_TO_ST, ITEMSIZE, ST_TO_DTYPE, StorageRef, TensorRef
 from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
+from torchsmith.checkpoint._refs import DTYPE_TO_ST, ITEMSIZE, ST_TO_DTYPE, StorageRef, TensorRef
 from torchsmith.errors import CheckpointError
 
 __all__ = ["read_header", "read_safetensors", "write_safetensors"]

@@ -19,8 +19,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from torchsmith.checkpoint._refs import ITEMSIZE, StorageRef
 from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
+from torchsmith.checkpoint._refs import ITEMSIZE, StorageRef
 from torchsmith.checkpoint.pickle_reader import read_pickle, storage_from_pid
 from torchsmith.errors import CheckpointError
 
