@@ -44,7 +44,6 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, An
         if ra.dtype != rb.dtype:
             dtype_differs.append({"key": kb, "a": ra.dtype, "b": rb.dtype})
     if common:
-
         if raw_a.format == "dcp" or raw_b.format == "dcp":
             from torchsmith.checkpoint.read import read_state_dict
 
