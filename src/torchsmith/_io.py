@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import threading
 import uuid
@@ -94,6 +95,38 @@ def pwrite_all(fd: int, pieces: Sequence[memoryview], offset: int) -> None:
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def stale_tmp_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files that :func:`atomic_path` left next to ``path`` in processes that died.
+
+    Only names of :func:`_tmp_name`'s exact form (``.<name>.<pid>.<8 hex>.tmp``) whose process is
+    gone: a kill -9 during a write leaves one; a write in progress in a live process is left alone.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
+    found = []
+    if not path.parent.is_dir():
+        return found
+    for entry in path.parent.iterdir():
+        m = pattern.fullmatch(entry.name)
+        if m is None or not entry.is_file() or entry.is_symlink():
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        found.append(entry)
+    return sorted(found)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process (or an unknowable one): leave its files alone
+    return True
 
 
 @contextlib.contextmanager

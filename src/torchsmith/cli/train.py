@@ -33,7 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="override a recipe field by dotted key, e.g. --set train.epochs=3 (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar or per-epoch lines (the 'resumed from' line stays)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         resume=resume,
         overrides=overrides,
-        log=None if args.quiet else _log,
+        log=_notices_only if args.quiet else _log,
     )
     if _is_main():  # under torchrun, only rank 0 reports
         if args.json:
@@ -83,6 +87,15 @@ def _log(line: str) -> None:
     from torchsmith.training.api import _stderr
 
     _stderr(line)
+
+
+# Lines --quiet still prints: where a run continues from, and what a resume cleaned up.
+_NOTICES = ("resumed from ", "elastic restart", "removed ")
+
+
+def _notices_only(line: str) -> None:
+    if line.startswith(_NOTICES):
+        _log(line)
 
 
 def _is_main() -> bool:

@@ -110,15 +110,9 @@ def train(
         start = time.perf_counter()
         trainer = Trainer(r, out_dir, ctx, log=log)
         trainer.setup(resume=resume)
-        if ctx.is_main:
-            if dist_.elastic_restart() and not trainer.resumed_from:
-                log("elastic restart: no complete checkpoint yet, starting from the beginning")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            from torchsmith._io import atomic_write
-
-            with atomic_write(out_dir / "recipe.yaml", "w") as f:
-                f.write(r.to_yaml())
-        trainer.fit()
+        if ctx.is_main and dist_.elastic_restart() and not trainer.resumed_from:
+            log("elastic restart: no complete checkpoint yet, starting from the beginning")
+        trainer.fit()  # writes recipe.yaml with the run's first checkpoint
         seconds = time.perf_counter() - start
         if trainer.ctx.enabled and r["distributed"]["strategy"] == "fsdp":
             model_sd, _ = trainer._model_state()  # collective: every rank

@@ -34,6 +34,7 @@ __all__ = [
     "ResumableSampler",
     "build_datasets",
     "build_transforms",
+    "check_labels",
     "check_transforms",
     "load_images",
 ]
@@ -399,6 +400,46 @@ def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     perm = torch.randperm(n, generator=g).tolist()
     n_val = round(n * fraction)
     return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def _data_source(d: dict, split: str) -> str:
+    if d["kind"] == "csv":
+        return f"label file {d['csv']}"
+    if d["kind"] == "image_folder":
+        root = d["val_root"] if split == "validation" and d["val_root"] else d["root"]
+        return f"data folder {root}"
+    return f"data.kind {d['kind']}"
+
+
+def check_labels(dataset: RecipeDataset, num_outputs: int, d: dict, split: str = "training") -> None:
+    """Raise :class:`RecipeError` when a label of ``dataset`` has no output among the model's ``num_outputs``.
+
+    Called when the run is set up, so a 4th class folder or a CSV label 7 for a 3-output model is a
+    clear input error naming the class and a sample, not an IndexError at the first step.
+
+    >>> ds = RecipeDataset(None, ["a.png", "b.png"], [0, 3], ["cat", "dog", "eel", "fox"])
+    >>> try:
+    ...     check_labels(ds, 3, {"kind": "csv", "csv": "labels.csv"})
+    ... except RecipeError as e:
+    ...     print(str(e)[:64])
+    label file labels.csv: class 'fox' (label index 3) of 1 training
+    """
+    bad = [i for i, label in enumerate(dataset.labels) if not 0 <= label < num_outputs]
+    if not bad:
+        return
+    label = max(dataset.labels[i] for i in bad)
+    first = next(i for i in bad if dataset.labels[i] == label)
+    name = dataset.classes[label] if 0 <= label < len(dataset.classes) else str(label)
+    need = max(len(dataset.classes), label + 1)
+    item = dataset.items[first]
+    sample = repr(str(item)) if d["kind"] != "digits" else f"#{item}"
+    raise RecipeError(
+        f"{_data_source(d, split)}: class {name!r} (label index {label}) of "
+        f"{sum(dataset.labels[i] == label for i in bad)} {split} sample(s), e.g. {sample}, has no output "
+        f"in the model, which has {num_outputs} outputs (label indices 0..{num_outputs - 1}) for the "
+        f"data's {need} classes; set the model's number of classes to {need} (e.g. "
+        f"model.kwargs.num_classes: {need}) or remove those samples"
+    )
 
 
 def build_datasets(recipe: dict) -> tuple[RecipeDataset, RecipeDataset | None]:

@@ -275,6 +275,7 @@ class Trainer:
         self.writer = ckpt_.CheckpointWriter(asynchronous=bool(c.get("async", False)))
         self._pinned: dict = {}  # reused host buffers of async snapshots on a GPU
         self._ckpt_group: Any = None  # a process group of its own for DCP's background writes
+        self._recipe_written = False
 
     # ------------------------------------------------------------------ set-up
     def setup(self, resume: bool | str = False) -> None:
@@ -320,6 +321,7 @@ class Trainer:
                 f"{ctx.world_size} processes"
             )
         self.per_rank_bs = bs // ctx.world_size
+        self._check_labels()
         self.sampler = ResumableSampler(
             len(self.train_ds), shuffle=True, seed=seed, rank=ctx.rank, world_size=ctx.world_size
         )
@@ -401,9 +403,48 @@ class Trainer:
                     f"cannot resume: no checkpoint {path} (start without --resume, "
                     "or pass the run's --out folder)"
                 )
+            if ctx.is_main:
+                self._remove_stale_tmp_files()
             self._load(path)
         elif ckpt.exists() and ctx.is_main:
             self.log(f"note: {ckpt} exists and will be replaced (use --resume to continue that run)")
+
+    def _remove_stale_tmp_files(self) -> None:
+        """Delete what a kill during an atomic write of this run's files left (torchsmith's own names)."""
+        from torchsmith._io import stale_tmp_files
+
+        names = ("last.pt", "best.pt", "metrics.jsonl", "recipe.yaml", "curves.png", "model.safetensors")
+        for name in names:
+            for tmp in stale_tmp_files(self.out_dir / name):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                self.log(f"removed {tmp}, left by an interrupted write")
+
+    def _check_labels(self) -> None:
+        """Refuse labels the model has no output for, now rather than as an IndexError at step one."""
+        import torch
+        from torch.utils.data import default_collate
+
+        from torchsmith.training.data import check_labels
+
+        if not len(self.train_ds):
+            return
+        dev, t = self.ctx.device, self.recipe["train"]
+        # One sample through the model in eval mode, on a forked RNG: nothing the run draws moves.
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+            x, y = default_collate([self.train_ds[0]])
+            was_training = self.raw_model.training
+            self.raw_model.eval()
+            try:
+                with _autocast(dev, t["precision"]):
+                    out = self.raw_model(_to_device(x, dev, t["channels_last"]))
+            finally:
+                self.raw_model.train(was_training)
+        if not _is_classification(out, y):
+            return
+        check_labels(self.train_ds, out.shape[1], self.recipe["data"], "training")
+        if self.val_ds is not None:
+            check_labels(self.val_ds, out.shape[1], self.recipe["data"], "validation")
 
     def _check_unused(self) -> None:
         """Name parameters that get no gradient, on every rank, before DDP would trip over them."""
@@ -500,6 +541,13 @@ class Trainer:
 
     def _write_files(self, state: dict, best: bool, metrics: str, cleanup: bool = False) -> None:
         last = save_checkpoint(self.out_dir / "last.pt", state)
+        if not self._recipe_written:
+            # The run folder becomes this run's with its first checkpoint, not before: a run
+            # refused or failed before that leaves the old run's recipe next to its checkpoints.
+            text = self.recipe.to_yaml() if hasattr(self.recipe, "to_yaml") else json.dumps(self.recipe)
+            with atomic_write(self.out_dir / "recipe.yaml", "w") as f:
+                f.write(text)
+            self._recipe_written = True
         if best:
             with atomic_path(self.out_dir / "best.pt") as tmp:
                 # A second name for the same bytes: every write here replaces files by rename,
