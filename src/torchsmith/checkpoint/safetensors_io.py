@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
 from torchsmith.checkpoint._refs import DTYPE_TO_ST, ITEMSIZE, ST_TO_DTYPE, StorageRef, TensorRef
 from torchsmith.errors import CheckpointError
 
-__all__ = ["read_header", "read_safetensors", "write_safetensors"]
+__all__ = ["read_header", "read_safetensors", "validate_header", "write_safetensors"]
 
 _MAX_HEADER = 100 * 1024 * 1024
 # Threads hashing beside the writer: leave one core to the thread that writes.
@@ -59,6 +60,69 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
+def validate_header(header: dict[str, Any], data_size: int, where: str | os.PathLike = "safetensors") -> None:
+    """Check a parsed safetensors header against the format's rules; ``CheckpointError`` if broken.
+
+    ``data_size`` is the number of bytes after the header. Every entry needs a known ``dtype``, a
+    ``shape`` of non-negative ints and ``data_offsets`` [begin, end] whose span is exactly the bytes
+    that shape needs; sorted by offset the tensors must tile the data with no overlap and no gap, and
+    end exactly at ``data_size`` (the format forbids holes). ``__metadata__`` must map strings to
+    strings. Needs no torch; cheap enough to sniff a file before trusting anything in it.
+    """
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(k, str) for k in meta)):
+        raise CheckpointError(
+            f"{where}: damaged safetensors header: __metadata__ is not an object of strings"
+        )
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{where}: damaged safetensors header entry for tensor {name!r:.80}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in ST_TO_DTYPE:
+            raise CheckpointError(
+                f"{where}: damaged safetensors header entry for tensor {name!r:.80} (dtype {dtype!r:.40}); "
+                f"expected dtype in {sorted(ST_TO_DTYPE)}, a shape and data_offsets"
+            )
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise CheckpointError(f"{where}: tensor {name!r:.80}: shape {shape!r:.60} is not a list of sizes")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(x) is int and x >= 0 for x in offsets)
+        ):
+            raise CheckpointError(
+                f"{where}: tensor {name!r:.80}: data_offsets {offsets!r:.60} are not [begin, end]"
+            )
+        begin, end = offsets
+        need = math.prod(shape) * ITEMSIZE[ST_TO_DTYPE[dtype]]
+        if end < begin or end - begin != need:
+            raise CheckpointError(
+                f"{where}: tensor {name!r:.80}: shape {shape} of {ST_TO_DTYPE[dtype]} needs {need} bytes "
+                f"but its data_offsets [{begin}, {end}] span {end - begin}"
+            )
+        if end > data_size:
+            raise CheckpointError(
+                f"{where}: truncated safetensors file: tensor {name!r:.80} ends at data byte {end} "
+                f"of {data_size}"
+            )
+        spans.append((begin, end, name))
+    spans.sort()
+    pos = 0
+    for begin, end, name in spans:
+        if begin != pos:
+            what = "overlaps the tensor before it" if begin < pos else f"leaves a gap of {begin - pos} bytes"
+            raise CheckpointError(f"{where}: damaged safetensors file: tensor {name!r:.80} {what}")
+        pos = end
+    if pos != data_size:
+        raise CheckpointError(
+            f"{where}: damaged safetensors file: {data_size - pos} bytes after the last tensor (the format "
+            "forbids holes)"
+        )
+
+
 def read_safetensors(path: Path) -> RawCheckpoint:
     """Describe a safetensors file: ``TensorRef`` per tensor, plus its ``__metadata__``."""
     header, start = read_header(path)
@@ -66,6 +130,7 @@ def read_safetensors(path: Path) -> RawCheckpoint:
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: damaged safetensors header: __metadata__ is not an object")
+    validate_header(header, size - start, path)
     tensors: dict[str, TensorRef] = {}
     end_max = 0
     for name, info in header.items():

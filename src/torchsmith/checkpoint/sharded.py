@@ -61,10 +61,25 @@ def read_sharded(path: Path) -> RawCheckpoint:
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{path}: sharded index without a 'weight_map' naming tensors and shard files")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CheckpointError(f"{path}: sharded index 'weight_map' must map tensor names to shard file names")
     files = sorted(set(weight_map.values()))
     present = [p.name for p in path.parent.iterdir()]
+    root = path.parent.resolve()
     for name in files:
-        shard = path.parent / str(name)
+        # Shards live in the index's folder: no absolute paths, no '..', no symlink leading out.
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or "\\" in name or ":" in name:
+            raise CheckpointError(
+                f"{path}: the index names shard {name[:120]!r}, which is not a file inside the index's folder"
+            )
+        shard = path.parent / name
+        resolved = shard.resolve()
+        if root not in resolved.parents:
+            raise CheckpointError(
+                f"{path}: shard {name[:120]!r} leads outside the index's folder (a symlink?); "
+                "refusing to read it"
+            )
         if not shard.is_file():
             raise CheckpointError(
                 f"{path}: the index names shard {name!r}, which is missing{close_matches(str(name), present)}"
@@ -77,9 +92,15 @@ def read_sharded(path: Path) -> RawCheckpoint:
     hashes: dict[str, str] = {}
     for name in files:
         shard_path = path.parent / name
-        if sniff(shard_path) in ("sharded", "dcp"):
-            raise CheckpointError(f"{path}: shard {name!r} is itself an index or directory")
-        shard = open_raw(shard_path)
+        try:
+            if sniff(shard_path) in ("sharded", "dcp"):
+                raise CheckpointError(f"{path}: shard {name!r} is itself an index or directory")
+            shard = open_raw(shard_path)
+        except CheckpointError as e:
+            # Say what is wrong without echoing the bytes of a file the user did not name.
+            why = str(e).removeprefix(str(shard_path) + ": ")
+            why = why.split(": starts with bytes")[0] if "starts with bytes" in why else why
+            raise CheckpointError(f"{path}: shard {name!r}: {why[:200]}") from None
 
         found, _, _, _ = select_tensors(shard)
         expected = [k for k, v in weight_map.items() if v == name]

@@ -62,6 +62,28 @@ def read_torch_zip(path: Path) -> RawCheckpoint:
         raise _bad(path, "damaged or truncated zip (torch.save) file", e) from None
 
 
+# A zip member is read only up to this many bytes, and a compressed one may inflate to at most
+# _MAX_RATIO times the archive: a 1.5 MB zip must not cost 3 GiB of memory.
+_MAX_MEMBER = 1 << 30
+_MAX_RATIO = 20
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int, path: Path) -> bytes:
+    cap = min(_MAX_MEMBER, max(16 << 20, _MAX_RATIO * archive_size))
+    if info.compress_type == zipfile.ZIP_STORED:
+        cap = min(cap, archive_size)
+    if info.file_size > cap:
+        raise CheckpointError(
+            f"{path}: zip member {info.filename[:80]!r} declares {info.file_size} bytes, more than the "
+            f"{cap} a {archive_size}-byte archive may hold (a zip bomb?)"
+        )
+    with zf.open(info) as member:  # zipfile stops at the declared size and checks the CRC
+        data = member.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise CheckpointError(f"{path}: zip member {info.filename[:80]!r} is longer than it declares")
+    return data
+
+
 def _read_torch_zip(path: Path) -> RawCheckpoint:
     try:
         zf = zipfile.ZipFile(path)
@@ -80,9 +102,9 @@ def _read_torch_zip(path: Path) -> RawCheckpoint:
         pkl = min(pkls, key=len)
         prefix = pkl[: -len("data.pkl")]
         order = infos.get(prefix + "byteorder")
-        if order is not None and zf.read(order).strip() not in (b"little", b""):
-            raise CheckpointError(f"{path}: saved on a big-endian machine; only little-endian is supported")
         size = path.stat().st_size
+        if order is not None and _read_member(zf, order, size, path).strip() not in (b"little", b""):
+            raise CheckpointError(f"{path}: saved on a big-endian machine; only little-endian is supported")
         storages: dict[str, StorageRef] = {}
         with open(path, "rb") as f:
 
@@ -108,7 +130,7 @@ def _read_torch_zip(path: Path) -> RawCheckpoint:
                 return ref
 
             try:
-                result = read_pickle(io.BytesIO(zf.read(pkl)), persistent_load)
+                result = read_pickle(io.BytesIO(_read_member(zf, infos[pkl], size, path)), persistent_load)
             except CheckpointError:
                 raise
             except Exception as e:
@@ -117,7 +139,7 @@ def _read_torch_zip(path: Path) -> RawCheckpoint:
         meta = infos.get(prefix + METADATA_RECORD)
         if meta is not None:
             try:
-                data = json.loads(zf.read(meta))
+                data = json.loads(_read_member(zf, meta, size, path))
             except (ValueError, zipfile.BadZipFile, zlib.error) as e:
                 raise _bad(path, f"damaged metadata record {METADATA_RECORD}", e) from None
             raw.metadata = {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
