@@ -4,7 +4,8 @@ The seed (001) saves ``net.state_dict()``, loads it, keeps the keys the new net 
 ``update``s the new net's state dict -- then never calls ``load_state_dict``. ``state_dict()``
 returns a fresh dict, so the update changes nothing and the "fine-tuned" net keeps its random
 weights, silently (trap 5). ``torchsmith.load_weights`` does the whole job in one call, returns a
-report of what was loaded, adapted, skipped and missing, and raises when nothing was loaded.
+report of what was loaded, adapted, skipped and missing, and raises when nothing was loaded or the
+file is another architecture (``allow_partial=True`` keeps the matching keys on purpose).
 
 Run: ``python examples/transfer/s15_transfer_learning.py``
 """
@@ -54,6 +55,17 @@ def main(image_size: int = 64) -> dict:
         init_report = init_weights(net3, [InitRule("normal", type="Linear", std=0.01)], skip=report, seed=0)
         print(init_report)
 
+        # another architecture (a bigger image: fc1 takes more inputs) is refused, not half-loaded
+        # silently; the seed's "keep the keys both have" is one explicit word: allow_partial=True
+        try:
+            load_weights(Net(image_size * 2), path)
+            partial_refused = ""
+        except torchsmith.TransferError as e:
+            partial_refused = str(e)
+            print(f"refused: {partial_refused}")
+        partial = load_weights(Net(image_size * 2), path, allow_partial=True)
+        print(partial.summary())
+
         # a load that takes nothing raises instead of passing silently
         try:
             load_weights(Net(image_size), {"backbone.conv.weight": torch.zeros(1)})
@@ -70,6 +82,8 @@ def main(image_size: int = 64) -> dict:
         "conv1_skipped": "conv1.weight" in init_report.skipped,
         "still_loaded": torch.equal(net3.conv1.weight, net.conv1.weight),
         "refused": refused,
+        "partial_refused": partial_refused,
+        "partial_skipped": [e["key"] for e in partial.skipped_shape],
     }
 
 

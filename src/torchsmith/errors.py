@@ -51,8 +51,9 @@ class SurgeryError(InputError):
     """A model surgery cannot be done as asked (bad path, shape, or no candidate found)."""
 
 
-class TransferError(TorchsmithError):
-    """Weights could not be moved into a model as asked (nothing loaded, ambiguous match...)."""
+class TransferError(InputError):
+    """Weights could not be moved into a model as asked (nothing loaded, another architecture,
+    ambiguous match...): the source and the model do not fit, which is bad input (exit code 2)."""
 
 
 class DistributedError(TorchsmithError):

@@ -34,20 +34,21 @@ def test_load_json_parses_and_reports_the_new_head(tmp_path, capsys):
 def test_load_table_and_exit_codes(tmp_path, capsys):
     path, _ = _resnet18_file(tmp_path)
     out_file = tmp_path / "out.safetensors"
-    # Less than the asked fraction: the report is still printed, exit 1, nothing saved.
+    # Less than the asked fraction: the report is still printed, exit 2, nothing saved.
     rc = main(["load", "torchvision:resnet18", str(path), "--arg", "num_classes=10", "--min-fraction", "1",
                "-o", str(out_file)])  # fmt: skip
     captured = capsys.readouterr()
-    assert rc == 1 and not out_file.exists()
+    assert rc == 2 and not out_file.exists()
     assert "skipped (shape)" in captured.out and "fc.weight" in captured.out
-    assert "needed 100.0% of the parameters; nothing saved" in captured.err
-    # Nothing in common: exit 1 by default.
+    assert "nothing saved" in captured.out
+    assert "less than min_fraction=100.0%; nothing was loaded" in captured.err
+    # Nothing in common: refused by default, with a hint.
     other = tmp_path / "other.safetensors"
     save_file({"encoder.w": torch.zeros(2, 2)}, str(other))
     rc = main(["load", "mlp", str(other)])
     captured = capsys.readouterr()
-    assert rc == 1 and "unexpected" in captured.out and "needed any parameter" in captured.err
-    assert "try --rename REGEX=REPL or --match structure" in captured.err
+    assert rc == 2 and "unexpected" in captured.out and "nothing was loaded" in captured.err
+    assert "rename=" in captured.err and "match='structure'" in captured.err
     # Bad input: exit 2, one line.
     rc = main(["load", "torchvision:resnet181", str(path)])
     assert rc == 2 and "did you mean 'resnet18'" in capsys.readouterr().err

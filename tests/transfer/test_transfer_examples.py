@@ -28,5 +28,9 @@ def test_s15_trap5_is_silent_in_the_seed_and_loud_in_torchsmith(capsys):
     assert r["skipped"] == ["fc3.weight", "fc3.bias"] and 0.99 < r["fraction"] < 1
     assert r["head_rule"] == "#0 normal" and r["conv1_skipped"]
     assert "nothing was loaded" in r["refused"]
+    assert (
+        "looks like another architecture" in r["partial_refused"] and "'fc1.weight'" in r["partial_refused"]
+    )
+    assert r["partial_skipped"] == ["fc1.weight"]
     out = capsys.readouterr().out
     assert "(101, 128) vs (10, 128)" in out and "weights loaded = False" in out

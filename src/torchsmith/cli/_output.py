@@ -14,6 +14,19 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def error_json(message: str, kind: str, exit_code: int, details: Any = None) -> None:
+    """What ``--json`` prints when a command fails: ``{"error", "kind", "exit_code"}`` (+ ``details``).
+
+    ``kind`` is the error's class (``"CheckpointError"``, ``"TransferError"``...), ``"usage"`` for a
+    command line argparse refused, ``"internal"`` for a bug, ``"interrupted"`` for Ctrl-C. The
+    message is also written to stderr, as without ``--json``.
+    """
+    obj: dict[str, Any] = {"error": message, "kind": kind, "exit_code": exit_code}
+    if details:
+        obj["details"] = details
+    print_json(obj)
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
     """An aligned plain-text table. ``align`` has one letter per column, ``l`` or ``r``."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]

@@ -9,8 +9,9 @@ DESCRIPTION = (
     "Build MODEL (a zoo name, 'torchvision:NAME', 'timm:NAME' or a spec file) with random weights, load "
     "CKPT into it and print the report: loaded, adapted, skipped-for-shape, missing and unexpected keys "
     "and the share of parameters that came from the checkpoint. --match structure ports weights between "
-    "two implementations whose names differ. Exit code 1 when less than --min-fraction was loaded "
-    "(default: when nothing was)."
+    "two implementations whose names differ. A load that takes nothing, or that shows another "
+    "architecture (shape skips outside the head and the input layer, or less than --min-fraction, default "
+    "50%, of the parameters loaded), is refused with exit code 2 and nothing saved, unless --allow-partial."
 )
 
 
@@ -39,7 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="F",
-        help="exit 1 (and save nothing) when less than this share of parameters was loaded",
+        help="refuse (exit 2, save nothing) when less than this share of parameters is loaded (default 0.5; "
+        "an explicit value applies even with --allow-partial)",
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="load the keys both sides have even from another architecture (warned on stderr)",
     )
     p.add_argument(
         "--trust-pickle", action="store_true", help="allow unpickling arbitrary objects (trusted files)"
@@ -92,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from torchsmith.cli._output import model_kwargs, parse_shape, print_json
-    from torchsmith.errors import InputError
+    from torchsmith.errors import InputError, TransferError
     from torchsmith.transfer import load_weights
 
     if args.min_fraction is not None and not 0.0 <= args.min_fraction <= 1.0:
@@ -108,51 +115,48 @@ def run(args: argparse.Namespace) -> int:
 
         source, _ = load_source_model(args.source_model, args.checkpoint, trust_pickle=args.trust_pickle)
         source_note = f"{args.checkpoint} loaded by name into {args.source_model}, then ported by structure"
-    report = load_weights(
-        model,
-        source,
-        match=args.match,
-        rename=args.rename,
-        include=args.include,
-        exclude=args.exclude,
-        strict=args.strict,
-        adapt=adapt,
-        allow_empty=True,  # the report is printed first; the exit code says whether enough was loaded
-        trust_pickle=args.trust_pickle,
-        example_input=example,
-    )
+    head = {"model": args.model, "checkpoint": args.checkpoint}
+    try:
+        report = load_weights(
+            model,
+            source,
+            match=args.match,
+            rename=args.rename,
+            include=args.include,
+            exclude=args.exclude,
+            strict=args.strict,
+            adapt=adapt,
+            allow_partial=args.allow_partial,
+            min_fraction=args.min_fraction,
+            trust_pickle=args.trust_pickle,
+            example_input=example,
+        )
+    except TransferError as e:
+        refused = getattr(e, "report", None)
+        if refused is not None:  # show what would have been loaded, then the error (exit 2)
+            if source_note:
+                refused.notes.insert(0, source_note)
+            if args.json:
+                e.details = {**head, "ok": False, "output": None, **refused.to_dict()}  # type: ignore[attr-defined]
+            else:
+                print(refused.format(show_loaded=args.show_loaded))
+                if args.output:
+                    print("nothing saved")
+        raise
     if source_note:
         report.notes.insert(0, source_note)
-    loaded_any = bool(report.loaded or report.adapted)
-    enough = loaded_any and (args.min_fraction is None or report.fraction >= args.min_fraction)
     saved = None
-    if enough and args.output:
+    if args.output:
         from torchsmith.checkpoint import save
 
         saved = str(save(model, args.output))
     if args.json:
-        print_json(
-            {
-                "model": args.model,
-                "checkpoint": args.checkpoint,
-                "ok": enough,
-                "output": saved,
-                **report.to_dict(),
-            }
-        )
+        print_json({**head, "ok": True, "output": saved, **report.to_dict()})
     else:
         print(report.format(show_loaded=args.show_loaded))
         if saved:
             print(f"saved to {saved}")
-    if not enough:
-        need = "any parameter" if args.min_fraction is None else f"{args.min_fraction:.1%} of the parameters"
-        hint = ""
-        if not loaded_any and args.match == "name" and report.unexpected:
-            hint = "; if the names differ, try --rename REGEX=REPL or --match structure"
-        print(
-            f"torchsmith load: {report.fraction:.2%} of the model's parameters came from {args.checkpoint}; "
-            f"needed {need}" + ("; nothing saved" if args.output else "") + hint,
-            file=sys.stderr,
-        )
-        return 1
+    partial = [n for n in report.notes if n.startswith("partial load allowed")]
+    if partial:  # asked for, but never silent
+        print(f"torchsmith load: warning: {partial[0]}", file=sys.stderr)
     return 0

@@ -5,7 +5,10 @@ and ``run(args) -> int``. Command modules import torch only inside ``run``, so `
 and light commands start fast.
 
 Exit codes: 0 ok, 1 failure, 2 bad usage or bad input. A :class:`TorchsmithError` becomes one line
-on stderr; ``--debug`` shows the traceback instead.
+on stderr; ``--debug`` shows the traceback instead. With ``--json`` every failure -- bad usage, bad
+input, a failure, an internal error -- also prints one JSON object on stdout,
+``{"error": MESSAGE, "kind": ..., "exit_code": N}`` (see :func:`torchsmith.cli._output.error_json`),
+so a machine reading stdout always gets JSON.
 """
 
 from __future__ import annotations
@@ -32,8 +35,21 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors reach :func:`main` (which prints them as text or JSON)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="torchsmith",
         description="Define, reshape, initialise, transfer, train and save PyTorch models.",
     )
@@ -59,26 +75,43 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from torchsmith.cli._output import error_json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        if "--json" in argv:
+            error_json(str(e), "usage", 2)
+        e.parser.print_usage(sys.stderr)
+        print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     from torchsmith.errors import TorchsmithError
 
+    as_json = bool(getattr(args, "json", False))
     try:
         return int(args._run(args) or 0)
     except TorchsmithError as e:
         if args.debug:
             raise
+        if as_json:
+            error_json(str(e), type(e).__name__, e.exit_code, getattr(e, "details", None))
         print(f"torchsmith {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        if as_json:
+            error_json("interrupted", "interrupted", 130)
         print(f"torchsmith {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         if args.debug:
             raise
+        if as_json:
+            error_json(f"{type(e).__name__}: {e}", "internal", 1)
         print(
             f"torchsmith {args.command}: internal error: {type(e).__name__}: {e} "
             "(run with --debug for the traceback)",

@@ -3,7 +3,9 @@
 The seed's transfer learning (S15) keeps the pretrained keys whose names are in the new model and
 ``update``s a dict -- and never calls ``load_state_dict`` (trap 5), so nothing is loaded and nothing
 says so. :func:`load_weights` does the whole job in one call and returns a
-:class:`~torchsmith.transfer.TransferReport`; a call that would load nothing raises.
+:class:`~torchsmith.transfer.TransferReport`; a call that would load nothing raises, and so does
+one whose source is evidently another architecture (partial loads are loud) unless
+``allow_partial=True``. A new head or input layer is normal:
 
 >>> import torchvision
 >>> src = torchvision.models.resnet18(num_classes=1000).state_dict()
@@ -20,13 +22,14 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torchsmith._patterns import compile_regex
 from torchsmith.errors import InputError, TorchsmithError, TransferError, close_matches
 from torchsmith.transfer.report import TransferReport
 
-__all__ = ["ADAPTATIONS", "load_weights", "resolve_source"]
+__all__ = ["ADAPTATIONS", "ARCHITECTURE_MISMATCH", "DEFAULT_MIN_FRACTION", "load_weights", "resolve_source"]
 
 #: Shape adaptations :func:`load_weights` can make. ``input_channels`` is on by default (its meaning is
 #: clear); ``classifier`` is opt-in because a 1000-class head cut to 10 classes keeps 10 *ImageNet*
@@ -173,27 +176,43 @@ def _first_components(keys: Iterable[str], depth: int) -> Counter:
 
 
 def _match_names(src_keys: list[str], tgt_keys: list[str], renames: list[tuple[str, str]], notes: list[str]):
+    """Fit source keys to the model's: wrappers, the user's renames, then one automatic prefix.
+
+    Notes say what was done; keys changed by the automatic prefix are never counted as "renamed by
+    rules" (only the caller's own ``rename`` rules are).
+    """
     from torchsmith.checkpoint.keys import fit_keys
 
     best = fit_keys(src_keys, tgt_keys, renames=renames)
-    if not best.unmatched_source or not best.unmatched_target:
-        return best
-    # A prefix that is not a wrapper: a Lightning "model.", a "backbone." saved alone or loaded into one.
-    candidates: list[tuple[str, list[tuple[str, str]]]] = []
-    for depth in (1, 2):
-        for p, n in _first_components(best.unmatched_source, depth).most_common(3):
-            if n >= 2:
-                candidates.append((f"removed prefix {p!r} from the source keys", [(rf"^{re.escape(p)}", "")]))
-        for p, n in _first_components(best.unmatched_target, depth).most_common(3):
-            if n >= 2:
-                candidates.append((f"added prefix {p!r} to the source keys", [(r"^", p)]))
-    chosen = None
-    for note, rule in candidates:
-        trial = fit_keys(src_keys, tgt_keys, renames=[*renames, *rule])
-        if len(trial.mapping) > len(best.mapping):
-            best, chosen = trial, note
-    if chosen:
-        notes.append(chosen)
+    user_renamed = set(best.renamed)
+    if best.unmatched_source and best.unmatched_target:
+        # A prefix that is not a wrapper: a Lightning "model.", a "backbone." saved alone or loaded into one.
+        candidates: list[tuple[str, list[tuple[str, str]]]] = []
+        for depth in (1, 2):
+            for p, n in _first_components(best.unmatched_source, depth).most_common(3):
+                if n >= 2:
+                    candidates.append(
+                        (f"removed prefix {p!r} from the source keys", [(rf"^{re.escape(p)}", "")])
+                    )
+            for p, n in _first_components(best.unmatched_target, depth).most_common(3):
+                if n >= 2:
+                    candidates.append((f"added prefix {p!r} to the source keys", [(r"^", p)]))
+        chosen = None
+        for note, rule in candidates:
+            trial = fit_keys(src_keys, tgt_keys, renames=[*renames, *rule])
+            if len(trial.mapping) > len(best.mapping):
+                best, chosen = trial, note
+        if chosen:
+            notes.append(chosen)
+    fitted_notes = []
+    if best.prefixes_removed:
+        fitted_notes.append("removed wrapper prefix " + ", ".join(map(repr, best.prefixes_removed)))
+    if best.prefixes_added:
+        fitted_notes.append("added wrapper prefix " + ", ".join(map(repr, best.prefixes_added)))
+    n_renamed = len(user_renamed & set(best.mapping)) if renames else 0
+    if n_renamed:
+        fitted_notes.append(f"{n_renamed} source keys renamed by rules")
+    notes[:0] = fitted_notes
     return best
 
 
@@ -277,6 +296,168 @@ def _adapt(
 
 
 # ----------------------------------------------------------------------------------------------------
+# pairing: which source tensor goes into which model key
+
+
+class _Filter:
+    """``include``/``exclude`` patterns, tested against the model key and the source key of a pair."""
+
+    def __init__(self, include: Iterable[str], exclude: Iterable[str]) -> None:
+        self.excluded_by, _ = _pattern_matcher(exclude, "exclude")
+        self.included_by, self.has_include = _pattern_matcher(include, "include")
+
+    def dropped(self, t_key: str, s_key: str = "") -> str | None:
+        """Why the pair is left out (``"exclude 'fc'"``, ``"not in include"``), or ``None``."""
+        p = self.excluded_by(t_key, s_key)
+        if p is not None:
+            return f"exclude {p!r}"
+        if self.has_include and self.included_by(t_key, s_key) is None:
+            return "not in include"
+        return None
+
+
+@dataclass
+class _Pairing:
+    """Model key -> source key, and how to get the source value for a model key."""
+
+    pairs: dict[str, str]
+    src_sd: dict[str, Any]
+    structure: Any = None  # the StructureMatch, whose equivalences may reshape or combine tensors
+    order: list[str] | None = None  # the model's modules in forward order, when traced
+    filter_pairs: bool = True  # name matches filter each pair; structure matches filter beforehand
+
+    def value(self, t_key: str, shape: Any) -> Any:
+        if self.structure is None:
+            return self.src_sd[self.pairs[t_key]]
+        return self.structure.value(t_key, self.src_sd, shape)  # equivalences applied
+
+    def sources(self, t_key: str) -> list[str]:
+        return [self.pairs[t_key]] if self.structure is None else list(self.structure.sources(t_key))
+
+
+def _pair_by_name(src_sd: dict[str, Any], tgt_keys: list[str], rename: Any, notes: list[str]) -> _Pairing:
+    fitted = _match_names(list(src_sd), tgt_keys, _parse_renames(rename), notes)
+    return _Pairing({t: s for s, t in fitted.mapping.items()}, src_sd)
+
+
+def _pair_by_structure(
+    target: Any,
+    src_sd: dict[str, Any],
+    tgt_sd: dict[str, Any],
+    src_module: Any,
+    filt: _Filter,
+    report: TransferReport,
+    example_input: Any,
+    order: str,
+) -> _Pairing:
+    from torchsmith.transfer.structure import match_structure
+
+    keep_t = [k for k in tgt_sd if filt.dropped(k) is None]
+    keep_s = [
+        k
+        for k in src_sd
+        if filt.excluded_by(k) is None and (not filt.has_include or filt.included_by(k) is not None)
+    ]
+    sm = match_structure(
+        target,
+        {k: src_sd[k] for k in keep_s},
+        target_keys=keep_t,
+        source_module=src_module,
+        example_input=example_input,
+        order=order,
+    )
+    report.mapping = sm.mapping
+    report.notes.extend(sm.notes)
+    report.notes.extend(f"equivalence {e}" for e in sm.equivalences)
+    for k in tgt_sd:
+        if k not in keep_t:
+            report.excluded.append(
+                {"key": k, "source_key": "", "shape": tuple(tgt_sd[k].shape), "why": filt.dropped(k)}
+            )
+    for k in src_sd:
+        if k not in keep_s:
+            report.excluded.append(
+                {"key": "", "source_key": k, "shape": tuple(src_sd[k].shape), "why": "filtered"}
+            )
+    return _Pairing(sm.pairs, src_sd, structure=sm, order=sm.target_order, filter_pairs=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the plan: what each model key gets
+
+
+def _plan(
+    target: Any,
+    tgt_sd: dict[str, Any],
+    pairing: _Pairing,
+    filt: _Filter,
+    modes: set[str],
+    report: TransferReport,
+) -> dict[str, Any]:
+    """Fill the report's loaded/adapted/skipped/missing/unexpected lists; return the new values."""
+    first_conv, head = _first_conv_and_head(target, pairing.order)
+    new_values: dict[str, Any] = {}
+    from_source: dict[str, int] = {}
+    used_source: set[str] = set()
+    for t_key, tgt in tgt_sd.items():
+        s_key = pairing.pairs.get(t_key)
+        if s_key is None:
+            continue
+        src = pairing.value(t_key, tgt.shape)
+        used_source.update(pairing.sources(t_key))
+        why = filt.dropped(t_key, s_key) if pairing.filter_pairs else None
+        if why:
+            report.excluded.append({"key": t_key, "source_key": s_key, "shape": tuple(tgt.shape), "why": why})
+            continue
+        if tuple(src.shape) == tuple(tgt.shape):
+            new_values[t_key] = src
+            from_source[t_key] = tgt.numel()
+            report.loaded.append({"key": t_key, "source_key": s_key, "shape": tuple(tgt.shape)})
+            continue
+        entry = {
+            "key": t_key,
+            "source_key": s_key,
+            "source_shape": tuple(src.shape),
+            "shape": tuple(tgt.shape),
+        }
+        result = _adapt(t_key, src, tgt, modes, first_conv, head, target)
+        if isinstance(result, tuple):
+            value, how, n_src = result
+            new_values[t_key] = value
+            from_source[t_key] = n_src
+            report.adapted.append({**entry, "how": how})
+        else:
+            report.skipped_shape.append({**entry, "why": result})
+    report.missing = [
+        {"key": k, "shape": tuple(v.shape)} for k, v in tgt_sd.items() if k not in pairing.pairs
+    ]
+    excluded_sources = {e["source_key"] for e in report.excluded}
+    report.unexpected = [
+        {"key": k, "shape": tuple(v.shape)}
+        for k, v in pairing.src_sd.items()
+        if k not in used_source and k not in excluded_sources
+    ]
+    _count_parameters(target, from_source, report)
+    casts = [t for t in new_values if pairing.src_sd[pairing.pairs[t]].dtype != tgt_sd[t].dtype]
+    if casts:
+        report.notes.append(
+            f"{len(casts)} source tensors had another dtype and were cast to the model's dtype"
+        )
+    return new_values
+
+
+def _count_parameters(target: Any, from_source: dict[str, int], report: TransferReport) -> None:
+    """Parameter elements (not buffers), each tensor counted once even if tied under several names."""
+    seen: set[int] = set()
+    for name, p in target.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        report.params_total += p.numel()
+        report.params_from_source += from_source.get(name, 0)
+
+
+# ----------------------------------------------------------------------------------------------------
 # the entry point
 
 
@@ -290,6 +471,7 @@ def load_weights(
     exclude: Iterable[str] = (),
     strict: bool | str = False,
     adapt: bool | str | Iterable[str] = True,
+    allow_partial: bool = False,
     min_fraction: float | None = None,
     allow_empty: bool = False,
     trust_pickle: bool = False,
@@ -318,17 +500,24 @@ def load_weights(
     new rows keeping the model's own initialisation. ``False`` adapts nothing. Every other shape
     mismatch is skipped and reported, never loaded silently.
 
+    **Partial loads are loud.** A load where the architectures evidently differ raises
+    :class:`~torchsmith.errors.TransferError` naming the fraction and the first mismatches: a tensor
+    outside the head and the input layer has another shape (see :data:`ARCHITECTURE_MISMATCH`), or
+    less than ``min_fraction`` (default 0.5) of the model's parameters would come from the source.
+    A new head (another number of classes or outputs) and a changed input layer are normal.
+    ``allow_partial=True`` loads the matching keys anyway (the seed's "keep the keys both have",
+    S15); the report then notes the mismatch. An explicit ``min_fraction`` applies even then.
+
     ``strict``: ``False``/``"none"`` (default) loads what fits; ``"target"`` requires every model key
     to be loaded or adapted; ``True``/``"all"`` also requires every source key to be used. Checks
-    run before anything is copied, so a refused load leaves the model untouched. ``min_fraction``
-    raises when less than that share of the model's parameters came from the source. A load that
-    takes nothing at all raises :class:`~torchsmith.errors.TransferError` unless ``allow_empty``.
-    ``trust_pickle`` is passed to the checkpoint reader. ``dry_run`` plans and reports only.
+    run before anything is copied, so a refused load leaves the model untouched. A load that takes
+    nothing at all raises unless ``allow_empty``. ``trust_pickle`` is passed to the checkpoint
+    reader. ``dry_run`` plans and reports only (and refuses what the real load would refuse).
 
     >>> import torch.nn as nn
     >>> src = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     >>> dst = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 5))
-    >>> r = load_weights(dst, nn.DataParallel(src), exclude=["2"])
+    >>> r = load_weights(dst, nn.DataParallel(src), exclude=["2"], allow_partial=True)
     >>> r.counts()["loaded"], r.counts()["excluded"]
     (2, 2)
     """
@@ -336,17 +525,7 @@ def load_weights(
 
     from torchsmith._modules import check_state_dict_intact, unwrap_model
 
-    if match not in ("name", "structure"):
-        raise InputError(
-            f"match: expected 'name' or 'structure', got {match!r}"
-            f"{close_matches(str(match), ['name', 'structure'])}"
-        )
-    if strict not in _STRICT_LEVELS:
-        raise InputError(f"strict: expected False, 'none', 'target', True or 'all', got {strict!r}")
-    strict_level = _STRICT_LEVELS[strict]
-    modes = _parse_adapt(adapt)
-    if min_fraction is not None and not (0.0 <= float(min_fraction) <= 1.0):
-        raise InputError(f"min_fraction: expected a number between 0 and 1, got {min_fraction!r}")
+    strict_level, modes = _check_options(match, strict, adapt, min_fraction, rename)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model: expected an nn.Module, got {type(model).__name__}")
     check_state_dict_intact(model, "model")
@@ -357,169 +536,68 @@ def load_weights(
     )
     report = TransferReport(source=src_desc, match=match, notes=notes)
     tgt_sd = target.state_dict(keep_vars=True)
-    tgt_keys = list(tgt_sd)
-    src_keys = list(src_sd)
-    excluded_by, _ = _pattern_matcher(exclude, "exclude")
-    included_by, has_filter_in = _pattern_matcher(include, "include")
-
-    def dropped(t_key: str, s_key: str) -> str | None:
-        p = excluded_by(t_key, s_key)
-        if p is not None:
-            return f"exclude {p!r}"
-        if has_filter_in and included_by(t_key, s_key) is None:
-            return "not in include"
-        return None
-
-    order_hint = None
-    sm = None
+    filt = _Filter(include, exclude)
     if match == "name":
-        renames = _parse_renames(rename)
-        fitted = _match_names(src_keys, tgt_keys, renames, notes)
-        pairs = {t: s for s, t in fitted.mapping.items()}  # target key -> source key
-        prefix_notes = []
-        if fitted.prefixes_removed:
-            prefix_notes.append("removed wrapper prefix " + ", ".join(map(repr, fitted.prefixes_removed)))
-        if fitted.prefixes_added:
-            prefix_notes.append("added wrapper prefix " + ", ".join(map(repr, fitted.prefixes_added)))
-        if fitted.renamed:
-            prefix_notes.append(f"{len(fitted.renamed)} source keys renamed by rules")
-        notes[:0] = prefix_notes
+        pairing = _pair_by_name(src_sd, list(tgt_sd), rename, notes)
     else:
-        if rename:
-            raise InputError(
-                "rename: not used with match='structure' (names are ignored); use include/exclude"
-            )
-        from torchsmith.transfer.structure import match_structure
+        pairing = _pair_by_structure(target, src_sd, tgt_sd, src_module, filt, report, example_input, order)
+    new_values = _plan(target, tgt_sd, pairing, filt, modes, report)
 
-        keep_t = [k for k in tgt_keys if dropped(k, "") is None]
-        keep_s = [
-            k
-            for k in src_keys
-            if excluded_by(k) is None and (not has_filter_in or included_by(k) is not None)
-        ]
-        sm = match_structure(
-            target,
-            {k: src_sd[k] for k in keep_s},
-            target_keys=keep_t,
-            source_module=src_module,
-            example_input=example_input,
-            order=order,
-        )
-        pairs = sm.pairs
-        report.mapping = sm.mapping
-        notes.extend(sm.notes)
-        notes.extend(f"equivalence {e}" for e in sm.equivalences)
-        order_hint = sm.target_order
-        for k in tgt_keys:
-            if k not in keep_t:
-                report.excluded.append(
-                    {"key": k, "source_key": "", "shape": tuple(tgt_sd[k].shape), "why": dropped(k, "")}
-                )
-        for k in src_keys:
-            if k not in keep_s:
-                report.excluded.append(
-                    {"key": "", "source_key": k, "shape": tuple(src_sd[k].shape), "why": "filtered"}
-                )
-
-    first_conv, head = _first_conv_and_head(target, order_hint)
-    new_values: dict[str, Any] = {}
-    from_source: dict[str, int] = {}
-    used_source: set[str] = set()
-    for t_key in tgt_keys:
-        s_key = pairs.get(t_key)
-        if s_key is None:
-            continue
-        tgt = tgt_sd[t_key]
-        src = src_sd[s_key] if sm is None else sm.value(t_key, src_sd, tgt.shape)  # equivalences applied
-        used_source.update([s_key] if sm is None else sm.sources(t_key))
-        why = dropped(t_key, s_key) if match == "name" else None
-        if why:
-            report.excluded.append({"key": t_key, "source_key": s_key, "shape": tuple(tgt.shape), "why": why})
-            continue
-        if tuple(src.shape) == tuple(tgt.shape):
-            new_values[t_key] = src
-            from_source[t_key] = tgt.numel()
-            report.loaded.append({"key": t_key, "source_key": s_key, "shape": tuple(tgt.shape)})
-            continue
-        result = _adapt(t_key, src, tgt, modes, first_conv, head, target)
-        if isinstance(result, tuple):
-            value, how, n_src = result
-            new_values[t_key] = value
-            from_source[t_key] = n_src
-            report.adapted.append(
-                {
-                    "key": t_key,
-                    "source_key": s_key,
-                    "source_shape": tuple(src.shape),
-                    "shape": tuple(tgt.shape),
-                    "how": how,
-                }
-            )
-        else:
-            report.skipped_shape.append(
-                {
-                    "key": t_key,
-                    "source_key": s_key,
-                    "source_shape": tuple(src.shape),
-                    "shape": tuple(tgt.shape),
-                    "why": result,
-                }
-            )
-    report.missing = [{"key": k, "shape": tuple(tgt_sd[k].shape)} for k in tgt_keys if k not in pairs]
-    report.unexpected = [
-        {"key": k, "shape": tuple(src_sd[k].shape)}
-        for k in src_keys
-        if k not in used_source and not any(e["source_key"] == k for e in report.excluded)
-    ]
-
-    # Parameter elements (not buffers), each tensor counted once even if tied under several names.
-    params = dict(target.named_parameters())
-    seen: set[int] = set()
-    for name, p in params.items():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        report.params_total += p.numel()
-        report.params_from_source += from_source.get(name, 0)
-    casts = [t for t, s in pairs.items() if t in new_values and src_sd[s].dtype != tgt_sd[t].dtype]
-    if casts:
-        notes.append(f"{len(casts)} source tensors had another dtype and were cast to the model's dtype")
-
-    _check(report, strict_level, min_fraction, allow_empty, tgt_keys, src_keys)
+    _check(report, strict_level, allow_empty, list(tgt_sd), list(src_sd))
+    if report.loaded or report.adapted:  # an empty load was refused above or accepted by allow_empty
+        _check_partial(report, target, pairing.order, allow_partial, min_fraction)
     if dry_run:
         return report
-    checked = match == "structure" and src_module is not None
-    old_values = {k: tgt_sd[k].detach().clone() for k in new_values} if checked else {}
-    _apply(target, tgt_sd, new_values)
-    if checked:  # WRONG = 0: a structure port is kept only if the two models agree on an input
-        from torchsmith.transfer.port_check import check_port
-
-        try:
-            result = check_port(target, src_module, report, example_input)
-        except TransferError:
-            _apply(target, tgt_sd, old_values)
-            raise
-        notes.append(result if isinstance(result, str) else result.describe())
-    elif match == "structure":
-        notes.append("not checked numerically: the source is a state_dict, not a model")
+    if match == "structure" and src_module is not None:
+        _apply_checked(target, tgt_sd, new_values, src_module, report, example_input)
+    else:
+        _apply(target, tgt_sd, new_values)
+        if match == "structure":
+            notes.append("not checked numerically: the source is a state_dict, not a model")
     report.applied = True
     return report
 
 
-def _check(
-    report: TransferReport,
-    strict_level: str,
-    min_fraction: float | None,
-    allow_empty: bool,
-    tgt_keys: list[str],
-    src_keys: list[str],
-) -> None:
-    def few(entries: list[dict], key: str = "key") -> str:
-        names = [e[key] or e.get("source_key", "") for e in entries[:5]]
-        return ", ".join(repr(n) for n in names) + (
-            f" (+{len(entries) - 5} more)" if len(entries) > 5 else ""
+def _check_options(
+    match: str, strict: Any, adapt: Any, min_fraction: Any, rename: Any
+) -> tuple[str, set[str]]:
+    if match not in ("name", "structure"):
+        raise InputError(
+            f"match: expected 'name' or 'structure', got {match!r}"
+            f"{close_matches(str(match), ['name', 'structure'])}"
         )
+    if strict not in _STRICT_LEVELS:
+        raise InputError(f"strict: expected False, 'none', 'target', True or 'all', got {strict!r}")
+    if min_fraction is not None and (
+        isinstance(min_fraction, bool)
+        or not isinstance(min_fraction, (int, float))
+        or not 0.0 <= float(min_fraction) <= 1.0
+    ):
+        raise InputError(f"min_fraction: expected a number between 0 and 1, got {min_fraction!r}")
+    if match == "structure" and rename:
+        raise InputError("rename: not used with match='structure' (names are ignored); use include/exclude")
+    return _STRICT_LEVELS[strict], _parse_adapt(adapt)
 
+
+# ----------------------------------------------------------------------------------------------------
+# checks: run before anything is copied, so a refused load leaves the model untouched
+
+
+def _few(entries: list[dict], key: str = "key", n: int = 5) -> str:
+    names = [e[key] or e.get("source_key", "") for e in entries[:n]]
+    return ", ".join(repr(x) for x in names) + (f" (+{len(entries) - n} more)" if len(entries) > n else "")
+
+
+def _refuse(report: TransferReport, message: str) -> TransferError:
+    """A TransferError that carries the report, so a caller (the CLI) can still show the table."""
+    error = TransferError(message)
+    error.report = report  # type: ignore[attr-defined]
+    return error
+
+
+def _check(
+    report: TransferReport, strict_level: str, allow_empty: bool, tgt_keys: list[str], src_keys: list[str]
+) -> None:
     if not report.loaded and not report.adapted and not allow_empty:
         hint = ""
         if src_keys and tgt_keys:
@@ -535,28 +613,173 @@ def _check(
             )
         if report.skipped_shape:
             n = len(report.skipped_shape)
-            hint += f"; {n} keys matched by name but had other shapes: {few(report.skipped_shape)}"
-        raise TransferError(
+            hint += f"; {n} keys matched by name but had other shapes: {_few(report.skipped_shape)}"
+        raise _refuse(
+            report,
             f"nothing was loaded from {report.source}: 0 of {len(tgt_keys)} model keys matched{hint} "
-            "(pass allow_empty=True to accept an empty load)"
+            "(pass allow_empty=True to accept an empty load)",
         )
     if strict_level in ("target", "all"):
         bad = report.missing + report.skipped_shape
         if bad:
-            raise TransferError(
+            raise _refuse(
+                report,
                 f"strict={strict_level!r}: {len(bad)} model keys would not come from {report.source}: "
-                f"{few(bad)}; nothing was loaded"
+                f"{_few(bad)}; nothing was loaded",
             )
     if strict_level == "all" and report.unexpected:
-        raise TransferError(
+        raise _refuse(
+            report,
             f"strict='all': {len(report.unexpected)} source keys would be left unused: "
-            f"{few(report.unexpected)}; nothing was loaded"
+            f"{_few(report.unexpected)}; nothing was loaded",
         )
+
+
+#: The default share of the model's parameters that must come from the source (``min_fraction``).
+DEFAULT_MIN_FRACTION = 0.5
+
+ARCHITECTURE_MISMATCH = """A shape skip is evidence that the architectures differ unless it is
+* in the input layer (the first conv, Linear or Embedding the model runs): other input channels, a
+  smaller stem kernel, another vocabulary; or
+* an output size: a Linear, conv or Embedding tensor that differs only in its number of outputs
+  (dimension 0; dimension 1 of a transposed conv's weight) -- a new head, another number of classes.
+Any other shape skip (a norm layer's width, a kernel size, an input width inside the network, a
+different number of dimensions) means the source is another architecture."""
+
+
+def _layer_roles(target: Any, order: Sequence[str] | None) -> tuple[str | None, dict[str, Any]]:
+    """The input layer's module path, and every module by path."""
+    import torch.nn as nn
+    from torch.nn.modules.conv import _ConvNd
+
+    modules = dict(target.named_modules())
+    paths = list(order) if order else list(modules)
+    layers = (_ConvNd, nn.Linear, nn.Embedding, nn.EmbeddingBag)
+    first = next((p for p in paths if isinstance(modules.get(p), layers)), None)
+    return first, modules
+
+
+def _is_output_size_change(entry: dict, module: Any) -> bool:
+    import torch.nn as nn
+    from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+
+    if not isinstance(module, (_ConvNd, nn.Linear, nn.Embedding, nn.EmbeddingBag)):
+        return False
+    s, t = entry["source_shape"], entry["shape"]
+    if len(s) != len(t):
+        return False
+    differ = [d for d in range(len(t)) if s[d] != t[d]]
+    local = entry["key"].rpartition(".")[2]
+    out_dim = 1 if isinstance(module, _ConvTransposeNd) and local == "weight" else 0
+    return differ == [out_dim]
+
+
+def _mismatches(report: TransferReport, target: Any, order: Sequence[str] | None) -> tuple[list, list]:
+    """Split the shape skips into ``(mismatches, expected)`` (see :data:`ARCHITECTURE_MISMATCH`).
+
+    ``expected`` are a new head's or input layer's tensors, which do not count against the source.
+    """
+    if not report.skipped_shape:
+        return [], []
+    input_layer, modules = _layer_roles(target, order)
+    bad, expected = [], []
+    for e in report.skipped_shape:
+        path = e["key"].rpartition(".")[0]
+        if path == input_layer or _is_output_size_change(e, modules.get(path)):
+            expected.append(e)
+        else:
+            bad.append(e)
+    return bad, expected
+
+
+def _comparable_fraction(report: TransferReport, target: Any, set_aside: list[dict]) -> float:
+    """The share of parameters from the source, not counting tensors left out on purpose or expected
+    to differ (``set_aside``: a new head, an input layer)."""
+    params = dict(target.named_parameters())
+    keys = {e["key"] for e in set_aside} | {e["key"] for e in report.excluded if e["key"]}
+    aside = sum(params[k].numel() for k in keys if k in params)
+    total = report.params_total - aside
+    return report.params_from_source / total if total > 0 else 1.0
+
+
+def _check_partial(
+    report: TransferReport,
+    target: Any,
+    order: Sequence[str] | None,
+    allow_partial: bool,
+    min_fraction: float | None,
+) -> None:
+    """Refuse a load whose architecture mismatch is evident, unless ``allow_partial``.
+
+    ``min_fraction`` given explicitly is the caller's own bar on ``report.fraction`` and applies
+    even with ``allow_partial``; by default the bar is :data:`DEFAULT_MIN_FRACTION` of the
+    parameters that could come from the source (a new head and input layer, and what
+    include/exclude left out, are not counted) and is part of the evidence.
+    """
     if min_fraction is not None and report.fraction < float(min_fraction):
-        raise TransferError(
+        raise _refuse(
+            report,
             f"only {report.fraction:.1%} of the model's parameters would come from {report.source}, "
-            f"less than min_fraction={float(min_fraction):.1%}; nothing was loaded. {report.summary()}"
+            f"less than min_fraction={float(min_fraction):.1%}; nothing was loaded. {report.summary()}",
         )
+    bad, expected = _mismatches(report, target, order)
+    reasons = []
+    if bad:
+        shown = "; ".join(f"{e['key']!r} {tuple(e['source_shape'])} vs {tuple(e['shape'])}" for e in bad[:3])
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        reasons.append(
+            f"{len(bad)} tensors outside the head and the input layer have other shapes (source vs "
+            f"model): {shown}{more}"
+        )
+    fraction = _comparable_fraction(report, target, expected)
+    if min_fraction is None and fraction < DEFAULT_MIN_FRACTION:
+        first = []
+        if report.missing:
+            first.append(f"model keys not in the source: {_few(report.missing, n=3)}")
+        if report.unexpected:
+            first.append(f"source keys not in the model: {_few(report.unexpected, n=3)}")
+        reasons.append(
+            f"only {fraction:.1%} of the model's parameters (a new head or input layer not counted) would "
+            f"come from the source, less than min_fraction={DEFAULT_MIN_FRACTION:.0%}"
+            + (f"; {'; '.join(first)}" if first else "")
+        )
+    if not reasons:
+        return
+    what = f"{report.source} looks like another architecture: " + "; and ".join(reasons)
+    if allow_partial:
+        report.partial = what
+        report.notes.append(f"partial load allowed (allow_partial=True): {what}")
+        return
+    raise _refuse(
+        report,
+        f"{what}. Nothing was loaded. If a partial load is what you want (keep the keys both have), "
+        "pass allow_partial=True (CLI: --allow-partial); min_fraction= sets the threshold",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# applying
+
+
+def _apply_checked(
+    target: Any,
+    tgt_sd: dict[str, Any],
+    new_values: dict[str, Any],
+    src_module: Any,
+    report: TransferReport,
+    example_input: Any,
+) -> None:
+    """A structure port is kept only if the two models agree on an input (WRONG = 0)."""
+    from torchsmith.transfer.port_check import check_port
+
+    old_values = {k: tgt_sd[k].detach().clone() for k in new_values}
+    _apply(target, tgt_sd, new_values)
+    try:
+        result = check_port(target, src_module, report, example_input)
+    except TransferError:
+        _apply(target, tgt_sd, old_values)
+        raise
+    report.notes.append(result if isinstance(result, str) else result.describe())
 
 
 def _apply(target: Any, tgt_sd: dict[str, Any], new_values: dict[str, Any]) -> None:

@@ -38,6 +38,8 @@ class TransferReport:
     ``fraction`` is the share of the model's parameter *elements* whose values came from the source.
     ``loaded_names`` is a set of model keys that hold source values: pass it (or the report) as
     ``skip=`` to :func:`~torchsmith.transfer.init_weights` so a later init never overwrites them.
+    ``partial`` says why the source looked like another architecture when ``allow_partial=True``
+    accepted it (empty otherwise); ``summary()`` ends with it, so a log line never hides it.
     """
 
     source: str = ""
@@ -53,6 +55,7 @@ class TransferReport:
     params_total: int = 0
     params_from_source: int = 0
     applied: bool = False
+    partial: str = ""
 
     @property
     def fraction(self) -> float:
@@ -97,6 +100,7 @@ class TransferReport:
             ", ".join(parts)
             + f": {self.fraction:.2%} of the model's parameters ({self.params_from_source:,} of "
             f"{self.params_total:,}) came from the source"
+            + ("; partial load allowed (allow_partial=True): another architecture" if self.partial else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +113,7 @@ class TransferReport:
             "source": self.source,
             "match": self.match,
             "applied": self.applied,
+            "partial": self.partial,
             "fraction": self.fraction,
             "params_total": self.params_total,
             "params_from_source": self.params_from_source,
