@@ -9,6 +9,7 @@ Metadata keys written by ``save`` (all values are JSON strings):
     ``torchsmith.arch``     {"name": "resnet50", "kwargs": {...}}      (from create_model)
     ``torchsmith.spec``     the model spec as a dict                     (from build_model)
     ``torchsmith.surgery``  [ {"op": "set_num_classes", ...}, ... ]      (replayable operations)
+    ``torchsmith.weights``  {"sources": [...], "categories": [...], ...} (pretrained weights: information)
 """
 
 from __future__ import annotations
@@ -21,9 +22,17 @@ _ATTR = "_torchsmith_provenance"
 __all__ = ["add_surgery", "get_provenance", "set_provenance"]
 
 
-def set_provenance(model: Any, *, arch: dict | None = None, spec: dict | None = None) -> None:
-    """Record how ``model`` was built (a zoo/library ``arch`` or a ``spec``), replacing any record."""
+def set_provenance(
+    model: Any, *, arch: dict | None = None, spec: dict | None = None, weights: dict | None = None
+) -> None:
+    """Record how ``model`` was built (a zoo/library ``arch`` or a ``spec``), replacing any record.
+
+    ``weights`` describes pretrained weights it was built with (source, licence, categories,
+    transforms): information only, never replayed (a rebuild loads the checkpoint's own tensors).
+    """
     record: dict[str, Any] = {"surgery": []}
+    if weights is not None:
+        record["weights"] = copy.deepcopy(weights)
     if arch is not None:
         record["arch"] = copy.deepcopy(arch)
     if spec is not None:

@@ -78,7 +78,7 @@ def _provenance_metadata(model: Any) -> tuple[dict[str, str], list[str]]:
         record = get_provenance(model) if record == {"surgery": []} else record
     meta: dict[str, str] = {}
     notes: list[str] = []
-    for key in ("arch", "spec"):
+    for key in ("arch", "spec", "weights"):
         if record.get(key):
             meta[f"torchsmith.{key}"] = json.dumps(_json_safe(record[key], key, notes), sort_keys=True)
     if record.get("surgery"):

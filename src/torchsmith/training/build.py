@@ -77,8 +77,20 @@ def build_model(recipe: dict, log: Callable[[str], None] | None = None) -> Any:
         from torchsmith.zoo import create_model
 
         _call("model.kwargs", check_kwargs, m["kwargs"], "")
-        model = _call("model.name", create_model, m["name"], **m["kwargs"])
-        log(f"model: {m['name']} {m['kwargs'] or ''}".rstrip())
+        kwargs = dict(m["kwargs"])
+        if m.get("weights") not in (None, False):  # the one explicit way to pretrained weights
+            w = m["weights"]
+            if str(m["name"]).startswith("timm:") and not (isinstance(w, str) and w.startswith("hf-hub:")):
+                kwargs["pretrained"] = w
+            else:
+                kwargs["weights"] = w
+        model = _call(
+            "model.weights" if m.get("weights") else "model.name", create_model, m["name"], **kwargs
+        )
+        log(
+            f"model: {m['name']} {m['kwargs'] or ''}".rstrip()
+            + (f" weights={m['weights']}" if m.get("weights") else "")
+        )
     if recipe["surgery"]:
         apply_surgery = _need("torchsmith.surgery", "apply_surgery", "surgery")
         _log_report(log, "surgery", _call("surgery", apply_surgery, model, recipe["surgery"]))

@@ -63,6 +63,12 @@ SCHEMA: dict[str, Any] = {
     "model": {
         "name": _f(_OPT_STR, None, doc="zoo name, 'torchvision:NAME' or 'timm:NAME'"),
         "kwargs": _f(dict, {}, doc="keyword arguments for the model factory"),
+        "weights": _f(
+            (str, bool, dict, type(None)),
+            None,
+            doc="pretrained weights: a torchvision name (DEFAULT, IMAGENET1K_V2), true for timm tags, "
+            "'hf-hub:ORG/NAME', or {url|path, sha256}; fetched and verified by torchsmith.hub",
+        ),
         "spec": _f((str, dict, type(None)), None, doc="a model spec (file path or mapping)"),
     },
     "surgery": _f(list, [], doc="surgery operations, applied in order (torchsmith.surgery)"),

@@ -139,8 +139,21 @@ def _create_timm(name: str, kwargs: dict[str, Any]) -> Any:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def create_model(name: str, **kwargs: Any) -> Any:
-    """Build a model by name, with random weights.
+_WEIGHT_KWARGS = ("weights", "pretrained", "weights_backbone")
+
+
+def _wants_weights(kwargs: dict[str, Any]) -> bool:
+    return any(kwargs.get(k) not in (None, False) for k in _WEIGHT_KWARGS)
+
+
+def create_model(name: str, *, progress: bool = True, **kwargs: Any) -> Any:
+    """Build a model by name, with random weights unless pretrained weights are asked for by name.
+
+    Pretrained weights come only from these explicit arguments (see :mod:`torchsmith.hub`):
+    ``weights="IMAGENET1K_V2"`` / ``"DEFAULT"`` / the enum (and the deprecated ``pretrained=True``)
+    and ``weights_backbone=`` for ``torchvision:`` models; ``pretrained=True`` for ``timm:NAME.TAG``
+    and ``timm:hf-hub:ORG/NAME``. The file is downloaded once to the standard cache, hash-checked and
+    read by torchsmith's own reader, outside the build sandbox; ``progress`` shows a download bar.
 
     ``name`` is a zoo name (see :func:`list_models`), ``torchvision:NAME`` or ``timm:NAME``. The
     model remembers how it was built, so ``torchsmith.save`` can record it and
@@ -152,6 +165,9 @@ def create_model(name: str, **kwargs: Any) -> Any:
     """
     if not isinstance(name, str) or not name:
         raise InputError(f"model name must be a non-empty string, got {name!r}")
+    if _wants_weights(kwargs):  # the caller asked by name: the one explicit way to pretrained weights
+        return _create_pretrained(name, kwargs, progress)
+    kwargs = {k: v for k, v in kwargs.items() if not (k in _WEIGHT_KWARGS and v in (None, False))}
     with sandbox(f"model {name!r}"):  # building never downloads or unpickles (see torchsmith._sandbox)
         model = _create(name, kwargs)
     set_provenance(model, arch={"name": name, "kwargs": kwargs})
@@ -185,4 +201,26 @@ def _create(name: str, kwargs: dict[str, Any]) -> Any:
         entry = get_entry(name)
         _check_kwargs(name, entry.factory, kwargs)
         model = entry.factory(**kwargs)
+    return model
+
+
+def _create_pretrained(name: str, kwargs: dict[str, Any], progress: bool) -> Any:
+    if not name.startswith(("torchvision:", "timm:")):
+        raise InputError(
+            f"pretrained weights by name exist for 'torchvision:' and 'timm:' models; build {name!r} and "
+            "load a file with torchsmith.load_weights(model, path)"
+        )
+    from torchsmith.hub import create_pretrained  # lazily: the hub concern
+
+    check_kwargs({k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}, f"model {name!r}: argument",
+                 types=False)  # fmt: skip
+    try:
+        model, record = create_pretrained(name, kwargs, progress=progress)
+    except TypeError as e:
+        raise InputError(f"bad arguments for model {name!r}: {e}") from None
+    set_provenance(model, arch=record["arch"], weights=record["weights"])
+    if record.get("new_classes") is not None:
+        from torchsmith.surgery import set_num_classes  # a new head, as timm's num_classes= does
+
+        set_num_classes(model, record["new_classes"])
     return model

@@ -1,0 +1,354 @@
+"""Fetch pretrained weights, read them with torchsmith's own reader, and build models with them.
+
+This is the one explicit path by which weights enter a model from a hub: ``create_model(NAME,
+weights=...)`` / ``pretrained=True``. Building a model from a spec, a recipe's kwargs or a
+checkpoint's metadata never comes here. The file is hash-checked before it is read, and it is read
+by :func:`torchsmith.read_state_dict` (the restricted reader: no ``weights_only=False``, no pickle
+code runs), never by ``torch.hub.load_state_dict_from_url`` or timm's loader.
+
+>>> import torchsmith
+>>> m = torchsmith.create_model("torchvision:resnet18", weights="DEFAULT")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torchsmith.errors import CheckpointError, InputError, TorchsmithError, TransferError
+from torchsmith.hub._fetch import (
+    OfflineError,
+    check_hash,
+    download,
+    hash_prefix_from_name,
+    is_offline,
+    sha256_of,
+)
+from torchsmith.hub.sources import WeightsSource, resolve_weights, torchvision_enum
+
+__all__ = ["create_pretrained", "fetch_weights", "verify_cache"]
+
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+# -- fetching ------------------------------------------------------------------------------------
+
+
+def _check_hf_blob(path: str) -> None:
+    """HF cache files are links to ``blobs/<etag>``: an LFS etag is the SHA-256 of the file."""
+    blob = os.path.basename(os.path.realpath(path))
+    if re.fullmatch(r"[0-9a-f]{64}", blob):
+        check_hash(path, blob, what="its Hugging Face cache entry")
+
+
+def hf_cache_dir() -> str:
+    """The Hugging Face Hub cache, read from the environment now: ``HF_HUB_CACHE``, ``HF_HOME``/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
+    )
+    return os.path.join(os.path.expanduser(home), "hub")
+
+
+def _hf_fetch(repo: str, filenames: tuple[str, ...], revision: str | None, what: str) -> Path:
+    try:
+        import huggingface_hub as hf
+    except ImportError:
+        raise InputError(f"{what} lives on the Hugging Face Hub: pip install huggingface_hub") from None
+    offline = is_offline()
+    cache = hf_cache_dir()
+    for filename in filenames:
+        cached = hf.try_to_load_from_cache(repo, filename, cache_dir=cache, revision=revision)
+        if isinstance(cached, str):
+            _check_hf_blob(cached)
+            return Path(cached)
+    if offline:
+        folder = "models--" + repo.replace("/", "--")
+        raise OfflineError(
+            f"offline and {what} is not in the Hugging Face cache: run `huggingface-cli download {repo} "
+            f"{filenames[0]}` on a machine with a network and copy {os.path.join(cache, folder)} here"
+        )
+    last: Exception | None = None
+    for filename in filenames:
+        try:
+            path = hf.hf_hub_download(repo, filename, revision=revision, cache_dir=cache)
+        except Exception as e:  # EntryNotFound for the first candidate is normal: try the next
+            last = e
+            continue
+        _check_hf_blob(path)
+        return Path(path)
+    raise CheckpointError(f"{what}: none of {list(filenames)} could be fetched from hf-hub:{repo} ({last})")
+
+
+def fetch_weights(source: WeightsSource, *, progress: bool = True) -> Path:
+    """Make sure ``source``'s file is on disk and verified; return its path. Downloads if needed."""
+    if source.kind == "path":
+        path = Path(os.path.expanduser(source.path or ""))
+        if not path.is_file():
+            raise InputError(f"weights file {path} does not exist")
+        if source.sha256:
+            check_hash(path, source.sha256, what=source.name)
+        return path
+    if source.kind == "url":
+        return download(source.url or "", source.cache_path(), sha256=source.sha256, progress=progress)  # type: ignore[arg-type]
+    if source.kind == "hf":
+        files = (source.filename,) if source.filename else _HF_FILES
+        return _hf_fetch(source.hf_repo or "", files, source.hf_revision, source.name)
+    raise InputError(f"unknown weights source kind {source.kind!r}")
+
+
+def verify_cache() -> list[dict[str, Any]]:
+    """Re-hash every file in ``$TORCH_HOME/hub/checkpoints`` whose name carries a hash prefix.
+
+    Returns one row per file: ``file``, ``ok`` (True/False, None when the name carries no hash),
+    ``sha256``. Partial downloads (``*.part``) are listed with ``ok=None``.
+    """
+    from torchsmith.hub._fetch import torch_hub_dir
+
+    rows = []
+    folder = torch_hub_dir() / "checkpoints"
+    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if not path.is_file():
+            continue
+        digest = sha256_of(path)
+        prefix = None if path.name.endswith(".part") else hash_prefix_from_name(path.name)
+        rows.append(
+            {"file": str(path), "sha256": digest, "ok": None if prefix is None else digest.startswith(prefix)}
+        )
+    return rows
+
+
+def _read(path: Path, what: str) -> dict[str, Any]:
+    from torchsmith.checkpoint import read_state_dict
+
+    try:
+        return dict(read_state_dict(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"pretrained weights {what}: {e}") from None
+
+
+# -- torchvision ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _torchvision_reads_through_torchsmith(progress: bool, overrides: dict[str, Any]) -> Iterator[None]:
+    """While torchvision builds a model with ``weights=``, its state dicts come from our reader.
+
+    torchvision's builders also fix some arguments to match the weights (``num_classes``,
+    ``transform_input``, ``aux_logits``...): those are recorded in ``overrides`` so the model can be
+    rebuilt later without weights and be the same architecture.
+    """
+    import torchvision.models  # noqa: F401  (loads the builder modules)
+    from torchvision.models._api import WeightsEnum
+
+    def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        filename = os.path.basename(self.url)
+        src = WeightsSource(name=f"{type(self).__name__}.{self.name}", kind="url", url=self.url,
+                            filename=filename, sha256=hash_prefix_from_name(filename))  # fmt: skip
+        return _read(fetch_weights(src, progress=progress), src.name)
+
+    def record_override(kwargs: dict[str, Any], param: str, new_value: Any) -> None:
+        if param in kwargs and kwargs[param] != new_value:
+            raise InputError(
+                f"these weights need {param}={new_value!r}, got {param}={kwargs[param]!r}"
+                + (
+                    "; build with the weights' classes and call torchsmith.set_num_classes"
+                    if param == "num_classes"
+                    else ""
+                )
+            )
+        kwargs.setdefault(param, new_value)
+        overrides.setdefault(param, new_value)
+
+    patched = [(m, m._ovewrite_named_param) for name, m in list(sys.modules.items())
+               if name.startswith("torchvision.models") and hasattr(m, "_ovewrite_named_param")]  # fmt: skip
+    saved = WeightsEnum.get_state_dict
+    WeightsEnum.get_state_dict = get_state_dict  # type: ignore[method-assign]
+    for module, _ in patched:
+        module._ovewrite_named_param = record_override
+    try:
+        yield
+    finally:
+        WeightsEnum.get_state_dict = saved  # type: ignore[method-assign]
+        for module, original in patched:
+            module._ovewrite_named_param = original
+
+
+def _create_torchvision(
+    name: str, kwargs: dict[str, Any], progress: bool
+) -> tuple[Any, dict, list[WeightsSource]]:
+    import torchvision.models as tvm
+
+    kwargs = dict(kwargs)
+    sources: list[WeightsSource] = []
+    weights = kwargs.pop("weights", None)
+    pretrained = kwargs.pop("pretrained", None)
+    notes: list[str] = []
+    if pretrained not in (None, False):
+        if weights is not None:
+            raise InputError("give weights= or pretrained=, not both")
+        weights = "DEFAULT"
+        notes.append("pretrained=True is deprecated in torchvision: it means weights='DEFAULT'")
+    call: dict[str, Any] = dict(kwargs)
+    new_classes = None
+    if weights is not None:
+        enum = torchvision_enum(name, weights)
+        sources.append(resolve_weights(f"torchvision:{name}", enum))
+        call["weights"] = enum
+        cats = enum.meta.get("categories")
+        if "num_classes" in call and cats and call["num_classes"] != len(cats):
+            new_classes = call.pop("num_classes")  # load the weights' own head, then replace it
+    backbone = kwargs.get("weights_backbone")
+    if backbone not in (None, False):
+        import inspect
+
+        from torchvision.models._api import WeightsEnum
+
+        param = inspect.signature(tvm.get_model_builder(name)).parameters["weights_backbone"]
+        enum_cls = param.annotation if isinstance(param.annotation, type) else None
+        if isinstance(backbone, WeightsEnum):
+            enum = backbone
+        else:
+            enum = tvm.get_weight(backbone) if isinstance(backbone, str) and "." in backbone else None
+            if enum is None and enum_cls is None:
+                raise InputError(f"give weights_backbone for torchvision:{name} as the enum or 'Enum.NAME'")
+            if enum is None:
+                enum = enum_cls.DEFAULT if backbone in (True, "DEFAULT") else enum_cls[backbone]
+        call["weights_backbone"] = enum
+        sources.append(WeightsSource(name=f"{type(enum).__name__}.{enum.name}", kind="url", url=enum.url,
+                                     filename=os.path.basename(enum.url)))  # fmt: skip
+    overrides: dict[str, Any] = {}
+    with _torchvision_reads_through_torchsmith(progress, overrides):
+        try:
+            model = tvm.get_model(name, **call)
+        except TorchsmithError:
+            raise
+        except RuntimeError as e:  # load_state_dict(strict=True) inside torchvision
+            raise TransferError(
+                f"torchvision:{name}: the pretrained weights do not fit the model: {e}"
+            ) from None
+        except ValueError as e:
+            raise InputError(f"torchvision:{name}: {e}") from None
+    arch_kwargs = {k: v for k, v in kwargs.items() if k not in ("weights", "pretrained", "weights_backbone")}
+    arch_kwargs.update(overrides)
+    if new_classes is not None:
+        arch_kwargs["num_classes"] = overrides.get("num_classes", 1000)
+    return model, {"kwargs": arch_kwargs, "notes": notes, "new_classes": new_classes}, sources
+
+
+# -- timm ----------------------------------------------------------------------------------------
+
+
+def _hf_config(repo: str, revision: str | None) -> dict[str, Any]:
+    path = _hf_fetch(repo, ("config.json",), revision, f"hf-hub:{repo} config.json")
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a JSON config: {e}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str):
+        raise CheckpointError(f"{path}: a timm config.json names its 'architecture'; this one does not")
+    return cfg
+
+
+def _create_timm(name: str, kwargs: dict[str, Any], progress: bool) -> tuple[Any, dict, list[WeightsSource]]:
+    import timm
+
+    kwargs = dict(kwargs)
+    kwargs.pop("pretrained", False)  # timm: the tag in the name picks the weights
+    weights = kwargs.pop("weights", None)
+    if weights is not None and not (isinstance(weights, str) and weights.startswith("hf-hub:")):
+        raise InputError(f"timm:{name} takes pretrained=True, not weights={weights!r}")
+    for key in ("pretrained_cfg_overlay", "checkpoint_path", "pretrained_cfg"):
+        if key in kwargs:
+            raise InputError(
+                f"timm:{name}: {key}= is not accepted; torchsmith fetches and reads the weights itself"
+            )
+    if name.startswith("hf-hub:") or weights:
+        source = resolve_weights(None, weights or name)
+        cfg = _hf_config(source.hf_repo or "", source.hf_revision)
+        arch = cfg["architecture"]
+        pcfg = dict(cfg.get("pretrained_cfg") or {})
+        source.meta = _timm_meta_from(pcfg, cfg)
+        build_name = arch
+    else:
+        source = resolve_weights(f"timm:{name}", True)
+        build_name = name
+    if not timm.is_model(build_name):
+        raise InputError(f"unknown timm model {build_name!r}")
+    num_classes = kwargs.get("num_classes")
+    model = timm.create_model(build_name, pretrained=False, **kwargs)
+    path = fetch_weights(source, progress=progress)
+    state = _read(path, source.name)
+    head = source.meta.get("classifier") or getattr(model, "pretrained_cfg", {}).get("classifier")
+    _load_strict(
+        model, state, source, head if num_classes not in (None, source.meta.get("num_classes")) else None
+    )
+    arch_kwargs = dict(kwargs)
+    return (
+        model,
+        {"kwargs": arch_kwargs, "notes": [], "new_classes": None, "build_name": build_name},
+        [source],
+    )
+
+
+def _timm_meta_from(pcfg: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    from torchsmith.hub.sources import _timm_meta
+
+    merged = {"num_classes": cfg.get("num_classes"), "label_names": cfg.get("label_names"), **pcfg}
+    return _timm_meta(merged)
+
+
+def _load_strict(model: Any, state: dict[str, Any], source: WeightsSource, head: str | None) -> None:
+    """load_weights, requiring every tensor outside the (replaced) head to come from the file."""
+    from torchsmith.transfer import load_weights
+
+    heads = [h.strip() for h in str(head).split(",")] if head else []
+    exclude = [p for h in heads for p in (h, h + ".*")]
+    report = load_weights(model, state, exclude=exclude, strict="target", adapt=False)
+    if report.missing or report.skipped_shape:
+        first = (report.missing + report.skipped_shape)[:3]
+        raise TransferError(f"pretrained weights {source.name} do not fill the model: {first}")
+
+
+# -- the entry point -----------------------------------------------------------------------------
+
+
+def create_pretrained(
+    name: str, kwargs: dict[str, Any], *, progress: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """Build ``torchvision:``/``timm:`` model ``name`` with the pretrained weights its kwargs ask for.
+
+    Returns the model and the provenance record (``arch`` kwargs to rebuild the same architecture
+    without weights, and ``weights``: where they came from, licence, categories, transforms).
+    """
+    library, _, model_name = name.partition(":")
+    if library == "torchvision":
+        model, info, sources = _create_torchvision(model_name, kwargs, progress)
+    elif library == "timm":
+        model, info, sources = _create_timm(model_name, kwargs, progress)
+    else:
+        raise InputError(
+            f"pretrained weights by name exist for torchvision: and timm: models; for {name!r} load a file "
+            "with torchsmith.load_weights(model, path)"
+        )
+    record = [s.describe() for s in sources]
+    main = sources[0] if sources else None
+    weights: dict[str, Any] = {"sources": record, "notes": info["notes"]}
+    if main is not None and info.get("new_classes") is None and main.meta.get("categories"):
+        weights["categories"] = main.meta["categories"]
+    if main is not None and main.meta.get("transforms"):
+        weights["transforms"] = main.meta["transforms"]
+    arch_name = (
+        name
+        if "build_name" not in info or not model_name.startswith("hf-hub:")
+        else f"timm:{info['build_name']}"
+    )
+    return model, {"arch": {"name": arch_name, "kwargs": info["kwargs"]}, "weights": weights,
+                   "new_classes": info.get("new_classes")}  # fmt: skip
