@@ -35,6 +35,7 @@ _PUBLIC: dict[str, list[str]] = {
         "unfreeze", "param_groups", "doctor", "apply_surgery", "SurgeryReport",
     ],
     "torchsmith.transfer": ["init_weights", "InitRule", "InitReport", "load_weights", "TransferReport"],
+    "torchsmith.hub": ["resolve_weights", "fetch_weights", "list_weights"],
     "torchsmith.training": ["train", "evaluate", "predict", "load_recipe", "TrainResult"],
 }  # fmt: skip
 

@@ -276,3 +276,23 @@ def test_building_without_weights_never_downloads(torch_home, monkeypatch):
     model = torchsmith.create_model("torchvision:resnet18", weights=None)
     assert model.fc.out_features == 1000
     assert not torch_home.exists()
+
+
+def test_weights_cli_list_fetch_verify(tmp_path, torch_home, monkeypatch, capsys):
+    import json
+
+    from torchsmith.cli.main import main
+
+    assert main(["weights", "list", "torchvision:resnet50:*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == {
+        "torchvision:resnet50:IMAGENET1K_V1",
+        "torchvision:resnet50:IMAGENET1K_V2",
+    }
+    monkeypatch.setenv("TORCHSMITH_OFFLINE", "1")
+    assert main(["weights", "fetch", "torchvision:resnet18"]) == 2  # offline, not cached: bad input
+    assert "place it at" in capsys.readouterr().err
+    torch_home.mkdir(parents=True)
+    (torch_home / "resnet18-f37072fd.pth").write_bytes(b"not the weights")
+    assert main(["weights", "verify", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False

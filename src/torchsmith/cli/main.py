@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "build": "torchsmith.cli.build",
     "doctor": "torchsmith.cli.doctor",
     "load": "torchsmith.cli.load",
+    "weights": "torchsmith.cli.weights",
 }
 
 
