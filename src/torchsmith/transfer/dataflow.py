@@ -105,11 +105,14 @@ def _call(model: Any, x: Any) -> Any:
     return model(x)
 
 
-def dataflow_groups(model: Any, example_input: Any) -> list[tuple[str, tuple[str, ...]]]:
+def dataflow_groups(
+    model: Any, example_input: Any, outputs: list | None = None
+) -> list[tuple[str, tuple[str, ...]]]:
     """``(module path, local tensor names)`` for each group of tensors consumed together, in graph order.
 
     A tensor consumed by several nodes (a shared weight) belongs to the first. Tensors that take no
-    part in the forward (an aux head in eval, ``num_batches_tracked``) are not listed.
+    part in the forward (an aux head in eval, ``num_batches_tracked``) are not listed. With
+    ``outputs`` (a list), the model's output is appended to it (the numerical check reuses it).
     """
     import torch
 
@@ -125,7 +128,9 @@ def dataflow_groups(model: Any, example_input: Any) -> list[tuple[str, tuple[str
     try:
         model.eval()
         with torch.no_grad(), mode:
-            _call(model, example_input)
+            out = _call(model, example_input)
+        if outputs is not None:
+            outputs.append(out)
     finally:
         for m, flag in flags.items():
             m.training = flag

@@ -549,7 +549,7 @@ def load_weights(
     if dry_run:
         return report
     if match == "structure" and src_module is not None:
-        _apply_checked(target, tgt_sd, new_values, src_module, report, example_input)
+        _apply_checked(target, tgt_sd, new_values, src_module, report, example_input, pairing.structure)
     else:
         _apply(target, tgt_sd, new_values)
         if match == "structure":
@@ -768,6 +768,7 @@ def _apply_checked(
     src_module: Any,
     report: TransferReport,
     example_input: Any,
+    sm: Any = None,
 ) -> None:
     """A structure port is kept only if the two models agree on an input (WRONG = 0)."""
     from torchsmith.transfer.port_check import check_port
@@ -775,7 +776,8 @@ def _apply_checked(
     old_values = {k: tgt_sd[k].detach().clone() for k in new_values}
     _apply(target, tgt_sd, new_values)
     try:
-        result = check_port(target, src_module, report, example_input)
+        run = (sm.check_input, sm.source_output) if sm is not None else (None, None)
+        result = check_port(target, src_module, report, example_input, source_run=run)
     except TransferError:
         _apply(target, tgt_sd, old_values)
         raise

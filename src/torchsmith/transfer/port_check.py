@@ -102,11 +102,13 @@ def compare_outputs(
     *,
     target_tap: str | None = None,
     source_tap: str | None = None,
+    known: Any = None,
 ) -> PortCheck:
     """Run both models on the first of ``inputs`` both accept and compare their outputs.
 
     With ``target_tap``/``source_tap`` (module paths) the inputs of those modules are compared
-    instead (a classifier that was not ported). Raises :class:`~torchsmith.errors.TransferError`
+    instead (a classifier that was not ported). ``known``: the source's output on ``inputs[0]``
+    when it has already run on it. Raises :class:`~torchsmith.errors.TransferError`
     when the results differ by more than :data:`TOLERANCE` relative, or cannot be compared.
     """
     import torch
@@ -115,7 +117,7 @@ def compare_outputs(
     for x in inputs:
         try:
             got = _run(target, x, target_tap)
-            want = _run(source, x, source_tap)
+            want = _primary(known) if known is not None else _run(source, x, source_tap)
         except Exception as e:  # the next candidate input may fit
             last_error = f"{type(e).__name__}: {e}"
             continue
@@ -149,11 +151,14 @@ def compare_outputs(
     )
 
 
-def check_port(target: Any, source: Any, report: Any, example_input: Any = None) -> PortCheck | str:
+def check_port(
+    target: Any, source: Any, report: Any, example_input: Any = None, source_run: tuple = (None, None)
+) -> PortCheck | str:
     """Check a structure port already applied to ``target`` against ``source`` (see the module doc).
 
-    Returns the :class:`PortCheck`, or a sentence saying why no comparison is meaningful (input
-    channels adapted, tensors outside the classifier not ported). Raises
+    ``source_run``: ``(input, output)`` of a source run already made (the dataflow trace), reused
+    so the source does not run twice. Returns the :class:`PortCheck`, or a sentence saying why no
+    comparison is meaningful (input channels adapted, tensors outside the classifier not ported). Raises
     :class:`~torchsmith.errors.TransferError` when the models disagree.
     """
     from torchsmith.transfer.structure import _example_inputs
@@ -174,8 +179,14 @@ def check_port(target: Any, source: Any, report: Any, example_input: Any = None)
                 f"(first: {not_ported[0]!r})"
             )
         target_tap, source_tap = head, by_target[head]
-    inputs = [example_input] if example_input is not None else _example_inputs(target)
-    result = compare_outputs(target, source, inputs, target_tap=target_tap, source_tap=source_tap)
+    run_input, run_output = source_run
+    if run_input is not None and target_tap is None:
+        inputs, known = [run_input], run_output
+    else:
+        inputs, known = ([example_input] if example_input is not None else _example_inputs(target)), None
+    result = compare_outputs(
+        target, source, inputs, target_tap=target_tap, source_tap=source_tap, known=known
+    )
     if result.scale == 0 and report.mapping and target_tap is None:
         # All-zero outputs (a zero-initialised head) prove nothing: compare the head's inputs.
         last = report.mapping[-1]

@@ -67,6 +67,9 @@ class StructureMatch:
     derived: dict[str, tuple] = field(default_factory=dict)
     #: the equivalences applied, one line each ("'head.fc' <- 'classifier.0': 1x1 Conv = Linear").
     equivalences: list[str] = field(default_factory=list)
+    #: the input the source was traced on and its output then (the numerical check reuses both)
+    check_input: Any = None
+    source_output: Any = None
 
     def sources(self, key: str) -> list[str]:
         """Every source key the model's ``key`` takes its value from."""
@@ -600,13 +603,16 @@ def match_structure(
 
     candidates: list[tuple[str, list[_Unit], list[_Unit], list[str]]] = []
     trace_error = None
+    check_input = check_output = None
     if source_module is not None and order in ("auto", "execution"):
         # Both sides run: match their dataflow graphs, so branch order does not matter.
         try:
             t_groups, used = _traced(target, example_input, dataflow_groups)
-            s_groups, _ = _traced(
-                source_module, used if source_example_input is None else source_example_input, dataflow_groups
-            )
+            s_out: list = []
+            s_input = used if source_example_input is None else source_example_input
+            s_groups, _ = _traced(source_module, s_input, lambda m, x: dataflow_groups(m, x, s_out))
+            if s_input is used:  # the check after the port runs the model on this input again
+                check_input, check_output = used, s_out[0]
             t_list, t_idle = _flow_units(t_units, t_groups)
             s_list, s_idle = _flow_units(s_units, s_groups)
             extra = []
@@ -691,6 +697,8 @@ def match_structure(
     )
     notes.extend(extra)
     result = StructureMatch(notes=notes, target_order=t_order, order=label)
+    if label == "dataflow graph":
+        result.check_input, result.source_output = check_input, check_output
     for t, s, status in aligned:
         _record(result, t, s, status)
     return result
