@@ -130,11 +130,14 @@ def _process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, sync_folder: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it atomically replaces ``path``.
 
     For writers that want a file name (``safetensors.torch.save_file``, ``torch.save``). The
     temporary file is fsynced before the rename and removed if the block raises.
+    ``sync_folder=False`` leaves the folder's fsync to the caller, who writes several files in a
+    row and fsyncs the folder once after the last rename (until then a power cut may undo a rename,
+    never leave half a file).
 
     >>> with atomic_path("weights.pt") as tmp:          # doctest: +SKIP
     ...     torch.save(state_dict, tmp)
@@ -149,7 +152,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         old = _hold_large_file(path)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if sync_folder:
+            fsync_dir(path.parent)
         if old is not None:
             threading.Thread(target=os.close, args=(old,), name="torchsmith-release-replaced").start()
             old = None
@@ -184,12 +188,12 @@ def _hold_large_file(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, sync_folder: bool = True) -> Iterator[IO]:
     """Open a temporary file for writing; on success it atomically replaces ``path``.
 
     >>> with atomic_write("metrics.json", "w") as f:     # doctest: +SKIP
     ...     f.write("{}")
     """
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
+    with atomic_path(path, sync_folder=sync_folder) as tmp, open(tmp, mode) as f:
         yield f
         f.flush()

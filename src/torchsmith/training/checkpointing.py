@@ -88,12 +88,12 @@ def restore_rng(state: dict, device: Any = None) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+def save_checkpoint(path: str | os.PathLike, state: dict, *, sync_folder: bool = True) -> Path:
     """Write ``state`` atomically to ``path`` (the old file survives any crash during the write)."""
     import torch
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sync_folder=sync_folder) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
     return path
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torchsmith._io import atomic_path, atomic_write
+from torchsmith._io import atomic_path, atomic_write, fsync_dir
 from torchsmith.errors import CheckpointError, RecipeError, TorchsmithError
 from torchsmith.training import checkpointing as ckpt_
 from torchsmith.training import distributed as dist_
@@ -540,24 +540,26 @@ class Trainer:
             dist_.barrier(self.ctx)
 
     def _write_files(self, state: dict, best: bool, metrics: str, cleanup: bool = False) -> None:
-        last = save_checkpoint(self.out_dir / "last.pt", state)
+        # Several renames, one fsync of the folder after the last (each file's bytes are fsynced first).
+        last = save_checkpoint(self.out_dir / "last.pt", state, sync_folder=False)
         if not self._recipe_written:
             # The run folder becomes this run's with its first checkpoint, not before: a run
             # refused or failed before that leaves the old run's recipe next to its checkpoints.
             text = self.recipe.to_yaml() if hasattr(self.recipe, "to_yaml") else json.dumps(self.recipe)
-            with atomic_write(self.out_dir / "recipe.yaml", "w") as f:
+            with atomic_write(self.out_dir / "recipe.yaml", "w", sync_folder=False) as f:
                 f.write(text)
             self._recipe_written = True
         if best:
-            with atomic_path(self.out_dir / "best.pt") as tmp:
+            with atomic_path(self.out_dir / "best.pt", sync_folder=False) as tmp:
                 # A second name for the same bytes: every write here replaces files by rename,
                 # never in place, so the next last.pt cannot change best.pt.
                 try:
                     os.link(last, tmp)
                 except OSError:  # a file system without hard links
                     shutil.copyfile(last, tmp)
-        with atomic_write(self.out_dir / "metrics.jsonl", "w") as f:
+        with atomic_write(self.out_dir / "metrics.jsonl", "w", sync_folder=False) as f:
             f.write(metrics)
+        fsync_dir(self.out_dir)
         if cleanup:
             self._remove_old_dcp(state["dcp"])
 
