@@ -66,8 +66,14 @@ def test_head_not_found_names_candidates():
         def forward(self, x):
             return self.norm(self.fc(x))
 
-    with pytest.raises(SurgeryError, match=r"last layer with weights to run is 'norm'.*'fc'.*head="):
-        set_num_classes(Encoder(), 3)
+    # It ends in a norm: it has no classifier, so set_num_classes adds one instead of replacing fc.
+    with pytest.raises(SurgeryError, match=r"has no classifier.*head='path'"):
+        find_head(Encoder())
+    enc = Encoder()
+    assert set_num_classes(enc, 3, input_shape=(1, 8)).added == ["head"] and enc(torch.randn(2, 8)).shape == (
+        2,
+        3,
+    )
     with pytest.raises(SurgeryError, match="nearest valid paths"):
         set_num_classes(Encoder(), 3, head="fcc")
 

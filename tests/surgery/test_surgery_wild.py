@@ -14,6 +14,7 @@ from torchsmith.errors import SurgeryError
 from torchsmith.surgery import (
     apply_surgery,
     doctor,
+    find_head,
     find_input_layers,
     freeze,
     layer_ids,
@@ -181,3 +182,44 @@ def test_doctor_uses_a_random_sample_and_the_models_own_size():
     assert doctor(_DataBranch()) == []
     # 224 (guessed from the first layer) is too small for inception's training-mode aux head.
     assert doctor(torchvision.models.inception_v3(weights=None, init_weights=False)) == []
+
+
+# --- heads found by what the output depends on; aux heads --------------------------------------------
+
+
+def test_set_num_classes_adds_a_head_to_a_model_without_one():
+    pe = timm.create_model("vit_pe_spatial_tiny_patch16_512", pretrained=False)  # num_classes=0
+    block_fc2 = pe.blocks[11].mlp.fc2
+    with pytest.raises(SurgeryError, match="has no classifier"):
+        find_head(pe)
+    report = set_num_classes(pe, 7)
+    assert report.added == ["head"] and report.replaced == [] and "added a 7-class head" in report.notes[0]
+    assert pe.blocks[11].mlp.fc2 is block_fc2 and pe.num_classes == 7
+    assert find_head(pe) == "head" and pe.head.out_features == 7
+    r18 = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    report = set_num_classes(r18, 5)
+    assert "fc" in report.added and r18.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    # A model of no library: a Linear on the output, through a forward hook, and it replays.
+    tv = torchvision.models.resnet18(weights=None)
+    tv.fc = nn.Identity()
+    report = set_num_classes(tv, 3)
+    assert report.added == ["head"] and tv.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    fresh = torchvision.models.resnet18(weights=None)
+    fresh.fc = nn.Identity()
+    apply_surgery(fresh, report.ops)
+    fresh.load_state_dict(tv.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(fresh.eval()(x), tv.eval()(x))
+
+
+def test_aux_heads_change_with_the_main_head():
+    inc = torchvision.models.inception_v3(weights=None, init_weights=False)
+    report = set_num_classes(inc, 7)
+    assert sorted(report.replaced) == ["AuxLogits.fc", "fc"]
+    assert any("auxiliary head AuxLogits.fc: 1000 -> 7" in n for n in report.notes)
+    assert report.ops[0]["aux_heads"] == ["AuxLogits.fc"]
+    g = torchvision.models.googlenet(weights=None, init_weights=False, aux_logits=True)
+    report = set_num_classes(g, 7)
+    assert sorted(report.replaced) == ["aux1.fc2", "aux2.fc2", "fc"]
+    out = g.train()(torch.randn(2, 3, 224, 224))
+    assert [t.shape[-1] for t in out] == [7, 7, 7]

@@ -11,7 +11,7 @@ from torchsmith.surgery._spec import module_from_spec, module_to_spec
 from torchsmith.surgery.doctor import Finding, doctor
 from torchsmith.surgery.features import feature_info, remove_features, return_features
 from torchsmith.surgery.freeze import freeze, frozen_bn_paths, unfreeze
-from torchsmith.surgery.heads import find_head, replace_head, set_num_classes
+from torchsmith.surgery.heads import find_aux_heads, find_head, replace_head, set_num_classes
 from torchsmith.surgery.inputs import add_inputs, find_input_layers, set_in_channels
 from torchsmith.surgery.ops import OPS, apply_surgery, load_ops
 from torchsmith.surgery.param_groups import check_param_groups, format_param_groups, layer_ids, param_groups
@@ -27,6 +27,7 @@ __all__ = [
     "check_param_groups",
     "doctor",
     "feature_info",
+    "find_aux_heads",
     "find_head",
     "find_input_layers",
     "format_param_groups",

@@ -55,6 +55,16 @@ class DryRun:
         """Graph nodes of the tensors in the model's output, in order."""
         return [_key(t) for t in _tensors(self.output)]
 
+    def ancestors(self, node: tuple[int, int]) -> set[tuple[int, int]]:
+        """Every graph node ``node`` was computed from (itself included)."""
+        todo, seen = [node], set()
+        while todo:
+            k = todo.pop()
+            if k not in seen:
+                seen.add(k)
+                todo.extend(self.graph.get(k, ()))
+        return seen
+
     def dominates(self, path: str, node: tuple[int, int] | None = None) -> bool:
         """True when every way from the input to ``node`` (the first output) passes through ``path``.
 
@@ -357,17 +367,17 @@ def dry_run(
         # A size guessed from the first layer (224) can be too small (inception_v3's aux head):
         # the usual larger sizes cost nothing on the meta device.
         shapes += [(*input_shape[:2], s, s) for s in _LARGER_SIZES if s > input_shape[-1]]
-    errors = []
-    for shape in shapes:
-        for device in ("meta", "real"):
+    errors = {}
+    for device in ("meta", "real"):  # every size on meta (free) before a real pass
+        for shape in shapes:
             try:
                 return _run(model, shape, example_inputs, device, train, record)
             except SurgeryError:
                 raise
             except Exception as e:
-                errors.append(f"{device}: {type(e).__name__}: {e}")
-        if len(shapes) > 1:
-            errors = errors[:2]  # report the first size's failure: the other sizes are fallbacks
+                # Report the first size's failure: the other sizes are fallbacks.
+                errors.setdefault(device, f"{device}: {type(e).__name__}: {e}")
+    errors = list(errors.values())
     what = f"input shape {input_shape}" if example_inputs is None else "the example inputs"
     raise SurgeryError(
         f"a sample forward pass of {type(model).__name__} with {what} failed ({'; '.join(errors)}); "

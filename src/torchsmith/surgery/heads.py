@@ -1,10 +1,11 @@
 """Find a model's classifier, change its number of classes, or replace it by any module.
 
 The classifier is found from what the model does, not from its class: a sample forward pass on the
-meta device lists the layers in the order they run, and the last layer with weights that produces
-the model's output (a ``Linear``, or a 1×1 convolution for segmentation and SqueezeNet-style heads)
-is the head. This works for torchvision, timm, torchsmith zoo and spec models and for your own; when
-it cannot decide it says so and names the candidates.
+meta device records the graph of tensors derived from the input, and the head is the last layer with
+weights that the output is a function of alone (a ``Linear``, or a 1×1 convolution for segmentation
+and SqueezeNet-style heads). A block's last layer never qualifies (a residual joins after it), so a
+model without a classifier is seen to have none, and ``set_num_classes`` adds one. Auxiliary heads
+are the heads of a training-mode pass's other outputs.
 
 >>> import torchvision
 >>> from torchsmith.surgery import set_num_classes
@@ -29,7 +30,7 @@ from torchsmith.surgery._dryrun import dry_run, shape_of
 from torchsmith.surgery.paths import _as_module, _opaque, get_module
 from torchsmith.surgery.report import SurgeryReport, snapshot
 
-__all__ = ["find_head", "replace_head", "set_num_classes"]
+__all__ = ["find_aux_heads", "find_head", "replace_head", "set_num_classes"]
 
 _HEAD_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -48,14 +49,32 @@ def _in_width(m: nn.Module) -> int:
     return m.in_features if isinstance(m, nn.Linear) else m.in_channels
 
 
-@on_plain_model
-def find_head(model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None) -> str:
-    """The dotted path of ``model``'s classifier layer (see the module docstring for how).
+def _own_weights(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False))
 
-    >>> import torchvision
-    >>> find_head(torchvision.models.vgg11(weights=None))
-    'classifier.6'
+
+def _head_for(run: Any, modules: dict, node: Any) -> str | None:
+    """The classifier producing output ``node``: the last layer with weights that the output is a
+    function of alone (it dominates the output), when that layer is a Linear or 1x1 convolution.
+
+    A block's last layer does not qualify (a residual joins after it); a model without a classifier
+    ends in a norm or a pooling, so None.
     """
+    made_from = run.ancestors(node)
+    for path in reversed([p for p in run.order if p and _own_weights(modules[p])]):
+        if any(k in made_from for k in run.out_keys.get(path, ())) and run.dominates(path, node):
+            return path if _is_head_layer(modules[path]) else None
+    return None
+
+
+def _width_matches(m: nn.Module, out_shape: tuple | None) -> bool:
+    if out_shape is None or len(out_shape) < 2:
+        return False
+    return _out_width(m) in ((out_shape[-1] if isinstance(m, nn.Linear) else None), out_shape[1])
+
+
+def _locate(model: nn.Module, input_shape, example_inputs) -> tuple[str | None, Any]:
+    """(head path or None when the model has no classifier, the eval-mode run); raises when unsure."""
     cfg = getattr(model, "pretrained_cfg", None)
     declared = cfg.get("classifier") if isinstance(cfg, dict) else None
     if isinstance(declared, list | tuple) and len(declared) > 1:
@@ -65,34 +84,57 @@ def find_head(model: nn.Module, input_shape: Sequence[int] | None = None, exampl
         )
     run = dry_run(model, input_shape, example_inputs, train=False)
     modules = dict(model.named_modules(remove_duplicate=False))
-    weighted = [p for p in run.order if p and any(True for _ in modules[p].parameters(recurse=False))]
+    nodes = run.output_nodes()
     out_shape = shape_of(run.output)
-    candidates = [p for p in weighted if _is_head_layer(modules[p])]
-    if weighted:
-        last = weighted[-1]
-        m = modules[last]
-        if _is_head_layer(m) and out_shape is not None and len(out_shape) >= 2:
-            width = _out_width(m)
-            if width in (out_shape[-1] if isinstance(m, nn.Linear) else None, out_shape[1]):
-                return last
-        reason = (
-            f"the last layer with weights to run is {last!r} ({type(m).__name__})"
-            f", and the output has shape {list(out_shape) if out_shape else None}"
-        )
-    else:
-        reason = "no layer with weights ran"
-    near = ", ".join(repr(c) for c in candidates[-3:]) or "(none)"
+    path = _head_for(run, modules, nodes[0]) if nodes else None
+    if path is not None and _width_matches(modules[path], out_shape):
+        return path, run
+    if path is None:
+        return None, run
     raise SurgeryError(
-        f"cannot find the classifier of {type(model).__name__}: {reason}; candidate layers (last to run): "
-        f"{near}; pass head='path' to choose one"
+        f"cannot find the classifier of {type(model).__name__}: {path!r} ({type(modules[path]).__name__}) "
+        f"produces the output, but its width does not match the output shape {list(out_shape or [])}; "
+        "pass head='path' to choose one"
     )
 
 
-def _head_path(model, head, input_shape, example_inputs) -> str:
-    if head is None:
-        return find_head(model, input_shape, example_inputs)
-    get_module(model, head)
-    return head
+@on_plain_model
+def find_head(model: nn.Module, input_shape: Sequence[int] | None = None, example_inputs: Any = None) -> str:
+    """The dotted path of ``model``'s classifier layer (see the module docstring for how).
+
+    >>> import torchvision
+    >>> find_head(torchvision.models.vgg11(weights=None))
+    'classifier.6'
+    """
+    path, run = _locate(model, input_shape, example_inputs)
+    if path is None:
+        raise SurgeryError(
+            f"{type(model).__name__} has no classifier: its output (shape "
+            f"{list(shape_of(run.output) or [])}) does not come from a Linear or 1x1 convolution alone "
+            "(a model built with num_classes=0 returns features); set_num_classes adds one, or pass "
+            "head='path'"
+        )
+    return path
+
+
+@on_plain_model
+def find_aux_heads(
+    model: nn.Module, main: str, input_shape: Sequence[int] | None = None, example_inputs: Any = None
+) -> list[str]:
+    """Auxiliary classifiers: heads of the other outputs of a training-mode pass with ``main``'s width.
+
+    inception_v3's ``AuxLogits.fc`` and googlenet's ``aux1.fc2``/``aux2.fc2`` are only used in
+    training mode, where the model returns them next to the main logits.
+    """
+    run = dry_run(model, input_shape, example_inputs, train=True, min_batch=2)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    width = _out_width(modules[main])
+    found = []
+    for node in run.output_nodes()[1:]:
+        path = _head_for(run, modules, node)
+        if path and path != main and path not in found and _out_width(modules[path]) == width:
+            found.append(path)
+    return found
 
 
 def _new_head_layer(old: nn.Module, n: int) -> nn.Module:
@@ -120,6 +162,7 @@ def set_num_classes(
     *,
     keep: Sequence[int] | None = None,
     head: str | None = None,
+    aux_heads: Sequence[str] | None = None,
     input_shape: Sequence[int] | None = None,
     example_inputs: Any = None,
 ) -> SurgeryReport:
@@ -128,20 +171,64 @@ def set_num_classes(
     ``keep``: old class indices whose rows (weights and bias) become the new classes ``0..len(keep)-1``
     (e.g. ImageNet classes you still want); the other new rows are freshly initialised.
     ``num_classes=0`` removes the classifier (the model returns features). ``head`` names the layer when
-    it cannot be found. The new layer is created on the old one's device and dtype, and attributes that
-    record the class count (timm's ``num_classes``) are updated too.
+    it cannot be found. Auxiliary classifiers (inception_v3's ``AuxLogits``, googlenet's ``aux1``/
+    ``aux2``) are found from a training-mode pass and changed too (``aux_heads=[...]`` names them,
+    ``[]`` leaves them). A model without a classifier (timm's ``num_classes=0``) gets a new one, as
+    ``timm.create_model(num_classes=n)`` would build it (the model's ``reset_classifier`` when it has
+    one, else a ``Linear`` applied to the output), reported as added. The new layers are created on the
+    old device and dtype, and attributes that record the class count (timm's ``num_classes``) are
+    updated too.
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
         raise SurgeryError(f"num_classes must be a non-negative integer, got {num_classes!r}")
-    path = _head_path(model, head, input_shape, example_inputs)
+    if head is None:
+        path, run = _locate(model, input_shape, example_inputs)
+        if path is None:
+            return _add_head(model, num_classes, keep, run)
+    else:
+        get_module(model, head)
+        path = head
     old = get_module(model, path)
     if not isinstance(old, _HEAD_TYPES):
         raise SurgeryError(
             f"set_num_classes: the head {path!r} is a {type(old).__name__}; it must be a Linear or a "
             "convolution (use replace_head for anything else)"
         )
+    if aux_heads is None:
+        try:
+            aux_heads = find_aux_heads(model, path, input_shape, example_inputs)
+        except SurgeryError:
+            aux_heads = []  # no training-mode pass: no training-only outputs to look at either
+    aux = [str(a) for a in aux_heads]
+    for a in aux:
+        if not isinstance(get_module(model, a), _HEAD_TYPES):
+            raise SurgeryError(f"set_num_classes: aux head {a!r} is not a Linear or a convolution")
     old_n = _out_width(old)
     before = snapshot(model)
+    notes = []
+    for p in [path, *aux]:
+        n_was = _swap_head(model, p, num_classes, keep)
+        role = "auxiliary head" if p != path else "head"
+        notes.append(
+            f"{role} {p}: {n_was} -> {num_classes} classes" + (f", kept old rows {keep}" if keep else "")
+        )
+    parent = get_module(model, path.rpartition(".")[0])
+    for owner in {id(model): model, id(parent): parent}.values():
+        if isinstance(getattr(owner, "num_classes", None), int) and owner.num_classes == old_n:
+            owner.num_classes = num_classes
+    report = SurgeryReport.diff("set_num_classes", before, model)
+    report.notes += notes
+    op = {"op": "set_num_classes", "num_classes": num_classes, "head": path, "keep": keep}
+    if aux:
+        op["aux_heads"] = aux
+    record(model, report, op)
+    return report
+
+
+def _swap_head(model: nn.Module, path: str, num_classes: int, keep: Sequence[int] | None) -> int:
+    """Put a ``num_classes`` layer at ``path`` (Identity for 0); returns the old class count."""
+    old = get_module(model, path)
+    old_n = _out_width(old)
     if num_classes == 0:
         new: nn.Module = nn.Identity()
         if keep:
@@ -154,7 +241,7 @@ def set_num_classes(
             if bad or len(keep) > num_classes:
                 raise SurgeryError(
                     f"set_num_classes: keep={keep} must list at most {num_classes} old class indices in "
-                    f"0..{old_n - 1}; bad: {bad or 'too many'}"
+                    f"0..{old_n - 1} of {path!r}; bad: {bad or 'too many'}"
                 )
             with torch.no_grad():
                 new.weight[: len(keep)] = old.weight[keep]
@@ -164,17 +251,55 @@ def set_num_classes(
         if new.bias is not None:
             new.bias.requires_grad_(old.bias.requires_grad)
     parent_path, _, name = path.rpartition(".")
-    parent = get_module(model, parent_path)
     carry_hooks(old, new)
-    setattr(parent, name, new)
-    for owner in {id(model): model, id(parent): parent}.values():
-        if isinstance(getattr(owner, "num_classes", None), int) and owner.num_classes == old_n:
-            owner.num_classes = num_classes
+    setattr(get_module(model, parent_path), name, new)
+    return old_n
+
+
+class _ApplyHead:
+    """Root forward hook: the model's output goes through the head added by set_num_classes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, module: nn.Module, args: tuple, out: Any) -> Any:
+        return getattr(module, self.name)(out)
+
+
+def _add_head(model: nn.Module, num_classes: int, keep: Any, run: Any) -> SurgeryReport:
+    """A new classifier on a model that has none (timm's num_classes=0), as timm would build it."""
+    before = snapshot(model)
+    out_shape = shape_of(run.output)
+    op = {"op": "set_num_classes", "num_classes": num_classes, "head": None, "keep": None}
+    if num_classes == 0:
+        report = SurgeryReport.diff("set_num_classes", before, model)
+        report.notes.append("the model has no classifier: nothing to remove")
+        record(model, report, op)
+        return report
+    if keep:
+        raise SurgeryError("set_num_classes: keep= needs an old classifier, and this model has none")
+    if callable(getattr(model, "reset_classifier", None)):
+        model.reset_classifier(num_classes)  # the model's own way (timm): pooling and norm as built
+        how = f"{type(model).__name__}.reset_classifier({num_classes})"
+    elif out_shape is not None and len(out_shape) == 2:
+        ref = next(iter(model.parameters()), None)
+        kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None and ref.is_floating_point() else {}
+        name = next(n for n in ("head", *(f"head_{i}" for i in range(1, 100))) if not hasattr(model, n))
+        model.add_module(name, nn.Linear(out_shape[1], num_classes, **kw))
+        model.register_forward_hook(_ApplyHead(name))
+        how = f"a Linear({out_shape[1]}, {num_classes}) at {name!r} applied to the output by a forward hook"
+    else:
+        raise SurgeryError(
+            f"set_num_classes: {type(model).__name__} has no classifier and its output has shape "
+            f"{list(out_shape or [])}, not (batch, features); add a head with replace_module, or pass head="
+        )
     report = SurgeryReport.diff("set_num_classes", before, model)
-    report.notes.append(
-        f"{path}: {old_n} -> {num_classes} classes" + (f", kept old rows {keep}" if keep else "")
-    )
-    record(model, report, {"op": "set_num_classes", "num_classes": num_classes, "head": path, "keep": keep})
+    # The head slot held a parameter-free placeholder (Identity): that is an addition, not a replacement.
+    placeholders = [p for p in report.replaced if not any(k.startswith(p + ".") for k in before["shapes"])]
+    report.replaced = [p for p in report.replaced if p not in placeholders]
+    report.added = placeholders + report.added
+    report.notes.append(f"the model had no classifier: added a {num_classes}-class head ({how})")
+    record(model, report, op)
     return report
 
 
