@@ -419,12 +419,14 @@ class InitReport:
     """Which rule set each parameter (``rules``: name -> rule label; ``None`` = untouched).
 
     ``skipped`` are parameters left alone because of ``only=``/``skip=`` (loaded weights, say).
+    ``warnings`` name the rules that set nothing (matched no parameter, or always shadowed).
     """
 
     rules: dict[str, str | None] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     seed: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def rule_of(self, name: str) -> str | None:
         """The label of the rule that set parameter ``name`` (``None`` when no rule did)."""
@@ -451,6 +453,7 @@ class InitReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
+            "warnings": list(self.warnings),
             "parameters": [
                 {"name": n, "shape": list(self.shapes[n]), "rule": r, "skipped": n in self.skipped}
                 for n, r in self.rules.items()
@@ -471,7 +474,8 @@ class InitReport:
         head = f"init_weights: {len(self.initialised)} of {len(self.rules)} parameters set" + (
             f" (seed {self.seed})" if self.seed is not None else ""
         )
-        return head + "\n" + format_table(["rule", "params", "names"], rows, "lrl")
+        warnings = "".join(f"\nwarning: {w}" for w in self.warnings)
+        return head + "\n" + format_table(["rule", "params", "names"], rows, "lrl") + warnings
 
 
 def _default_rules() -> list[tuple[str, _Compiled]]:
@@ -501,6 +505,7 @@ def init_weights(
     only: Iterable[str] | None = None,
     skip: Iterable[str] | Any = None,
     where: str = "rules",
+    strict: bool = False,
 ) -> InitReport:
     """Initialise ``model``'s parameters by ordered rules; return who set what.
 
@@ -511,6 +516,10 @@ def init_weights(
     ``only``: parameter names to initialise (all others are left alone). ``skip``: parameter names
     never to touch -- pass a :class:`~torchsmith.transfer.TransferReport` (or its ``loaded_names``)
     so a partial load is not overwritten. ``seed``: per-parameter generators (see module doc).
+    A rule of yours that sets nothing -- it matches no parameter (``path="layer5.*"``, a type not in
+    the model) or every parameter it matches is taken by an earlier rule -- is a warning in
+    ``report.warnings``; ``strict=True`` (or ``strict: true`` in the mapping form) makes it a
+    :class:`~torchsmith.errors.RecipeError`, raised before anything is initialised.
 
     >>> import torch.nn as nn
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -522,16 +531,19 @@ def init_weights(
 
     from torchsmith._modules import unwrap_model
 
+    rules_where = where
     if isinstance(rules, (str, os.PathLike)):
         rule_list = load_init_rules(rules)
+        rules_where = str(rules)
     elif isinstance(rules, Mapping):
         # A recipe's form: {rules: [...], seed: 0, defaults: true} (or the list under "init").
-        extra = set(rules) - {"rules", "init", "seed", "defaults"}
+        extra = set(rules) - {"rules", "init", "seed", "defaults", "strict"}
         if extra:
             raise RecipeError(
                 f"{where}: unknown field {sorted(extra)[0]!r}"
-                f"{close_matches(sorted(extra)[0], ['rules', 'seed', 'defaults'])}; "
-                "expected a list of rules, or a mapping with 'rules' and optionally 'seed' and 'defaults'"
+                f"{close_matches(sorted(extra)[0], ['rules', 'seed', 'defaults', 'strict'])}; "
+                "expected a list of rules, or a mapping with 'rules' and optionally 'seed', 'defaults' "
+                "and 'strict'"
             )
         if "seed" in rules:
             if isinstance(rules["seed"], bool) or not isinstance(rules["seed"], (int, type(None))):
@@ -543,8 +555,13 @@ def init_weights(
                     f"{where}: field 'defaults': expected true or false, got {rules['defaults']!r}"
                 )
             defaults = rules["defaults"]
+        if "strict" in rules:
+            if not isinstance(rules["strict"], bool):
+                raise RecipeError(f"{where}: field 'strict': expected true or false, got {rules['strict']!r}")
+            strict = strict or rules["strict"]
         key = "rules" if "rules" in rules else "init"
-        rule_list = rules_from_config(rules.get(key, []), where=f"{where}.{key}")
+        rules_where = f"{where}.{key}"
+        rule_list = rules_from_config(rules.get(key, []), where=rules_where)
     else:
         rule_list = rules_from_config(list(rules), where=where)
     compiled = []
@@ -560,6 +577,9 @@ def init_weights(
     skip_set = set() if skip is None else _name_set(skip, all_names, "skip")
 
     report = InitReport(seed=seed)
+    n_user = len(rule_list)
+    usage = [_RuleUse() for _ in range(n_user)]
+    plan: list[tuple[str, Any, str, _Compiled]] = []
     seen: set[int] = set()
     for path, module in model.named_modules():
         for local, param in module.named_parameters(recurse=False):
@@ -568,35 +588,102 @@ def init_weights(
             seen.add(id(param))
             name = f"{path}.{local}" if path else local
             report.rules[name] = None
-            if isinstance(param, torch.nn.parameter.UninitializedParameter):
-                report.shapes[name] = ()
-                report.skipped.append(name)  # a lazy module's parameter: run a forward pass first
-                continue
-            report.shapes[name] = tuple(param.shape)
-            if (only_set is not None and name not in only_set) or name in skip_set:
-                report.skipped.append(name)
-                continue
-            for label, rule in compiled:
+            lazy = isinstance(param, torch.nn.parameter.UninitializedParameter)
+            report.shapes[name] = () if lazy else tuple(param.shape)
+            left_alone = lazy or (only_set is not None and name not in only_set) or name in skip_set
+            if left_alone:
+                report.skipped.append(name)  # lazy: a lazy module's parameter, run a forward pass first
+            winner = None
+            for i, (label, rule) in enumerate(compiled):
                 if not _matches(rule, module, path, local):
                     continue
-                kwargs = dict(rule.params)
-                if seed is not None and rule.takes_generator and param.device.type != "meta":
-                    gen = torch.Generator(device=param.device)
-                    gen.manual_seed(_param_seed(seed, name))
-                    kwargs["generator"] = gen
-                try:
-                    with torch.no_grad():
-                        rule.fn(param, **kwargs)
-                except (ValueError, RuntimeError) as e:
-                    at = label if label.startswith("default") else f"{where}[{label.split()[0][1:]}]"
-                    raise InputError(
-                        f"{at} ({rule.label}) cannot initialise {name!r} of shape {tuple(param.shape)}: "
-                        f"{e}; "
-                        "narrow the rule with 'type', 'path' or 'role'"
-                    ) from None
-                report.rules[name] = label
-                break
+                if i < n_user:
+                    usage[i].note(left_alone, winner)
+                if winner is None and not left_alone:
+                    winner = label
+                    plan.append((name, param, label, rule))
+    _check_rule_use(report, rule_list, [c for _, c in compiled[:n_user]], usage, model, rules_where, strict)
+    for name, param, label, rule in plan:
+        kwargs = dict(rule.params)
+        if seed is not None and rule.takes_generator and param.device.type != "meta":
+            gen = torch.Generator(device=param.device)
+            gen.manual_seed(_param_seed(seed, name))
+            kwargs["generator"] = gen
+        try:
+            with torch.no_grad():
+                rule.fn(param, **kwargs)
+        except (ValueError, RuntimeError) as e:
+            at = label if label.startswith("default") else f"{where}[{label.split()[0][1:]}]"
+            raise InputError(
+                f"{at} ({rule.label}) cannot initialise {name!r} of shape {tuple(param.shape)}: "
+                f"{e}; "
+                "narrow the rule with 'type', 'path' or 'role'"
+            ) from None
+        report.rules[name] = label
     return report
+
+
+@dataclass
+class _RuleUse:
+    """What one rule met: parameters it set, lost to an earlier rule, or found left alone."""
+
+    won: int = 0
+    skipped: int = 0
+    shadowed_by: dict[str, int] = field(default_factory=dict)
+
+    def note(self, left_alone: bool, winner: str | None) -> None:
+        if left_alone:
+            self.skipped += 1
+        elif winner is None:
+            self.won += 1
+        else:
+            self.shadowed_by[winner] = self.shadowed_by.get(winner, 0) + 1
+
+
+def _why_nothing(rule: _Compiled, model: Any) -> str:
+    """Which criterion of a rule that matched no parameter at all fails."""
+    modules = list(model.named_modules())
+    with_params = [(p, m) for p, m in modules if any(True for _ in m.named_parameters(recurse=False))]
+    if rule.types is not None and not any(isinstance(m, rule.types) for _, m in with_params):
+        kinds = sorted({type(m).__name__ for _, m in with_params})
+        return f"the model has no module of that type (its types with parameters: {', '.join(kinds[:8])})"
+    if rule.path is not None and not any(rule.path(p) for p, _ in with_params):
+        shown = ", ".join(repr(p) for p, _ in with_params[:4])
+        return f"no module path matches (paths look like {shown})"
+    return "no parameter of the modules it selects has that role"
+
+
+def _check_rule_use(
+    report: InitReport,
+    rules: list[InitRule],
+    compiled: list[_Compiled],
+    usage: list[_RuleUse],
+    model: Any,
+    where: str,
+    strict: bool,
+) -> None:
+    """A rule that sets nothing is a warning in the report; ``strict=True`` makes it an error."""
+    problems = []
+    for i, (rule, c, use) in enumerate(zip(rules, compiled, usage)):
+        if use.won:
+            continue
+        at = f"{where}[{i}] {rule!r}"
+        if use.shadowed_by:
+            earlier = ", ".join(sorted(use.shadowed_by))
+            problems.append(
+                f"{at} sets nothing: every parameter it matches is taken by earlier rule {earlier}"
+            )
+        elif use.skipped:
+            report.warnings.append(
+                f"{at} sets nothing: the {use.skipped} parameters it matches are left alone"
+            )
+        else:
+            problems.append(f"{at} matches no parameter: {_why_nothing(c, model)}")
+    report.warnings.extend(problems)
+    if strict and problems:
+        raise RecipeError(
+            "; ".join(problems) + "; nothing was initialised (strict=True: every rule must set a parameter)"
+        )
 
 
 def _name_set(names: Any, valid: set[str], what: str) -> set[str]:
