@@ -167,3 +167,32 @@ def test_a_class_folder_beyond_the_models_outputs_is_refused(tmp_path):
 def _write(path: Path, r: dict) -> str:
     path.write_text(yaml.safe_dump(r))
     return str(path)
+
+
+def test_curves_have_an_lr_panel_a_best_epoch_marker_integer_ticks_and_the_run_name(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from torchsmith.training.loop import _curves_figure, plot_curves
+
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 0.1 * e, "lr": 0.1 / 2**e}
+        for e in range(1, 8)
+    ]
+    fig = _curves_figure(history, title="digits-run", best_epoch=3)
+    assert fig._suptitle.get_text() == "digits-run"
+    loss, _acc, lr = fig.axes
+    assert lr.get_ylabel() == "learning rate"
+    assert [tuple(line.get_ydata()) for line in lr.get_lines() if line.get_label().startswith("lr")] == [
+        tuple(h["lr"] for h in history)
+    ]
+    for ax in fig.axes:
+        fig.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 7]
+        assert ticks and all(float(t).is_integer() for t in ticks)  # no epoch 2.5
+        marks = [line for line in ax.get_lines() if line.get_label().startswith("best")]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [3, 3]
+    stars = [line for line in loss.get_lines() if line.get_marker() == "*"]
+    assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([3], [1 / 3]), ([3], [1.2 / 3])]
+    plt.close(fig)
+    out = plot_curves(history, tmp_path / "curves.png", title="digits-run", best_epoch=3)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -128,7 +128,9 @@ def train(
         plot = model_file = reloaded = None
         if ctx.is_main:  # files and a local re-evaluation only; no collective in here
             if r["train"]["plot"]:
-                plot = plot_curves(trainer.history, out_dir / "curves.png")
+                plot = plot_curves(
+                    trainer.history, out_dir / "curves.png", title=r["name"], best_epoch=trainer.best_epoch
+                )
             model_file, reloaded = _save_and_reload(trainer, out_dir, model, log)
         dist_.barrier(ctx)
         last = trainer.history[-1] if trainer.history else {}
