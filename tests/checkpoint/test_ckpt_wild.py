@@ -290,3 +290,96 @@ def test_readers_do_not_import_the_dispatcher():
         "assert {'torch-zip', 'torch-legacy', 'pickle', 'safetensors', 'dcp'} <= set(READERS), READERS\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------------
+# key fitting, convert key edits, tied tensors, aligned tensor data
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)).eval()
+
+
+@pytest.mark.parametrize("prefix", ["module.model.", "_orig_mod.model.", "module._orig_mod.model.",
+                                    "model.module.", "_orig_mod.module.backbone."])  # fmt: skip
+def test_inner_prefix_under_wrappers_in_any_order(tmp_path, prefix):
+    from torchsmith.transfer.load import load_weights
+
+    src = _net()
+    path = tmp_path / "w.pt"
+    torch.save({prefix + k: v for k, v in src.state_dict().items()}, path)
+    dst = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)).eval()
+    load_weights(dst, path)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+
+
+def test_convert_strip_wrappers_and_rename(tmp_path):
+    from torchsmith.checkpoint.convert import convert_checkpoint
+    from torchsmith.cli.main import main
+    from torchsmith.errors import InputError
+
+    sd = _net().state_dict()
+    torch.save({"state_dict": {"module._orig_mod.model." + k: v for k, v in sd.items()}}, tmp_path / "l.ckpt")
+    convert_checkpoint(tmp_path / "l.ckpt", tmp_path / "a.safetensors", strip_wrappers=True)
+    got = safetensors.torch.load_file(str(tmp_path / "a.safetensors"))
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+    # rename sees the keys as written (before stripping); the CLI is the same call
+    assert main(["convert", str(tmp_path / "l.ckpt"), str(tmp_path / "b.safetensors"),
+                 "--rename", r"^module\._orig_mod\.model\.0\.=stem.", "--strip-wrappers"]) == 0  # fmt: skip
+    got = safetensors.torch.load_file(str(tmp_path / "b.safetensors"))
+    assert "stem.weight" in got and "model.2.weight" in got  # not all keys had model. after the rename
+    with pytest.raises(InputError, match="would both be written as"):
+        convert_checkpoint(tmp_path / "l.ckpt", tmp_path / "c.safetensors", rename=[r"\.(weight|bias)$=.x"])
+
+
+def test_tied_tensors_reach_plain_safetensors(tmp_path):
+    from torchsmith.checkpoint import save
+    from torchsmith.checkpoint.convert import convert_checkpoint
+
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    torch.save(model.state_dict(), tmp_path / "tied.pt")
+    convert_checkpoint(tmp_path / "tied.pt", tmp_path / "t.safetensors")
+    save(model, tmp_path / "s.safetensors")
+    for name in ("t.safetensors", "s.safetensors"):
+        got = safetensors.torch.load_file(str(tmp_path / name))
+        assert set(got) == {"emb.weight", "head.weight"} and torch.equal(
+            got["head.weight"], emb.weight.detach()
+        )
+    convert_checkpoint(tmp_path / "tied.pt", tmp_path / "d.safetensors", dedupe_tied=True)
+    assert set(safetensors.torch.load_file(str(tmp_path / "d.safetensors"))) == {"emb.weight"} or set(
+        safetensors.torch.load_file(str(tmp_path / "d.safetensors"))
+    ) == {"head.weight"}
+    assert set(read_state_dict(tmp_path / "d.safetensors")) == {"emb.weight", "head.weight"}
+
+
+def test_saved_tensors_aligned_and_reload_bit_exact(tmp_path):
+    from torchsmith.checkpoint import save
+
+    torch.manual_seed(0)
+    # odd sizes (biases of 3, 5, 7 floats) between the larger tensors
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5), torch.nn.ReLU(), torch.nn.Conv2d(5, 16, 3),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 7), torch.nn.Linear(7, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(4, 3, 8, 8)
+    want = model(x)
+    path = save(model, tmp_path / "m.safetensors")
+    header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    header = json.loads(path.read_bytes()[8 : 8 + header_len])
+    header.pop("__metadata__")
+    assert (8 + header_len) % 64 == 0
+    sizes = {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()}
+    assert all(header[k]["data_offsets"][0] % 64 == 0 for k in sizes if sizes[k] % 64 == 0)
+    sd = read_state_dict(path)
+    assert all(t.data_ptr() % 64 == 0 for t in sd.values() if t.numel())  # unaligned ones were copied
+    model.load_state_dict(sd)
+    assert torch.equal(model(x).view(torch.int32), want.view(torch.int32))
+    # a file from another writer whose tensors sit at odd offsets: still aligned once read
+    odd = {"a": torch.randn(3), "b": torch.randn(17, 5)}
+    safetensors.torch.save_file(odd, str(tmp_path / "odd.safetensors"))
+    got = read_state_dict(tmp_path / "odd.safetensors")
+    assert all(t.data_ptr() % 64 == 0 for t in got.values()) and all(torch.equal(got[k], odd[k]) for k in odd)

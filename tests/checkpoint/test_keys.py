@@ -78,17 +78,21 @@ def test_exact_keys_win_over_wrapped_duplicates():
     assert not m.changed
 
 
-def test_renames_apply_after_wrapper_fitting():
+def test_renames_apply_to_keys_as_written_in_the_source():
+    # the rule a user writes after reading the file (wrappers included) matches; issue 11
     m = fit_keys(
-        ["module.backbone.fc.weight", "module.backbone.conv.weight"],
+        ["module.model.fc.weight", "module.model.conv.weight"],
         ["fc.weight", "conv.weight"],
-        renames=[(r"^backbone\.", "")],
+        renames=[(r"^module\.model\.", "")],
     )
     assert m.mapping == {
-        "module.backbone.fc.weight": "fc.weight",
-        "module.backbone.conv.weight": "conv.weight",
+        "module.model.fc.weight": "fc.weight",
+        "module.model.conv.weight": "conv.weight",
     }
-    assert m.renamed["module.backbone.fc.weight"] == "fc.weight"
+    assert m.renamed["module.model.fc.weight"] == "fc.weight"
+    # a rule written for the wrapper-less names does not see a key whose written form differs
+    miss = fit_keys(["module.backbone.fc.weight"], ["fc.weight"], renames=[(r"^backbone\.", "")])
+    assert miss.mapping == {} and miss.unmatched_source == ["module.backbone.fc.weight"]
     assert "renamed by rules" in m.describe()
 
 

@@ -175,19 +175,19 @@ class FileMaps:
             flat = torch.empty(0, dtype=dtype)
         else:
             buf = self.buffer(ref.file)
-            if ref.offset % itemsize:
-                # Unaligned data (possible in hand-made safetensors files): copy it into place.
-                flat = torch.frombuffer(bytearray(buf[ref.offset : ref.offset + ref.nbytes]), dtype=dtype)
-            else:
-                try:
-                    flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=ref.offset)
-                except (TypeError, ValueError, RuntimeError):  # dtypes frombuffer refuses (quint4x2...)
-                    flat = torch.frombuffer(buf, dtype=torch.uint8, count=ref.nbytes, offset=ref.offset)
-                    flat = flat.view(dtype)
+            flat = torch.frombuffer(buf, dtype=torch.uint8, count=count * itemsize, offset=ref.offset)
+            if flat.data_ptr() % ALIGNMENT:
+                # Data not 64-byte aligned (other writers' safetensors, legacy torch files): copied into
+                # aligned memory, because vectorised kernels take other paths (other roundings) on
+                # unaligned data, so a reloaded model would not compute bit-exactly what it did.
+                flat = torch.empty_like(flat).copy_(flat)
+            flat = flat.view(dtype)
         self._storages[id(ref)] = (ref, flat)
         return flat
 
 
+# Tensor data is used in place only at addresses that are multiples of this (torch's own allocator's).
+ALIGNMENT = 64
 _INT64_MAX = (1 << 63) - 1
 # Quantized dtypes need a quantizer (scale, zero point) that a plain storage does not carry; torch
 # crashes on views of one made without it, so they are refused by name rather than materialized.

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 
 from torchsmith._patterns import compile_regex
 
-__all__ = ["WRAPPER_COMPONENTS", "KeyMapping", "fit_keys", "strip_wrappers", "wrapper_prefix"]
+__all__ = [
+    "WRAPPER_COMPONENTS",
+    "KeyMapping",
+    "fit_keys",
+    "inner_prefix_rule",
+    "strip_wrappers",
+    "wrapper_prefix",
+]
 
 # Dotted-key components that wrappers insert: DataParallel/DDP/FSDP(1) -> "module",
 # torch.compile's OptimizedModule -> "_orig_mod".
@@ -101,6 +108,26 @@ class KeyMapping:
         return "; ".join(parts)
 
 
+_WRAPPERS_RE = "(?:(?:" + "|".join(WRAPPER_COMPONENTS) + r")\.)*"
+
+
+def inner_prefix_rule(prefix: str) -> tuple[str, str]:
+    """A rename rule removing a non-wrapper ``prefix`` (``"model."``) with wrappers around it in any order.
+
+    Lightning's ``model.``, a ``backbone.``: under DDP and ``torch.compile`` the keys read
+    ``module.model.x``, ``_orig_mod.model.x``, ``module._orig_mod.model.x`` or ``model._orig_mod.x``;
+    the rule removes the prefix and every wrapper component before and inside it.
+
+    >>> import re
+    >>> pattern, repl = inner_prefix_rule("model.")
+    >>> keys = ["module._orig_mod.model.fc.w", "_orig_mod.model.fc.w", "model.module.fc.w"]
+    >>> [re.sub(pattern, repl, k) for k in keys]
+    ['fc.w', 'fc.w', 'fc.w']
+    """
+    parts = [p for p in prefix.split(".") if p]
+    return "^" + _WRAPPERS_RE + "".join(re.escape(p) + r"\." + _WRAPPERS_RE for p in parts), ""
+
+
 def _compile_renames(renames: Sequence[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
     from torchsmith.errors import InputError
 
@@ -128,14 +155,18 @@ def fit_keys(
     A source key matches a target key when they are equal, or equal once every wrapper component
     (``module.``, ``_orig_mod.``) is removed from both: wrapper prefixes are removed or added so the
     source fits the target's own naming, in any order and at any depth. ``renames`` is a sequence of
-    ``(regex, replacement)`` rules (``re.sub``) applied to the source key after wrapper fitting, for
-    genuine renames such as ``(r"^backbone\\.", "")``.
+    ``(regex, replacement)`` rules (``re.sub``) applied to each source key *as written in the
+    source* (wrapper prefixes included, so ``r"^module\\.model\\."`` matches what the file holds),
+    before wrapper fitting; for genuine renames such as ``(r"^backbone\\.", "")``. For an inner
+    prefix under wrappers in any order (``module._orig_mod.model.``), see :func:`inner_prefix_rule`.
 
     >>> m = fit_keys(["fc.weight"], ["_orig_mod.module.fc.weight"])
     >>> m.mapping, m.prefixes_added
     ({'fc.weight': '_orig_mod.module.fc.weight'}, ['_orig_mod.module.'])
     >>> fit_keys(["backbone.fc.w"], ["fc.w"], renames=[(r"^backbone\\.", "")]).mapping
     {'backbone.fc.w': 'fc.w'}
+    >>> fit_keys(["module.model.fc.w"], ["fc.w"], renames=[(r"^module\\.model\\.", "")]).mapping
+    {'module.model.fc.w': 'fc.w'}
     """
     source = list(source_keys)
     target = list(target_keys)
@@ -159,11 +190,11 @@ def fit_keys(
         else:
             pending.append(s)
     for s in pending:
-        plain = strip_wrappers(s)
-        name = plain
+        # Rules see the key as written in the source (wrappers included), as the user reads it.
+        name = s
         for pattern, repl in rules:
             name = pattern.sub(repl, name)
-        if name != plain:
+        if name != s:
             result.renamed[s] = name
         t = by_plain.get(strip_wrappers(name))
         if t is None and name in target_set:

@@ -199,7 +199,16 @@ def write_safetensors(
     writing and stored in the header under ``torchsmith.sha256`` (the header is rewritten in place
     at the end: the hex strings have a fixed length, so its size does not change).
     """
-    names = sorted(tensors, key=lambda k: (-ITEMSIZE.get(str(tensors[k].dtype)[6:], 1), k))
+
+    # safetensors allows no gaps between tensors, so alignment comes from the order: data starts
+    # 64-byte aligned (the header is padded with spaces), tensors whose size is a multiple of 64
+    # bytes come first (each one then starts aligned), the rest after, largest element size first
+    # (each still aligned to its element size). Readers copy the few unaligned ones (_refs.py).
+    def order(k: str) -> tuple:
+        t = tensors[k]
+        return (t.numel() * t.element_size() % 64 != 0, -ITEMSIZE.get(str(t.dtype)[6:], 1), k)
+
+    names = sorted(tensors, key=order)
     header: dict[str, Any] = {}
     offset = 0
     for name in names:

@@ -177,10 +177,24 @@ def _hash_all(tensors: dict[str, Any]) -> dict[str, str]:
         return dict(pool.map(one, sorted(tensors, key=lambda n: -tensors[n].numel())))
 
 
-def _write_one(path: Path, tensors: dict[str, Any], aliases: dict[str, str], meta: dict[str, str]) -> None:
+def _write_one(
+    path: Path,
+    tensors: dict[str, Any],
+    aliases: dict[str, str],
+    meta: dict[str, str],
+    *,
+    dedupe_tied: bool = False,
+) -> None:
     if path.suffix == ".safetensors":
         from torchsmith.checkpoint.safetensors_io import write_safetensors
 
+        if aliases and not dedupe_tied:
+            # Tied tensors are written under every name (their bytes repeated): plain
+            # safetensors.torch.load_file then returns every key. dedupe_tied stores them once
+            # plus a torchsmith.aliases entry that only torchsmith resolves.
+            tensors = {**tensors, **{a: tensors[t] for a, t in aliases.items()}}
+            meta = {**meta, "torchsmith.tied": json.dumps(aliases, sort_keys=True)}
+            aliases = {}
         with atomic_path(path) as tmp:
             write_safetensors(tmp, tensors, meta, aliases=aliases)
         return
@@ -274,7 +288,9 @@ def _save(model_or_state_dict: Any, path: Path, metadata: dict | None, max_shard
     return _write_sharded(path, tensors, aliases, meta, max_shard_size)
 
 
-def _write_sharded(path: Path, tensors: dict, aliases: dict, meta: dict, max_shard_size: Any) -> Path:
+def _write_sharded(
+    path: Path, tensors: dict, aliases: dict, meta: dict, max_shard_size: Any, *, dedupe_tied: bool = False
+) -> Path:
     from torchsmith.checkpoint.sharded import parse_size, shard_names
 
     limit = parse_size(max_shard_size)
@@ -292,7 +308,9 @@ def _write_sharded(path: Path, tensors: dict, aliases: dict, meta: dict, max_sha
     for shard, names in zip(shards, groups):
         part = {n: tensors[n] for n in names}
         part_aliases = {a: t for a, t in aliases.items() if t in part}
-        _write_one(shard, part, part_aliases, {**meta, "torchsmith.shard": shard.name})
+        _write_one(
+            shard, part, part_aliases, {**meta, "torchsmith.shard": shard.name}, dedupe_tied=dedupe_tied
+        )
         weight_map.update({n: shard.name for n in [*names, *part_aliases]})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total, **meta}, "weight_map": dict(sorted(weight_map.items()))}

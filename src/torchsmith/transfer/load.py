@@ -181,19 +181,19 @@ def _match_names(src_keys: list[str], tgt_keys: list[str], renames: list[tuple[s
     Notes say what was done; keys changed by the automatic prefix are never counted as "renamed by
     rules" (only the caller's own ``rename`` rules are).
     """
-    from torchsmith.checkpoint.keys import fit_keys
+    from torchsmith.checkpoint.keys import fit_keys, inner_prefix_rule, strip_wrappers
 
     best = fit_keys(src_keys, tgt_keys, renames=renames)
     user_renamed = set(best.renamed)
     if best.unmatched_source and best.unmatched_target:
         # A prefix that is not a wrapper: a Lightning "model.", a "backbone." saved alone or loaded into one.
         candidates: list[tuple[str, list[tuple[str, str]]]] = []
+        # counted on the keys without wrappers: module._orig_mod.model.x has the inner prefix model.
+        plain_unmatched = [strip_wrappers(k) for k in best.unmatched_source]
         for depth in (1, 2):
-            for p, n in _first_components(best.unmatched_source, depth).most_common(3):
+            for p, n in _first_components(plain_unmatched, depth).most_common(3):
                 if n >= 2:
-                    candidates.append(
-                        (f"removed prefix {p!r} from the source keys", [(rf"^{re.escape(p)}", "")])
-                    )
+                    candidates.append((f"removed prefix {p!r} from the source keys", [inner_prefix_rule(p)]))
             for p, n in _first_components(best.unmatched_target, depth).most_common(3):
                 if n >= 2:
                     candidates.append((f"added prefix {p!r} to the source keys", [(r"^", p)]))
