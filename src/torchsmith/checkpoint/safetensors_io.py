@@ -157,6 +157,17 @@ def read_safetensors(path: Path) -> RawCheckpoint:
         end_max = max(end_max, end)
         tensors[name] = ref
     raw = RawCheckpoint(path, "safetensors", tensors, metadata={str(k): str(v) for k, v in meta.items()})
+    tied = raw.metadata.get("torchsmith.tied")
+    if tied:
+        # Tied tensors written under each name (so plain readers get every key): torchsmith reads one
+        # copy for all of them, so they stay one tensor (shared memory) after a load.
+        try:
+            for alias, target in json.loads(tied).items():
+                a, t = tensors.get(alias), tensors.get(target)
+                if a is not None and t is not None and (a.dtype, a.shape) == (t.dtype, t.shape):
+                    tensors[alias] = t
+        except (ValueError, AttributeError):
+            raw.notes.append("ignored an unreadable torchsmith.tied entry in the metadata")
     aliases = raw.metadata.get("torchsmith.aliases")
     if aliases:
         # Tied tensors are stored once; the aliases point at the stored name.
