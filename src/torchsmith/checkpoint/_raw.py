@@ -28,6 +28,7 @@ class RawCheckpoint:
     files: list[Path] = field(default_factory=list)
     stand_ins: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
+    globals_named: set[str] = field(default_factory=set)  # every global a pickle names (safety verdict)
 
 
 # format name -> reader(path) -> RawCheckpoint

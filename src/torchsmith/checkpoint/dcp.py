@@ -383,7 +383,14 @@ def read_dcp(path: Path) -> RawCheckpoint:
                 f"{len(parsed.byte_entries)} non-tensor entries "
                 f"(e.g. {parsed.byte_entries[0]!r}) are not read"
             )
-    raw = RawCheckpoint(path, "dcp", tensors, stand_ins=result.stand_ins, calls=result.calls)
+    raw = RawCheckpoint(
+        path,
+        "dcp",
+        tensors,
+        stand_ins=result.stand_ins,
+        calls=result.calls,
+        globals_named=result.globals_named,
+    )
     raw.files = sorted(path.glob("*.distcp"))
     if not raw.files:
         raise CheckpointError(

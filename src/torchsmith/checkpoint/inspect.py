@@ -17,7 +17,8 @@ from typing import Any
 
 from torchsmith.checkpoint.formats import open_raw
 from torchsmith.checkpoint.keys import wrapper_prefix
-from torchsmith.checkpoint.read import select_tensors
+from torchsmith.checkpoint.read import safety_verdict, select_tensors
+from torchsmith.errors import CheckpointError
 
 __all__ = ["BUFFER_NAMES", "inspect_checkpoint"]
 
@@ -31,12 +32,24 @@ def inspect_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -
     Keys: ``path``, ``format``, ``files``, ``container_key``, ``other_keys``, ``tensors`` (count),
     ``parameters`` (elements of all tensors except BatchNorm statistics), ``elements``, ``bytes``,
     ``dtypes`` (dtype -> count), ``prefixes`` (wrapper prefix -> count, e.g. ``{"module.": 122}``),
-    ``keys`` (names), ``entries`` (name, dtype, shape per tensor), ``metadata``, ``notes`` and
-    ``classes`` (classes a pickle named, none of them imported).
+    ``keys`` (names), ``entries`` (name, dtype, shape per tensor), ``metadata``, ``notes``,
+    ``classes`` (classes a pickle named, none of them imported) and ``safety``: ``{verdict, calls}``
+    with every global the pickles name classified ``known-safe`` (on the reader's allowlist),
+    ``unknown`` (not run by torchsmith, but ``torch.load`` would run it) or ``dangerous``.
     """
     raw = open_raw(path)
     try:
         refs, container, others, notes = select_tensors(raw)
+    except CheckpointError as e:
+        if not trust_pickle:
+            # A refused file is still explained: the error names the dangerous calls, and
+            # e.safety carries the full verdict for --json.
+            e.safety = safety_verdict(raw)  # type: ignore[attr-defined]
+            raise
+        from torchsmith.checkpoint.read import read_checkpoint
+
+        ckpt = read_checkpoint(path, trust_pickle=True)
+        return {**_from_tensors(raw, ckpt), "safety": safety_verdict(raw)}
     except Exception:
         if not trust_pickle:
             raise
@@ -73,6 +86,7 @@ def inspect_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -
         "metadata": metadata,
         "notes": raw.notes + notes,
         "classes": sorted(raw.stand_ins),
+        "safety": safety_verdict(raw),
     }
 
 

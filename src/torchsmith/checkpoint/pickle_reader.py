@@ -231,6 +231,12 @@ def _codecs_encode(text, encoding="utf-8", errors="strict"):
 _SAFE[("_codecs", "encode")] = _codecs_encode
 
 
+def is_known_safe(qualname: str) -> bool:
+    """Whether the reader resolves global ``qualname`` itself (a container, dtype, tensor rebuild...)."""
+    module, _, name = qualname.rpartition(".")
+    return (module, name) in _SAFE or (module == "torch" and (name in ITEMSIZE or name in STORAGE_DTYPES))
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file, persistent_load: Callable[[Any], Any] | None, result: PickleResult):
         super().__init__(file, encoding="latin1")

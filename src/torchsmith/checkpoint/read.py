@@ -83,6 +83,38 @@ def is_dangerous(qualname: str) -> bool:
     return any(module == m or module.startswith(m + ".") for m in _DANGEROUS_MODULES)
 
 
+def safety_verdict(raw: RawCheckpoint) -> dict[str, Any]:
+    """Every global the file's pickles name, each ``known-safe``, ``unknown`` or ``dangerous``.
+
+    ``verdict`` is ``dangerous`` when any is, ``unknown`` when any name is not on the reader's
+    allowlist (torchsmith did not run it, but ``torch.load(weights_only=False)`` would), else
+    ``known-safe``; files without pickles (safetensors) are ``known-safe`` with no calls.
+    """
+    from torchsmith.checkpoint.pickle_reader import is_known_safe
+
+    names = set(raw.globals_named) | set(raw.stand_ins) | set(raw.calls)
+    allowed_dcp = _dcp_allowed() if raw.format == "dcp" else frozenset()
+    calls = []
+    for q in sorted(names):
+        kind = (
+            "dangerous"
+            if is_dangerous(q)
+            else "known-safe"
+            if is_known_safe(q) or q in allowed_dcp
+            else "unknown"
+        )
+        calls.append({"name": q, "class": kind})
+    kinds = {c["class"] for c in calls}
+    verdict = "dangerous" if "dangerous" in kinds else "unknown" if "unknown" in kinds else "known-safe"
+    return {"verdict": verdict, "calls": calls}
+
+
+def _dcp_allowed() -> frozenset:
+    from torchsmith.checkpoint.dcp import DCP_METADATA_CLASSES
+
+    return DCP_METADATA_CLASSES
+
+
 def _dangerous(calls: list[str]) -> list[str]:
     return sorted({q for q in calls if is_dangerous(q)})
 

@@ -119,6 +119,8 @@ def read_sharded(path: Path) -> RawCheckpoint:
         raw.notes.extend(n for n in shard.notes if n not in raw.notes)
         raw.files.append(shard_path)
         raw.stand_ins |= shard.stand_ins
+        raw.globals_named |= shard.globals_named
+        raw.calls.extend(shard.calls)
     if hashes:
         raw.metadata["torchsmith.sha256"] = json.dumps(hashes, sort_keys=True)
     raw.metadata["torchsmith.shard_format"] = sniff(raw.files[0])

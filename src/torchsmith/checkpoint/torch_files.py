@@ -135,7 +135,14 @@ def _read_torch_zip(path: Path) -> RawCheckpoint:
                 raise
             except Exception as e:
                 raise _bad(path, "cannot read the pickled object in this torch zip", e) from None
-        raw = RawCheckpoint(path, "torch-zip", result.obj, stand_ins=result.stand_ins, calls=result.calls)
+        raw = RawCheckpoint(
+            path,
+            "torch-zip",
+            result.obj,
+            stand_ins=result.stand_ins,
+            calls=result.calls,
+            globals_named=result.globals_named,
+        )
         meta = infos.get(prefix + METADATA_RECORD)
         if meta is not None:
             try:
@@ -199,7 +206,12 @@ def read_torch_legacy(path: Path, *, plain: bool = False) -> RawCheckpoint:
             if plain:
                 result = read_pickle(f, None)
                 return RawCheckpoint(
-                    path, "pickle", result.obj, stand_ins=result.stand_ins, calls=result.calls
+                    path,
+                    "pickle",
+                    result.obj,
+                    stand_ins=result.stand_ins,
+                    calls=result.calls,
+                    globals_named=result.globals_named,
                 )
             magic = read_pickle(f).obj
             if magic != _LEGACY_MAGIC:
@@ -229,7 +241,14 @@ def read_torch_legacy(path: Path, *, plain: bool = False) -> RawCheckpoint:
         missing = [k for k, s in storages.items() if s.offset < 0]
         if missing:
             raise _bad(path, f"damaged torch pickle: storages {missing[:3]} have no data")
-    raw = RawCheckpoint(path, "torch-legacy", result.obj, stand_ins=result.stand_ins, calls=result.calls)
+    raw = RawCheckpoint(
+        path,
+        "torch-legacy",
+        result.obj,
+        stand_ins=result.stand_ins,
+        calls=result.calls,
+        globals_named=result.globals_named,
+    )
     _note_locations(raw, storages.values())
     return raw
 

@@ -31,6 +31,13 @@ def run(args: argparse.Namespace) -> int:
         f"  dtypes      {', '.join(f'{k} x{v}' for k, v in info['dtypes'].items())}",
         f"  prefixes    {', '.join(f'{k!r} x{v}' for k, v in info['prefixes'].items()) or '(none)'}",
     ]
+    safety = info.get("safety") or {"verdict": "known-safe", "calls": []}
+    odd = [c["name"] for c in safety["calls"] if c["class"] != "known-safe"]
+    lines.append(
+        f"  safety      {safety['verdict']}"
+        + (f": {', '.join(odd[:4])}{' ...' if len(odd) > 4 else ''} (not run here; torch.load would run them)"
+           if odd else f" ({len(safety['calls'])} names, all on the reader's allowlist)")
+    )  # fmt: skip
     if info["container_key"]:
         lines.append(f"  weights in  {info['container_key']!r}")
     for k, v in info["other_keys"].items():
