@@ -117,7 +117,9 @@ def _build(raw: RawCheckpoint) -> tuple[Any, list[str]]:
         arch = json.loads(raw.metadata["torchsmith.arch"]) if "torchsmith.arch" in raw.metadata else None
         spec = json.loads(raw.metadata["torchsmith.spec"]) if arch is None else None
         ops = json.loads(raw.metadata.get("torchsmith.surgery") or "[]")
-        if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)):
+        if "torchsmith.arch" in raw.metadata and not (
+            isinstance(arch, dict) and isinstance(arch.get("name"), str)
+        ):
             raise ValueError("torchsmith.arch has no model name")
         if arch is not None and not isinstance(arch.get("kwargs", {}), dict):
             raise ValueError("torchsmith.arch kwargs is not a mapping")
@@ -126,7 +128,7 @@ def _build(raw: RawCheckpoint) -> tuple[Any, list[str]]:
             raise ValueError(f"torchsmith.spec is a JSON {type(spec).__name__}, not an inline spec mapping")
         if not (isinstance(ops, list) and all(isinstance(op, dict) for op in ops)):
             raise ValueError("torchsmith.surgery is not a list of operations")
-    except (ValueError, TypeError, RecursionError) as e:
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
         raise CheckpointError(f"{raw.path}: damaged provenance metadata: {str(e)[:200]}") from None
     from torchsmith._sandbox import check_kwargs, sandbox
     from torchsmith.errors import InputError
