@@ -14,6 +14,7 @@ from torchsmith.errors import SurgeryError
 from torchsmith.surgery import (
     apply_surgery,
     doctor,
+    feature_info,
     find_head,
     find_input_layers,
     freeze,
@@ -223,3 +224,57 @@ def test_aux_heads_change_with_the_main_head():
     assert sorted(report.replaced) == ["aux1.fc2", "aux2.fc2", "fc"]
     out = g.train()(torch.randn(2, 3, 224, 224))
     assert [t.shape[-1] for t in out] == [7, 7, 7]
+
+
+# --- strides from the model's own downsampling --------------------------------------------------------
+
+
+def test_feature_info_strides_are_traced_not_divided():
+    r50 = torchvision.models.resnet50(weights=None)
+    for size in (240, 200):  # 200 // 7 would say 28 (and 15.385 at layer3)
+        info = feature_info(r50, ["layer1", "layer2", "layer3", "layer4"], input_shape=(1, 3, size, size))
+        assert [f["stride"] for f in info] == [4, 8, 16, 32]
+        assert [f["path"] for f in feature_info(r50, input_shape=(1, 3, size, size))][-4:] == [
+            "layer1",
+            "layer2",
+            "layer3",
+            "layer4",
+        ]
+    with torch.device("meta"):
+        nets = {
+            "alexnet": torchvision.models.alexnet(),
+            "squeezenet1_0": torchvision.models.squeezenet1_0(),
+            "squeezenet1_1": torchvision.models.squeezenet1_1(),
+            "inception_v3": torchvision.models.inception_v3(init_weights=False),
+        }
+    for name, net in nets.items():
+        strides = [f["stride"] for f in feature_info(net)]
+        assert strides[:4] in ([2, 4, 8, 16], [4, 8, 16, 32]), (name, strides)
+    assert [f["stride"] for f in feature_info(nets["inception_v3"])] == [2, 4, 8, 16, 32]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tf_efficientnet_b1",
+        "resnet10t",
+        "tf_efficientnetv2_b3",
+        "mobilenetv3_small_050",
+        "convnext_atto",
+        "regnetx_002",
+        "densenet121",
+        "resnet50d",
+        "cspresnet50",
+    ],
+)
+def test_traced_strides_match_timms_feature_info(name):
+    from torchsmith.surgery._dryrun import dry_run
+    from torchsmith.surgery.features import _stride_at
+
+    with torch.device("meta"):
+        net = timm.create_model(name, pretrained=False)
+    run = dry_run(net, train=False)  # at the model's own default size (240, 176, 256, ...)
+    in_hw = tuple(run.input_shape[2:])
+    traced = [_stride_at(run, d["module"], in_hw, {}) for d in net.feature_info]
+    assert traced == [d["reduction"] for d in net.feature_info]
+    assert [f["stride"] for f in feature_info(net)] == [d["reduction"] for d in net.feature_info]

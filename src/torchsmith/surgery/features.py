@@ -170,17 +170,51 @@ def return_features(
     return report
 
 
-def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...]) -> list[str]:
-    """One module per stride: the shallowest module that runs last at that stride."""
-    by_stride: dict[int, list[tuple[int, int, str]]] = {}
+def _declared_strides(model: nn.Module) -> dict[str, float]:
+    """Module path -> stride from the model's own ``feature_info`` (timm: ``module``, ``reduction``)."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list | tuple):
+        return {}
+    out = {}
+    for entry in info:
+        if isinstance(entry, dict) and isinstance(entry.get("module"), str):
+            red = entry.get("reduction")
+            if isinstance(red, int | float) and not isinstance(red, bool) and red > 0:
+                out[entry["module"]] = red
+    return out
+
+
+def _stride_at(run: Any, path: str, in_hw: tuple[int, ...], declared: dict[str, float]) -> int | float | None:
+    """The downsampling of ``path``'s output: declared by the model, else traced from the strides of
+    the convolutions and poolings on the way (never the input size divided by the output size, which
+    padding makes wrong at sizes that do not divide evenly)."""
+    if path in declared:
+        return declared[path]
+    shape = shape_of(run.outputs.get(path))
+    stride = run.strides.get(path)
+    if stride is None or not shape or not in_hw or len(shape) != 2 + len(in_hw) or not shape[-1]:
+        return None
+    # A layout the tracing cannot follow (channels last, downsampling by reshaping) shows as a size
+    # more than twice off what the traced stride gives: then the stride is unknown, not guessed.
+    if not 0.5 <= in_hw[-1] / shape[-1] / stride <= 2:
+        return None
+    return round(stride) if abs(stride - round(stride)) < 1e-6 else round(stride, 3)
+
+
+def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...], declared: dict[str, float]) -> list[str]:
+    """The model's own stages when it declares them; else one module per stride: the shallowest
+    module that runs last at that stride."""
+    if declared:
+        return [p for p in declared if p in run.outputs]
+    by_stride: dict[float, list[tuple[int, int, str]]] = {}
     for i, path in enumerate(run.order):
         if not path:
             continue
         shape = shape_of(run.outputs.get(path))
         if shape is None or len(shape) != 2 + len(in_hw) or all(d <= 1 for d in shape[2:]):
             continue  # not spatial, or globally pooled
-        stride = in_hw[-1] // shape[-1]
-        if stride < 2 or in_hw[-1] % shape[-1]:
+        stride = _stride_at(run, path, in_hw, {})
+        if stride is None or stride < 2:
             continue
         by_stride.setdefault(stride, []).append((path.count("."), i, path))
     stages = []
@@ -199,14 +233,22 @@ def feature_info(
 ) -> list[dict]:
     """Channels, stride and shape of the activations at ``features``, from a meta-device pass.
 
-    Without ``features``, the stages are found automatically: for each stride (2, 4, 8, ...) the
-    shallowest module that runs last at that stride (``layer1``..``layer4`` on a ResNet). Each entry is
-    ``{"name", "path", "channels", "stride", "shape"}``; ``stride`` is ``None`` for non-spatial outputs.
+    Strides are the model's own: from its ``feature_info`` when it declares one (timm), else the
+    product of the convolution and pooling strides on the way to each layer (``None`` when that
+    cannot be traced, or for non-spatial outputs). Without ``features``, the stages are the model's
+    declared ones, or for each stride (2, 4, 8, ...) the shallowest module that runs last at that
+    stride (``layer1``..``layer4`` on a ResNet). Each entry is
+    ``{"name", "path", "channels", "stride", "shape"}``.
     """
-    run = dry_run(model, tuple(input_shape) if input_shape else None, train=False, record=False)
+    run = dry_run(model, tuple(input_shape) if input_shape else None, train=False)
     in_shape = run.input_shape or shape_of(run.inputs.get("", ()))
     in_hw = tuple(in_shape[2:]) if in_shape and len(in_shape) > 2 else ()
-    names = _names(features) if features is not None else {p: p for p in _auto_stages(model, run, in_hw)}
+    declared = _declared_strides(model)
+    names = (
+        _names(features)
+        if features is not None
+        else {p: p for p in _auto_stages(model, run, in_hw, declared)}
+    )
     info = []
     for name, path in names.items():
         get_module(model, path)
@@ -215,9 +257,6 @@ def feature_info(
                 f"feature_info: {path!r} does not run in a forward pass of {type(model).__name__}"
             )
         shape = shape_of(run.outputs[path])
-        stride = None
-        if shape and in_hw and len(shape) == 2 + len(in_hw) and shape[-1]:
-            stride = in_hw[-1] // shape[-1] if in_hw[-1] % shape[-1] == 0 else round(in_hw[-1] / shape[-1], 3)
         channels = None
         if shape:
             channels = shape[1] if len(shape) == 2 + len(in_hw) and in_hw else shape[-1]
@@ -226,7 +265,7 @@ def feature_info(
                 "name": name,
                 "path": path,
                 "channels": channels,
-                "stride": stride,
+                "stride": _stride_at(run, path, in_hw, declared),
                 "shape": list(shape) if shape else None,
             }
         )
