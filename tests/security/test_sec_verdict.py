@@ -50,3 +50,20 @@ def test_os_system_message_does_not_bless_torch_load(tmp_path):
         inspect_checkpoint(tmp_path / "e.pkl")
     assert "do not load it with torch.load" not in str(e.value)
     assert "hostile" in str(e.value)
+
+
+def test_cli_explains_a_refused_file_in_text_and_json(tmp_path, capsys):
+    import json
+    import pickle
+
+    from torchsmith.cli.main import main
+
+    f = tmp_path / "e.pkl"
+    f.write_bytes(pickle.dumps({"w": Reduce(os.system, "true")}))
+    assert main(["inspect", str(f)]) == 2
+    out = capsys.readouterr().out
+    assert "refused; safety dangerous" in out and "posix.system" in out and "dangerous" in out
+    assert main(["inspect", str(f), "--json"]) == 2
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["exit_code"] == 2 and obj["details"]["safety"]["verdict"] == "dangerous"
+    assert {"name": "posix.system", "class": "dangerous"} in obj["details"]["safety"]["calls"]

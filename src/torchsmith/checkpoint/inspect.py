@@ -42,9 +42,10 @@ def inspect_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -
         refs, container, others, notes = select_tensors(raw)
     except CheckpointError as e:
         if not trust_pickle:
-            # A refused file is still explained: the error names the dangerous calls, and
-            # e.safety carries the full verdict for --json.
+            # A refused file is still explained: the error names the dangerous calls, and its
+            # details carry the full verdict (printed by the CLI, and under "details" by --json).
             e.safety = safety_verdict(raw)  # type: ignore[attr-defined]
+            e.details = {"path": str(raw.path), "format": raw.format, "safety": e.safety}  # type: ignore[attr-defined]
             raise
         from torchsmith.checkpoint.read import read_checkpoint
 

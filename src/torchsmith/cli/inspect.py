@@ -17,8 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from torchsmith.checkpoint.inspect import inspect_checkpoint
     from torchsmith.cli._output import format_table, human_bytes, print_json
+    from torchsmith.errors import CheckpointError
 
-    info = inspect_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
+    try:
+        info = inspect_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
+    except CheckpointError as e:
+        safety = getattr(e, "safety", None)
+        if safety and not args.json:
+            # Refused, but still explained: every global the pickles name, and what each would do.
+            print(f"{args.checkpoint}: refused; safety {safety['verdict']}")
+            print(format_table(["global", "class"], [(c["name"], c["class"]) for c in safety["calls"]]))
+        raise
     if args.json:
         print_json(info)
         return 0
