@@ -95,3 +95,19 @@ def test_memo_shared_dicts_are_walked_once(tmp_path):
     assert list(torchsmith.read_state_dict(f)) == ["k0.k0.k0.k0.w"]
     assert torchsmith.inspect_checkpoint(f)["tensors"] == 1
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("opcode", [b"\x8e", b"\x8d", b"\x96"])  # BINBYTES8, BINUNICODE8, BYTEARRAY8
+@pytest.mark.parametrize("claim", [2**34, 2**62])
+def test_counted_opcodes_claiming_more_than_the_file_are_refused(tmp_path, opcode, claim):
+    import resource
+
+    from torchsmith.checkpoint import inspect_checkpoint
+    from torchsmith.errors import CheckpointError
+
+    f = tmp_path / "claim.pkl"
+    f.write_bytes(b"\x80\x05" + opcode + claim.to_bytes(8, "little") + b"abc.")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match=r"claim\.pkl"):
+        inspect_checkpoint(f)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KiB: < 256 MiB

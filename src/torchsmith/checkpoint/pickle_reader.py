@@ -299,7 +299,12 @@ def read_pickle(file: io.IOBase, persistent_load: Callable[[Any], Any] | None = 
     :class:`~torchsmith.errors.CheckpointError` naming the file.
     """
     result = PickleResult(obj=None)
-    result.obj = _Unpickler(file, persistent_load, result).load()
+    try:
+        result.obj = _Unpickler(file, persistent_load, result).load()
+    except MemoryError:
+        # A counted opcode (BYTEARRAY8, BINBYTES8) allocates its stated length before it reads; a
+        # length no memory holds fails here. Smaller false claims fail as truncated, pages untouched.
+        raise pickle.UnpicklingError("a length field claims more bytes than the file holds") from None
     return result
 
 
