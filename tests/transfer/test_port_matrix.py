@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.vision_transformer import VisionTransformer
 
 from seed_code import SeedResNet34
 from torchsmith.cli.main import main
@@ -59,6 +61,29 @@ def _vgg11_bn_timm():
     return model
 
 
+def _vit_tiny_torchvision():
+    # timm's vit_tiny (2 blocks) written with torchvision's classes: nn.MultiheadAttention's fused
+    # in_proj_weight, a root-owned class_token and encoder.pos_embedding.
+    return VisionTransformer(224, 16, num_layers=2, num_heads=3, hidden_dim=192, mlp_dim=768)
+
+
+def _swin_torchvision():
+    # a 2-stage swin (width 24) in torchvision's classes: qkv called functionally, a persistent
+    # relative_position_index buffer
+    return SwinTransformer([4, 4], 24, [2, 2], [1, 2], [7, 7], num_classes=10)
+
+
+def _swin_timm():
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        embed_dim=24,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        img_size=112,
+        num_classes=10,
+    )
+
+
 PAIRS = {
     "resnet18 tv/timm": (torchvision.models.resnet18, lambda: timm.create_model("resnet18"), (1, 3, 64, 64)),
     "resnet18 zoo/tv": (lambda: create_model("resnet18"), torchvision.models.resnet18, (1, 3, 64, 64)),
@@ -79,6 +104,17 @@ PAIRS = {
         lambda: timm.create_model("vit_tiny_patch16_224", depth=4),
         (1, 3, 224, 224),
     ),
+    "vit_tiny tv/timm": (
+        _vit_tiny_torchvision,
+        lambda: timm.create_model("vit_tiny_patch16_224", depth=2),
+        (1, 3, 224, 224),
+    ),
+    "vit_tiny tv/hf": (
+        _vit_tiny_torchvision,
+        lambda: create_model("hf:vit-tiny/image-classification", num_hidden_layers=2),
+        (1, 3, 224, 224),
+    ),
+    "swin tv/timm": (_swin_torchvision, _swin_timm, (1, 3, 112, 112)),
 }
 
 
@@ -142,6 +178,53 @@ def test_the_equivalences_used_are_named(built):
         "Linear(k*h*w -> n) = Conv2d(k, n, (7, 7))",
         "1x1 Conv = Linear",
     }
+
+
+def test_multihead_attention_in_proj_is_named(built):
+    for name, expected in (
+        ("vit_tiny tv/timm", "MultiheadAttention in_proj = fused qkv Linear"),
+        ("vit_tiny tv/hf", "MultiheadAttention in_proj = cat(q, k, v) along dim 0"),
+    ):
+        a, b, shape = built(name)
+        _randomise(a, 4)
+        report = load_weights(b, a, match="structure", example_input=torch.randn(shape))
+        assert [e["equivalence"] for e in report.to_dict()["equivalences"]] == [expected] * 2
+
+
+def test_swin_index_buffers_are_kept_not_copied(built):
+    """torchvision stores relative_position_index, timm recomputes it: neither side copies it."""
+    tv, tm, shape = built("swin tv/timm")
+    _randomise(tm, 7)
+    with torch.no_grad():  # the model's own index: a port that copied or dropped it would change it
+        own = {k: v.clone() for k, v in tv.state_dict().items() if k.endswith("relative_position_index")}
+    report = load_weights(tv, tm, match="structure", example_input=torch.randn(shape))
+    assert sorted(e["key"] for e in report.kept) == sorted(own) and len(own) == 4
+    assert not report.missing and not report.unexpected
+    assert all(torch.equal(tv.state_dict()[k], v) for k, v in own.items())
+    back = load_weights(tm, tv, match="structure", example_input=torch.randn(shape))
+    assert not back.kept and not back.unexpected  # the source's index buffers are not "unused"
+    assert any("index buffers are not copied" in n for n in back.notes)
+
+
+def test_inception_aux_head_that_never_runs_in_eval_is_unexpected_not_blocking():
+    tv = torchvision.models.inception_v3(init_weights=False, aux_logits=True, num_classes=10)
+    tm = timm.create_model("inception_v3", num_classes=10)
+    x = torch.randn(1, 3, 75, 75)
+    _randomise(tv, 8)
+    _randomise(tm, 9)
+    want = _logits(tv, x)
+    report = load_weights(tm, tv, match="structure", example_input=x)
+    assert ((_logits(tm, x) - want).abs().max() / want.abs().max()).item() < 1e-5
+    aux = [e["key"] for e in report.unexpected]
+    assert aux and all(k.startswith("AuxLogits.") for k in aux) and report.fraction == 1.0
+    assert any(n.startswith("numerical check: outputs") for n in report.notes)
+    # the other way the aux head is the model's: it keeps its values, and the check still runs
+    _randomise(tm, 10)
+    want = _logits(tm, x)
+    back = load_weights(tv, tm, match="structure", example_input=x)
+    assert ((_logits(tv, x) - want).abs().max() / want.abs().max()).item() < 1e-5
+    assert {e["key"].split(".")[0] for e in back.missing} == {"AuxLogits"}
+    assert any(n.startswith("numerical check: outputs") for n in back.notes), back.notes
 
 
 def test_mobilenetv3_with_another_batchnorm_eps_is_refused_not_wrong():

@@ -428,14 +428,20 @@ def _plan(
             report.adapted.append({**entry, "how": how})
         else:
             report.skipped_shape.append({**entry, "why": result})
+    sm = pairing.structure
+    kept = set(sm.kept) if sm is not None else set()
+    ignored = set(sm.ignored) if sm is not None else set()
+    report.kept = [{"key": k, "shape": tuple(tgt_sd[k].shape)} for k in tgt_sd if k in kept]
     report.missing = [
-        {"key": k, "shape": tuple(v.shape)} for k, v in tgt_sd.items() if k not in pairing.pairs
+        {"key": k, "shape": tuple(v.shape)}
+        for k, v in tgt_sd.items()
+        if k not in pairing.pairs and k not in kept
     ]
     excluded_sources = {e["source_key"] for e in report.excluded}
     report.unexpected = [
         {"key": k, "shape": tuple(v.shape)}
         for k, v in pairing.src_sd.items()
-        if k not in used_source and k not in excluded_sources
+        if k not in used_source and k not in excluded_sources and k not in ignored
     ]
     _count_parameters(target, from_source, report)
     casts = [t for t in new_values if pairing.src_sd[pairing.pairs[t]].dtype != tgt_sd[t].dtype]
@@ -777,7 +783,8 @@ def _apply_checked(
     _apply(target, tgt_sd, new_values)
     try:
         run = (sm.check_input, sm.source_output) if sm is not None else (None, None)
-        result = check_port(target, src_module, report, example_input, source_run=run)
+        idle = sm.idle if sm is not None else ()
+        result = check_port(target, src_module, report, example_input, source_run=run, idle=idle)
     except TransferError:
         _apply(target, tgt_sd, old_values)
         raise

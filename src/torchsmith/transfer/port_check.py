@@ -152,14 +152,20 @@ def compare_outputs(
 
 
 def check_port(
-    target: Any, source: Any, report: Any, example_input: Any = None, source_run: tuple = (None, None)
+    target: Any,
+    source: Any,
+    report: Any,
+    example_input: Any = None,
+    source_run: tuple = (None, None),
+    idle: Sequence[str] = (),
 ) -> PortCheck | str:
     """Check a structure port already applied to ``target`` against ``source`` (see the module doc).
 
     ``source_run``: ``(input, output)`` of a source run already made (the dataflow trace), reused
-    so the source does not run twice. Returns the :class:`PortCheck`, or a sentence saying why no
-    comparison is meaningful (input channels adapted, tensors outside the classifier not ported). Raises
-    :class:`~torchsmith.errors.TransferError` when the models disagree.
+    so the source does not run twice. ``idle``: model keys the eval forward never uses (they need
+    not be ported for the comparison to mean something). Returns the :class:`PortCheck`, or a
+    sentence saying why no comparison is meaningful (input channels adapted, tensors outside the
+    classifier not ported). Raises :class:`~torchsmith.errors.TransferError` when the models disagree.
     """
     from torchsmith.transfer.structure import _example_inputs
 
@@ -167,7 +173,8 @@ def check_port(
         return "not checked numerically: the input layer was adapted to other input channels"
     not_ported = [e["key"] for e in report.missing + report.skipped_shape + report.adapted]
     params = {name for name, _ in target.named_parameters()}
-    not_ported = [k for k in not_ported if k in params]
+    idle = set(idle)  # an aux head that never runs in eval cannot change the outputs
+    not_ported = [k for k in not_ported if k in params and k not in idle]
     target_tap = source_tap = None
     if not_ported:
         paths = {k.rpartition(".")[0] for k in not_ported}

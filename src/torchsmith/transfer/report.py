@@ -33,6 +33,8 @@ class TransferReport:
     * ``missing``       model keys nothing was loaded into (they keep their current values).
     * ``unexpected``    source keys nothing in the model took.
     * ``excluded``      pairs left out on purpose by ``include``/``exclude``.
+    * ``kept``          (structure matches) the model's index buffers (``relative_position_index``):
+      integers its modules compute themselves, kept, not copied; the numerical check covers them.
 
     ``mapping`` (structure matches) lists the module pairs: ``{"target", "source", "shapes"}``.
     ``fraction`` is the share of the model's parameter *elements* whose values came from the source.
@@ -50,6 +52,7 @@ class TransferReport:
     missing: list[dict[str, Any]] = field(default_factory=list)
     unexpected: list[dict[str, Any]] = field(default_factory=list)
     excluded: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[dict[str, Any]] = field(default_factory=list)
     mapping: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     params_total: int = 0
@@ -124,6 +127,7 @@ class TransferReport:
             "missing": clean(self.missing),
             "unexpected": clean(self.unexpected),
             "excluded": clean(self.excluded),
+            "kept": clean(self.kept),
             "mapping": clean(self.mapping),
             "equivalences": [
                 {
@@ -170,6 +174,10 @@ class TransferReport:
         ]
         rows += [
             ("missing", e["key"], "", _shape(e["shape"]), "keeps its current value") for e in self.missing
+        ]
+        rows += [
+            ("kept (index)", e["key"], "", _shape(e["shape"]), "an index the model computes itself")
+            for e in self.kept
         ]
         rows += [("unexpected", "", e["key"], _shape(e["shape"]), "not used") for e in self.unexpected]
         if not rows:

@@ -70,6 +70,14 @@ class StructureMatch:
     #: the input the source was traced on and its output then (the numerical check reuses both)
     check_input: Any = None
     source_output: Any = None
+    #: index buffers (integer tensors a module computes in its constructor: relative_position_index,
+    #: position_ids): never aligned nor copied. ``kept`` are the model's (they keep their own values),
+    #: ``ignored`` the source's (not counted unused).
+    kept: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    #: model keys that take no part in the model's eval forward (an aux head): not ported, and no
+    #: obstacle to the numerical check
+    idle: list[str] = field(default_factory=list)
 
     def sources(self, key: str) -> list[str]:
         """Every source key the model's ``key`` takes its value from."""
@@ -135,6 +143,18 @@ def _units(shapes: dict[str, tuple[int, ...]], modules: dict[str, Any] | None = 
         unit.locals = [n for n, _ in ranked]
         unit.shapes = [s for _, s in ranked]
     return units
+
+
+def _is_index_buffer(key: str, tensor: Any) -> bool:
+    """An integer tensor other than ``num_batches_tracked``: an index a module computes itself.
+
+    Weights are floating point; an integer buffer (``relative_position_index``, ``position_ids``) is
+    a function of the architecture's hyper-parameters, stored by some libraries and not by others.
+    """
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is None or dtype.is_floating_point or dtype.is_complex:
+        return False
+    return key.rpartition(".")[2] not in _SCALAR_BUFFERS
 
 
 def _looks_sorted(sd: dict[str, Any]) -> bool:
@@ -378,6 +398,11 @@ def _split_group(units: list[_Unit], j: int, fused: _Unit) -> list[_Unit] | None
     return sorted(group, key=lambda u: _PROJ_ROLE[u.path.rpartition(".")[2].lower()])
 
 
+def _fused_status(fused: _Unit) -> str:
+    what = "MultiheadAttention in_proj" if fused.kind == "MultiheadAttention" else "fused qkv"
+    return f"equivalent: {what} = cat(q, k, v) along dim 0"
+
+
 def _align(t_units: list[_Unit], s_units: list[_Unit]) -> tuple[list[tuple[Any, Any, str]] | None, str]:
     """Pair the two unit sequences in order. Each item is ``(target, source, status)`` where a side
     is a list of three units for a fused projection split on the other side."""
@@ -391,6 +416,8 @@ def _align(t_units: list[_Unit], s_units: list[_Unit]) -> tuple[list[tuple[Any, 
             status = "same shapes"
             if "Conv1D" in kinds and len(kinds) == 2:
                 status = "equivalent: transposed Conv1D = Linear"
+            elif "MultiheadAttention" in kinds and len(kinds) == 2:
+                status = "equivalent: MultiheadAttention in_proj = fused qkv Linear"
             out.append((t, s, status))
             i, j = i + 1, j + 1
             continue
@@ -407,12 +434,12 @@ def _align(t_units: list[_Unit], s_units: list[_Unit]) -> tuple[list[tuple[Any, 
             continue
         split = _split_group(s_units, j, t)
         if split:
-            out.append((t, split, "equivalent: fused qkv = cat(q, k, v) along dim 0"))
+            out.append((t, split, _fused_status(t)))
             i, j = i + 1, j + 3
             continue
         split = _split_group(t_units, i, s)
         if split:
-            out.append((split, s, "equivalent: fused qkv = cat(q, k, v) along dim 0"))
+            out.append((split, s, _fused_status(s)))
             i, j = i + 3, j + 1
             continue
         edge = i == 0 or (i == n - 1 and j == m - 1)
@@ -437,8 +464,8 @@ def _align(t_units: list[_Unit], s_units: list[_Unit]) -> tuple[list[tuple[Any, 
 #: Names that mean the same tensor in different libraries (PyTorch, Keras/Flax, TF/timm ports).
 #: A tensor's role is the first group its local name is in; names in no group are their own role.
 _EQUIVALENT_NAMES = (
-    ("weight", "gamma", "scale", "kernel"),
-    ("bias", "beta", "shift", "offset"),
+    ("weight", "gamma", "scale", "kernel", "in_proj_weight"),
+    ("bias", "beta", "shift", "offset", "in_proj_bias"),
     ("running_mean", "moving_mean"),
     ("running_var", "moving_variance", "moving_var"),
 )
@@ -581,9 +608,18 @@ def match_structure(
         notes.append(
             f"{len(aliases)} keys of modules shared under a second name were left to their first name"
         )
-    t_units = _units({k: tuple(sd[k].shape) for k in keys if k not in aliases}, modules)
+    kept = [k for k in keys if k not in aliases and _is_index_buffer(k, sd[k])]
+    ignored = [k for k, v in source_sd.items() if _is_index_buffer(k, v)]
+    if kept or ignored:
+        notes.append(
+            f"index buffers are not copied: the model keeps its own ({len(kept)}: "
+            f"{', '.join(kept[:3]) or '-'}), the source's are not used ({len(ignored)}: "
+            f"{', '.join(ignored[:3]) or '-'}); the numerical check covers them"
+        )
+    skip, ignored_set = set(aliases) | set(kept), set(ignored)
+    t_units = _units({k: tuple(sd[k].shape) for k in keys if k not in skip}, modules)
     s_units = _units(
-        {k: tuple(v.shape) for k, v in source_sd.items()},
+        {k: tuple(v.shape) for k, v in source_sd.items() if k not in ignored_set},
         dict(source_module.named_modules()) if source_module is not None else None,
     )
     guessed = ""
@@ -604,6 +640,7 @@ def match_structure(
     candidates: list[tuple[str, list[_Unit], list[_Unit], list[str]]] = []
     trace_error = None
     check_input = check_output = None
+    t_idle_keys: list[str] = []
     if source_module is not None and order in ("auto", "execution"):
         # Both sides run: match their dataflow graphs, so branch order does not matter.
         try:
@@ -614,6 +651,7 @@ def match_structure(
             if s_input is used:  # the check after the port runs the model on this input again
                 check_input, check_output = used, s_out[0]
             t_list, t_idle = _flow_units(t_units, t_groups)
+            t_idle_keys = list(t_idle)
             s_list, s_idle = _flow_units(s_units, s_groups)
             extra = []
             if t_idle:
@@ -696,9 +734,10 @@ def match_structure(
         + ("" if len(results) == 1 else f" (and {results[1][0]})")
     )
     notes.extend(extra)
-    result = StructureMatch(notes=notes, target_order=t_order, order=label)
+    result = StructureMatch(notes=notes, target_order=t_order, order=label, kept=kept, ignored=ignored)
     if label == "dataflow graph":
         result.check_input, result.source_output = check_input, check_output
+        result.idle = t_idle_keys
     for t, s, status in aligned:
         _record(result, t, s, status)
     return result
