@@ -82,3 +82,16 @@ def test_mutated_files_never_crash(seeds, tmp_path_factory, kind, mutations):
     for name, ref in refs.items():
         if ref.check_bounds() is None and ref.storage is not None:
             assert ref.storage.offset >= 0 and ref.storage.offset + ref.storage.nbytes <= size, name
+
+
+def test_a_view_beyond_its_storage_never_becomes_a_tensor(tmp_path):
+    # Found by fuzzing diff: a damaged legacy file whose tensor reaches past its storage reached
+    # torch's as_strided (a raw RuntimeError). Every tensor is made by materialize, which checks.
+    from torchsmith.checkpoint._refs import FileMaps, StorageRef, TensorRef, materialize
+
+    f = tmp_path / "s.bin"
+    f.write_bytes(bytes(48))
+    ref = TensorRef(StorageRef(str(f), 0, 48, "float32"), "float32", (3, 4), offset=4)
+    maps = FileMaps()
+    with pytest.raises(CheckpointError, match=r"s\.bin: a float32 tensor of shape \[3, 4\] needs 64 bytes"):
+        materialize(ref, maps)

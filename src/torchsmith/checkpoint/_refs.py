@@ -225,6 +225,14 @@ def materialize(ref: TensorRef, maps: FileMaps):
 
     dtype = getattr(torch, ref.dtype)
     _check_representable(ref)
+    problem = ref.check_bounds()  # every path that makes a tensor comes here, so the check does too
+    if problem:
+        from torchsmith.errors import CheckpointError
+
+        raise CheckpointError(
+            f"{ref.storage.file}: a {ref.dtype} tensor of shape {list(ref.shape)} {problem}: "
+            "the file is damaged"
+        )
     if ref.storage is None:
         return torch.empty(ref.shape, dtype=dtype)
     flat = maps.storage_tensor(ref.storage)
