@@ -278,3 +278,14 @@ def test_traced_strides_match_timms_feature_info(name):
     traced = [_stride_at(run, d["module"], in_hw, {}) for d in net.feature_info]
     assert traced == [d["reduction"] for d in net.feature_info]
     assert [f["stride"] for f in feature_info(net)] == [d["reduction"] for d in net.feature_info]
+
+
+def test_an_output_at_several_resolutions_has_no_single_stride():
+    with torch.device("meta"):
+        net = timm.create_model("hrnet_w18_small", pretrained=False)
+    from torchsmith.surgery._dryrun import dry_run
+    from torchsmith.surgery.features import _stride_at
+
+    run = dry_run(net, train=False)
+    assert _stride_at(run, "stage2", tuple(run.input_shape[2:]), {}) is None  # branches at 4 and 8
+    assert _stride_at(run, "conv1", tuple(run.input_shape[2:]), {}) == 2

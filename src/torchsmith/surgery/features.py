@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from torchsmith.errors import SurgeryError
 from torchsmith.surgery._common import on_plain_model, record
-from torchsmith.surgery._dryrun import dry_run, shape_of
+from torchsmith.surgery._dryrun import _tensors, dry_run, shape_of
 from torchsmith.surgery.paths import get_module
 from torchsmith.surgery.report import SurgeryReport, snapshot
 
@@ -190,7 +190,10 @@ def _stride_at(run: Any, path: str, in_hw: tuple[int, ...], declared: dict[str, 
     padding makes wrong at sizes that do not divide evenly)."""
     if path in declared:
         return declared[path]
-    shape = shape_of(run.outputs.get(path))
+    out = run.outputs.get(path)
+    if len({tuple(t.shape[2:]) for t in _tensors(out)}) > 1:
+        return None  # several outputs at different resolutions (HRNet's branches): no one stride
+    shape = shape_of(out)
     stride = run.strides.get(path)
     if stride is None or not shape or not in_hw or len(shape) != 2 + len(in_hw) or not shape[-1]:
         return None
