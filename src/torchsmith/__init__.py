@@ -36,7 +36,7 @@ _PUBLIC: dict[str, list[str]] = {
     ],
     "torchsmith.transfer": ["init_weights", "InitRule", "InitReport", "load_weights", "TransferReport"],
     "torchsmith.hub": ["resolve_weights", "fetch_weights", "list_weights"],
-    "torchsmith.training": ["train", "evaluate", "predict", "load_recipe", "TrainResult"],
+    "torchsmith.training": ["train", "evaluate", "predict", "load_recipe", "TrainResult", "Callback"],
 }  # fmt: skip
 
 # public name -> the module that defines it

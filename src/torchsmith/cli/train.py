@@ -80,7 +80,11 @@ def _print_result(result) -> None:
         f"checkpoints     {result.checkpoint}"
         + (f", {result.best_checkpoint}" if result.best_checkpoint else "")
     )
-    print(f"metrics         {result.metrics_file}" + (f", {result.plot_file}" if result.plot_file else ""))
+    files = [str(p) for p in result.logs.values()] + ([str(result.plot_file)] if result.plot_file else [])
+    if files:
+        print(f"metrics         {', '.join(files)}")
+    if result.stop_reason:
+        print(f"stopped         {result.stop_reason}")
 
 
 def _log(line: str) -> None:
@@ -90,7 +94,7 @@ def _log(line: str) -> None:
 
 
 # Lines --quiet still prints: where a run continues from, and what a resume cleaned up.
-_NOTICES = ("resumed from ", "elastic restart", "removed ")
+_NOTICES = ("resumed from ", "elastic restart", "removed ", "stopped: ")
 
 
 def _notices_only(line: str) -> None:

@@ -6,6 +6,17 @@
 """
 
 from torchsmith.training.api import TrainResult, evaluate, predict, train
+from torchsmith.training.callbacks import Callback, CheckpointInfo
 from torchsmith.training.recipe import Recipe, default_recipe_path, load_recipe
 
-__all__ = ["Recipe", "TrainResult", "default_recipe_path", "evaluate", "load_recipe", "predict", "train"]
+__all__ = [
+    "Callback",
+    "CheckpointInfo",
+    "Recipe",
+    "TrainResult",
+    "default_recipe_path",
+    "evaluate",
+    "load_recipe",
+    "predict",
+    "train",
+]

@@ -29,7 +29,10 @@ __all__ = ["TrainResult", "evaluate", "predict", "train"]
 class TrainResult:
     """What a run produced. ``val_acc`` is the final held-out accuracy; ``reloaded_acc`` the same
     weights' accuracy after a round trip through the checkpoint on disk (they must match). ``model``
-    is the trained, unwrapped model (under FSDP an unsharded copy on rank 0, None on other ranks)."""
+    is the trained, unwrapped model (under FSDP an unsharded copy on rank 0, None on other ranks;
+    the EMA weights under ``train.ema.eval``). ``stop_reason`` says why a run ended before its last
+    epoch (early stopping, max_time, a callback); ``logs`` maps each ``logging`` kind to its file or
+    folder."""
 
     out_dir: Path
     history: list[dict]
@@ -46,6 +49,8 @@ class TrainResult:
     model_file: Path | None
     resumed_from: dict | None = None
     world_size: int = 1
+    stop_reason: str | None = None
+    logs: dict = field(default_factory=dict)
     model: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -69,6 +74,7 @@ def train(
     resume: bool | str = False,
     overrides: Iterable[str] = (),
     log: Callable[[str], None] | None = _stderr,
+    callbacks: Iterable[Any] = (),
 ) -> TrainResult:
     """Run a training recipe from start (or from its last checkpoint with ``resume=True``) to the end.
 
@@ -81,6 +87,9 @@ def train(
     ``resume="auto"`` resumes when ``out/last.pt`` exists and starts afresh otherwise (what a
     command line restarted by ``torchrun --max-restarts`` wants); after an elastic restart
     (``TORCHELASTIC_RESTART_COUNT > 0``) it resumes by itself.
+
+    ``callbacks``: :class:`torchsmith.Callback` objects whose hooks the loop calls (after the
+    recipe's built-in ones: EMA, early stopping, retention, TensorBoard, max_time, profiler).
     """
     import torch
 
@@ -108,7 +117,7 @@ def train(
             if ctx.is_main:
                 log("elastic restart: resuming from the last complete checkpoint")
         start = time.perf_counter()
-        trainer = Trainer(r, out_dir, ctx, log=log)
+        trainer = Trainer(r, out_dir, ctx, log=log, callbacks=callbacks)
         trainer.setup(resume=resume)
         if ctx.is_main and dist_.elastic_restart() and not trainer.resumed_from:
             log("elastic restart: no complete checkpoint yet, starting from the beginning")
@@ -118,7 +127,7 @@ def train(
             model_sd, _ = trainer._model_state()  # collective: every rank
         else:
             model_sd = None
-        model = trainer.raw_model
+        model = trainer.eval_model if trainer.eval_model is not None else trainer.raw_model
         if model_sd is not None:  # FSDP: a whole, unsharded copy (rank 0 holds the gathered state)
             from torchsmith.training.build import build_model
 
@@ -152,11 +161,13 @@ def train(
             seconds=round(seconds, 3),
             checkpoint=out_dir / "last.pt",
             best_checkpoint=(out_dir / "best.pt") if (out_dir / "best.pt").exists() else None,
-            metrics_file=out_dir / "metrics.jsonl",
+            metrics_file=(out_dir / "metrics.jsonl") if "jsonl" in r["logging"] else None,
             plot_file=plot,
             model_file=model_file,
             resumed_from=trainer.resumed_from,
             world_size=ctx.world_size,
+            stop_reason=trainer.stop_reason,
+            logs=_log_paths(r, out_dir),
             model=model,
         )
     except Exception as e:
@@ -174,6 +185,11 @@ def train(
             trainer = None
             gc.collect()
         dist_.teardown(ctx)
+
+
+def _log_paths(recipe: dict, out_dir: Path) -> dict:
+    names = {"jsonl": "metrics.jsonl", "csv": "metrics.csv", "tensorboard": "tensorboard"}
+    return {k: out_dir / names[k] for k in recipe["logging"]}
 
 
 def _save_and_reload(

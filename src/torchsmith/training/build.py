@@ -14,7 +14,7 @@ from typing import Any
 
 from torchsmith.errors import RecipeError
 
-__all__ = ["build_model", "build_param_groups"]
+__all__ = ["build_model", "build_param_groups", "resolve_data_fields"]
 
 
 def _need(module: str, name: str, field: str) -> Callable[..., Any]:
@@ -127,3 +127,96 @@ def build_param_groups(model: Any, recipe: dict) -> list:
         kwargs.setdefault("weight_decay", opt["args"].get("weight_decay", 0.0))
         return list(_call("param_groups", param_groups, model, opt["lr"], **kwargs))
     return [p for p in model.parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------------------- from the data
+_AUTO = "auto"
+
+
+def resolve_data_fields(recipe: dict, dataset: Any, log: Callable[[str], None] | None = None) -> dict:
+    """Replace ``auto`` values that the training data decides, in ``recipe`` itself; return them.
+
+    * ``num_classes: auto`` (in ``model.kwargs`` or a surgery op): the dataset's number of classes.
+    * ``in_channels: auto`` (``model.kwargs``): the channels of a sample.
+    * ``in_features: auto`` (``model.kwargs``): what the model's first ``Linear`` receives, found by a
+      dry run on the meta device (no memory, no weights, RNG untouched): the model is built with a
+      placeholder width and one sample's shape goes through it until that layer.
+
+    The recipe then holds the numbers (``recipe.yaml``, the checkpoint), so ``evaluate``,
+    ``predict`` and a resume rebuild the same model without the data.
+    """
+    log = log or (lambda s: None)
+    kwargs = recipe["model"]["kwargs"]
+    found: dict[str, int] = {}
+    n_classes = len(dataset.classes)
+    if kwargs.get("num_classes") == _AUTO:
+        kwargs["num_classes"] = found["model.kwargs.num_classes"] = n_classes
+    for i, op in enumerate(recipe["surgery"] or []):
+        if isinstance(op, dict) and op.get("num_classes") == _AUTO:
+            op["num_classes"] = found[f"surgery[{i}].num_classes"] = n_classes
+    if _AUTO in (kwargs.get("in_channels"), kwargs.get("in_features")):
+        if not len(dataset):
+            raise RecipeError(
+                "recipe field 'model.kwargs': 'auto' sizes need training data, and there is none"
+            )
+        x = dataset[0][0]
+        if kwargs.get("in_channels") == _AUTO:
+            kwargs["in_channels"] = found["model.kwargs.in_channels"] = int(x.shape[0])
+        if kwargs.get("in_features") == _AUTO:
+            kwargs["in_features"] = found["model.kwargs.in_features"] = _infer_in_features(recipe, x)
+    for where, value in found.items():
+        log(f"model: {where} auto -> {value} (from the training data)")
+    return found
+
+
+class _Found(Exception):
+    pass
+
+
+_PLACEHOLDER = 999_983  # a width no real layer has: marks the layer in_features sets
+
+
+def _infer_in_features(recipe: dict, sample: Any) -> int:
+    import torch
+
+    field = "model.kwargs.in_features"
+    if recipe["model"]["name"] is None:
+        raise RecipeError(f"recipe field {field!r}: 'auto' works for zoo models (model.name), not specs")
+    from torchsmith.zoo import create_model
+
+    kwargs = {k: v for k, v in recipe["model"]["kwargs"].items()}
+    kwargs["in_features"] = _PLACEHOLDER
+    if isinstance(kwargs.get("num_classes"), str):
+        kwargs["num_classes"] = 2
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = _call(field, create_model, recipe["model"]["name"], **kwargs)
+        seen: list[int] = []
+
+        def grab(module: Any, args: tuple) -> None:
+            seen.append(int(args[0].shape[-1]))
+            raise _Found
+
+        hooks = [
+            m.register_forward_pre_hook(grab)
+            for m in model.modules()
+            if getattr(m, "in_features", None) == _PLACEHOLDER
+        ]
+        if not hooks:
+            raise RecipeError(
+                f"recipe field {field!r}: 'auto' needs a model whose in_features argument sets its first "
+                f"Linear layer; {recipe['model']['name']} has none (set the number)"
+            )
+        try:
+            model.eval()(sample.unsqueeze(0).to("meta"))
+        except _Found:
+            pass
+        except Exception as e:
+            raise RecipeError(
+                f"recipe field {field!r}: 'auto' could not run a sample of shape {tuple(sample.shape)} "
+                f"through {recipe['model']['name']} on the meta device ({type(e).__name__}: {e}); set it"
+            ) from None
+    if not seen:
+        raise RecipeError(
+            f"recipe field {field!r}: 'auto': the sample never reached the layer it sizes; set it"
+        )
+    return seen[0]

@@ -286,7 +286,11 @@ def read_dcp_model(folder: Path) -> dict:
 
 
 def checkpoint_model_state(path: str | os.PathLike, state: dict) -> dict:
-    """The model state dict a training checkpoint holds, in ``last.pt`` itself or in its DCP folder."""
+    """The model state dict a training checkpoint holds, in ``last.pt`` itself or in its DCP folder;
+    the EMA weights when the run validated on them (``train.ema.eval``)."""
+    ema = (state.get("callbacks") or {}).get("ema")
+    if ema and ema.get("eval"):
+        return ema["model"]
     if "model" in state:
         return state["model"]
     if "dcp" not in state:

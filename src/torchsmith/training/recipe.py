@@ -44,6 +44,7 @@ class Field:
     path: bool = False  # a file or folder that must exist (relative to the recipe's folder)
     minimum: float | None = None
     doc: str = ""
+    sub: dict | None = None  # an optional section: a mapping checked against this schema, true, or off
 
 
 def _f(types: type | tuple[type, ...], default: Any = None, **kw: Any) -> Field:
@@ -55,6 +56,22 @@ _NUM = (int, float)
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
 _OPT_NUM = (int, float, type(None))
+
+# Optional sections: absent, null or false = off; true = on with these defaults; a mapping = on.
+_EMA = {
+    "decay": _f(float, 0.999, doc="weight of the old average per update, in (0, 1)"),
+    "every_n_steps": _f(int, 1, minimum=1, doc="optimizer steps between updates"),
+    "eval": _f(bool, True, doc="validate, pick best.pt and save the final model on the EMA weights"),
+}
+_EARLY_STOPPING = {
+    "metric": _f(str, "val_loss", doc="a key of the epoch record: val_loss, val_acc, train_loss, ..."),
+    "mode": _f(str, "auto", choices=("auto", "min", "max"), doc="auto: min for *loss, max otherwise"),
+    "patience": _f(int, 3, minimum=1, doc="epochs without improvement before stopping"),
+    "min_delta": _f(_NUM, 0.0, minimum=0.0, doc="smallest change that counts as an improvement"),
+}
+_PROFILE = {
+    "steps": _f(list, [2, 4], doc="[a, b]: profile optimizer steps a to b (1-based, inclusive)"),
+}
 
 # The recipe schema: nested dicts are sections, Field leaves are values.
 SCHEMA: dict[str, Any] = {
@@ -132,8 +149,22 @@ SCHEMA: dict[str, Any] = {
         "plot": _f(bool, True, doc="write curves.png at the end"),
         "best_metric": _f(str, "val_acc", choices=("val_acc", "val_loss")),
         "threads": _f(_OPT_INT, None, doc="torch.set_num_threads on the CPU"),
+        "ema": _f((dict, bool, type(None)), None, sub=_EMA, doc="an EMA of the weights (training.ema)"),
+        "early_stopping": _f(
+            (dict, bool, type(None)), None, sub=_EARLY_STOPPING, doc="stop when a metric stops improving"
+        ),
+        "val_every_steps": _f(_OPT_INT, None, minimum=1, doc="also validate every N optimizer steps"),
+        "max_time": _f(
+            (int, float, str, type(None)), None, doc="stop after this much training: seconds or 'HH:MM:SS'"
+        ),
+        "profile": _f((dict, type(None)), None, sub=_PROFILE, doc="a torch.profiler trace of some steps"),
     },
+    "logging": _f((list, str), ["jsonl"], doc="metrics files: any of jsonl, csv, tensorboard"),
     "checkpoint": {
+        "every_n_steps": _f(_OPT_INT, None, minimum=1, doc="also checkpoint every N optimizer steps"),
+        "keep_last": _f(_OPT_INT, None, minimum=1, doc="keep the N latest checkpoints in checkpoints/"),
+        "keep_best": _f(_OPT_INT, None, minimum=1, doc="keep the K best checkpoints by metric"),
+        "metric": _f(_OPT_STR, None, doc="keep_best's metric (default: train.best_metric)"),
         "async": _f(bool, False, doc="write checkpoints in a background thread from a CPU snapshot"),
         "format": _f(str, "auto", choices=("auto", "pt", "dcp"), doc="dcp: sharded (auto for FSDP)"),
     },
@@ -206,6 +237,10 @@ def _check_value(field: Field, value: Any, where: str) -> Any:
         )
     if field.minimum is not None and isinstance(value, _NUM) and value < field.minimum:
         raise RecipeError(f"recipe field {where!r}: must be >= {field.minimum}, got {value!r}")
+    if field.sub is not None and value is not None:
+        if value is False:
+            return None
+        return _validate(field.sub, {} if value is True else value, where)
     return value
 
 
@@ -390,6 +425,69 @@ def _check_semantics(r: dict) -> None:
         )
     if r["optimizer"]["name"] == "LBFGS" and t["grad_accum"] != 1:
         raise RecipeError("recipe field 'train.grad_accum': LBFGS re-evaluates the loss itself; use 1")
+    _check_loop_features(r)
     dev = t["device"]
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise RecipeError(f"recipe field 'train.device': expected auto, cpu, cuda or cuda:N, got {dev!r}")
+
+
+def _check_loop_features(r: dict) -> None:
+    """EMA, early stopping, validation/checkpoint intervals, max_time, profile, logging, retention."""
+    t, c = r["train"], r["checkpoint"]
+    if t["ema"] is not None:
+        if not 0.0 < t["ema"]["decay"] < 1.0:
+            raise RecipeError(f"recipe field 'train.ema.decay': must be in (0, 1), got {t['ema']['decay']}")
+        if r["distributed"]["strategy"] == "fsdp":
+            raise RecipeError(
+                "recipe field 'train.ema': not available with distributed.strategy: fsdp (the EMA copy "
+                "would be a whole model on every rank); use ddp, or drop train.ema"
+            )
+    for where, metric in (
+        ("train.early_stopping.metric", (t["early_stopping"] or {}).get("metric")),
+        ("checkpoint.metric", c["metric"]),
+    ):
+        if metric is not None and not metric.startswith(("train_", "val_")):
+            raise RecipeError(
+                f"recipe field {where!r}: expected a metric name such as val_loss, val_acc, val_top5 or "
+                f"train_loss, got {metric!r}"
+            )
+    d = r["data"]
+    has_val = d["val_fraction"] > 0 or d["val_root"] is not None or d["val_list"] is not None
+    if t["val_every_steps"] is not None and not has_val:
+        raise RecipeError(
+            "recipe field 'train.val_every_steps': the recipe has no validation data (set "
+            "data.val_fraction, data.val_root or data.val_list)"
+        )
+    if t["max_time"] is not None:
+        from torchsmith.training.stopping import parse_duration
+
+        parse_duration(t["max_time"], "train.max_time")
+    if t["profile"] is not None:
+        steps = t["profile"]["steps"]
+        if not (
+            len(steps) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+            and 1 <= steps[0] <= steps[1]
+        ):
+            raise RecipeError(
+                f"recipe field 'train.profile.steps': expected [a, b] with 1 <= a <= b (optimizer steps), "
+                f"got {steps!r}"
+            )
+    old, new = t["checkpoint_every_steps"], c["every_n_steps"]
+    if old is not None and new is not None and old != new:
+        raise RecipeError(
+            f"recipe field 'checkpoint.every_n_steps': {new} disagrees with train.checkpoint_every_steps "
+            f"({old}), its older name; set one of them"
+        )
+    from torchsmith.training.loggers import LOGGERS
+
+    kinds = [r["logging"]] if isinstance(r["logging"], str) else r["logging"]
+    for i, kind in enumerate(kinds):
+        if kind not in LOGGERS:
+            raise RecipeError(
+                f"recipe field 'logging[{i}]': {kind!r} is not a logger{close_matches(str(kind), LOGGERS)}; "
+                f"valid: {', '.join(LOGGERS)}"
+            )
+    if len(set(kinds)) != len(kinds):
+        raise RecipeError(f"recipe field 'logging': {kinds} names a logger twice")
+    r["logging"] = list(kinds)

@@ -1,0 +1,281 @@
+"""The checkpoint side of the :class:`~torchsmith.training.loop.Trainer`: what a run's checkpoint
+holds, how it is written (inline or by the async writer; one file, or DCP shards) and read back.
+
+A checkpoint is everything a resume needs to continue bit for bit: model, optimizer, scheduler,
+grad scaler, every rank's RNG states and running metric sums, the position (epoch, batch, step),
+the history (epochs and mid-epoch validations), the best score, the callbacks' states, class
+names and the recipe. Files written with it: ``last.pt``, ``best.pt`` (a second name for the same
+bytes), ``recipe.yaml`` (with the first checkpoint), ``metrics.jsonl``/``metrics.csv`` (rewritten
+whole from the checkpoint's history), then whatever the callbacks asked for (``info.after_write``),
+then one fsync of the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torchsmith._io import atomic_path, atomic_write, fsync_dir
+from torchsmith.errors import CheckpointError
+from torchsmith.training import checkpointing as ckpt_
+from torchsmith.training import distributed as dist_
+from torchsmith.training.callbacks import CheckpointInfo
+from torchsmith.training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+__all__ = ["RunState"]
+
+
+class RunState:
+    """Mixin of :class:`~torchsmith.training.loop.Trainer`: checkpoints out and in."""
+
+    def _remove_stale_tmp_files(self) -> None:
+        """Delete what a kill during an atomic write of this run's files left (torchsmith's own names)."""
+        from torchsmith._io import stale_tmp_files
+
+        names = ("last.pt", "best.pt", "metrics.jsonl", "recipe.yaml", "curves.png", "model.safetensors")
+        for name in names:
+            for tmp in stale_tmp_files(self.out_dir / name):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                self.log(f"removed {tmp}, left by an interrupted write")
+
+    def _model_state(self) -> tuple[dict, dict]:
+        if self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return (
+                get_model_state_dict(self.raw_model, options=opts),
+                get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts),
+            )
+        return self.raw_model.state_dict(), self.optimizer.state_dict()
+
+    def _state(self, *, epoch_done: bool, with_model: bool = True) -> dict:
+        """The checkpoint dict. Every rank must call this (it gathers per-rank RNG and sums)."""
+        import torch
+
+        # An epoch's sums belong to it: a resume at the next epoch starts from zero.
+        acc = None if epoch_done or self._acc_state is None else self._acc_state.detach().cpu()
+        count = 0 if epoch_done else self._count
+        per_rank = {"rng": capture_rng(self.ctx.device), "acc": acc, "count": count}
+        ranks = dist_.gather_objects(per_rank, self.ctx)
+        model_sd, opt_sd = self._model_state() if with_model else (None, None)
+        state = {
+            "epoch": self.epoch + 1 if epoch_done else self.epoch,
+            "batches_done": 0 if epoch_done else self.batches_done,
+            "step": self.step,
+            "world_size": self.ctx.world_size,
+            "model": model_sd,
+            "optimizer": opt_sd,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "ranks": ranks,
+            "ks": self._ks,
+            "history": json.dumps(self.history),
+            "val_steps": json.dumps(self.val_steps),
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "classes": list(self.train_ds.classes),
+            "recipe": json.dumps(self.recipe),
+            "torch_version": str(torch.__version__),
+        }
+        if not with_model:
+            del state["model"], state["optimizer"]
+        return state
+
+    def save(self, *, epoch_done: bool, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt``, the metrics files); every rank calls this.
+
+        The state is taken here, at the step boundary, and shown to the callbacks
+        (``on_checkpoint``); the files are written by :attr:`writer`, in this thread or
+        (``checkpoint.async``) in its background thread from a CPU snapshot.
+        """
+        self.writer.wait()  # never two writes at once; a failed write raises here
+        dcp = self.ckpt_format == "dcp"
+        state = self._state(epoch_done=epoch_done, with_model=not dcp)
+        info = CheckpointInfo(
+            state=state,
+            out_dir=self.out_dir,
+            step=self.step,
+            epoch=state["epoch"],
+            epoch_done=epoch_done,
+            best=best,
+        )
+        self.callbacks("on_checkpoint", self, info)
+        state["callbacks"] = self.callbacks.states()  # after on_checkpoint: states include this one
+        if dcp:
+            return self._save_dcp(info)
+        if self.ctx.is_main:  # file writing only; no collective in here
+            if self.writer.asynchronous:
+                pin = self.ctx.device.type == "cuda"
+                state = ckpt_.snapshot(state, pin=pin, _cache=self._pinned if pin else None)
+            files = self._log_files()
+            self.writer.submit(lambda: self._write_files(state, best, files, info._after))
+        if not self.writer.asynchronous:
+            dist_.barrier(self.ctx)
+
+    def _log_files(self) -> dict[str, str]:
+        """The metrics files (``logging``) as they are at this checkpoint: rewritten whole each time."""
+        from torchsmith.training.loggers import csv_text, jsonl_text, metric_rows
+
+        kinds = self.recipe["logging"]
+        rows = metric_rows(self.history, self.val_steps)
+        files = {}
+        if "jsonl" in kinds:
+            files["metrics.jsonl"] = jsonl_text(rows)
+        if "csv" in kinds:
+            files["metrics.csv"] = csv_text(rows)
+        return files
+
+    def _write_files(
+        self, state: dict, best: bool, files: dict[str, str], after: list, cleanup: bool = False
+    ) -> None:
+        # Several renames, one fsync of the folder after the last (each file's bytes are fsynced first).
+        last = save_checkpoint(self.out_dir / "last.pt", state, sync_folder=False)
+        if not self._recipe_written:
+            # The run folder becomes this run's with its first checkpoint, not before: a run
+            # refused or failed before that leaves the old run's recipe next to its checkpoints.
+            text = self.recipe.to_yaml() if hasattr(self.recipe, "to_yaml") else json.dumps(self.recipe)
+            with atomic_write(self.out_dir / "recipe.yaml", "w", sync_folder=False) as f:
+                f.write(text)
+            self._recipe_written = True
+        if best:
+            with atomic_path(self.out_dir / "best.pt", sync_folder=False) as tmp:
+                # A second name for the same bytes: every write here replaces files by rename,
+                # never in place, so the next last.pt cannot change best.pt.
+                try:
+                    os.link(last, tmp)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(last, tmp)
+        for name, text in files.items():
+            with atomic_write(self.out_dir / name, "w", sync_folder=False) as f:
+                f.write(text)
+        fsync_dir(self.out_dir)
+        for fn in after:  # the callbacks' work on the files (checkpoint retention)
+            fn(self.out_dir)
+        if cleanup:
+            self._remove_old_dcp(state["dcp"])
+
+    def _save_dcp(self, info: CheckpointInfo) -> None:
+        """Each rank writes its shard with torch.distributed.checkpoint; then rank 0 writes last.pt."""
+        folder = ckpt_.dcp_folder(self.out_dir, self.step)
+        model_sd, opt_sd = ckpt_.dcp_state_dicts(self.raw_model, self.optimizer)
+        state = info.state
+        state["dcp"] = str(folder.relative_to(self.out_dir))
+        if self.writer.asynchronous:
+            pin = self.ctx.device.type == "cuda"
+            cache = self._pinned if pin else None
+            model_sd, opt_sd, state = ckpt_.snapshot((model_sd, opt_sd, state), pin=pin, _cache=cache)
+            if self.ctx.enabled and self._ckpt_group is None:
+                import torch.distributed as dist
+
+                self._ckpt_group = dist.new_group(backend="gloo")  # every rank, same path
+        files = self._log_files()
+        main, group, best = self.ctx.is_main, self._ckpt_group, info.best
+
+        def write() -> None:
+            ckpt_.save_dcp(folder, model_sd, opt_sd, process_group=group)
+            if main:  # after every rank's shard and the metadata are on disk
+                self._write_files(state, best, files, info._after, cleanup=True)
+
+        self.writer.submit(write)
+        if not self.writer.asynchronous:
+            dist_.barrier(self.ctx)
+
+    def _remove_old_dcp(self, keep: str) -> None:
+        """Delete DCP folders that neither last.pt, best.pt nor a kept checkpoint names (rank 0, after
+        last.pt is in place)."""
+        names = {keep}
+        kept = [self.out_dir / "best.pt"]
+        if (self.out_dir / "checkpoints").is_dir():
+            kept += sorted((self.out_dir / "checkpoints").glob("*.pt"))
+        for path in kept:
+            if path.is_file():
+                with contextlib.suppress(CheckpointError):
+                    names.add(str(load_checkpoint(path).get("dcp")))
+        root = self.out_dir / "dcp"
+        for d in root.iterdir() if root.is_dir() else ():
+            if str(d.relative_to(self.out_dir)) not in names:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def close(self) -> None:
+        """Wait for the checkpoint write in flight (call before reading the files or exiting)."""
+        self.writer.wait()
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.ctx.device)
+        resharded = state["world_size"] != self.ctx.world_size
+        if resharded and ("dcp" not in state or state["batches_done"]):
+            raise CheckpointError(
+                f"checkpoint {path}: written by {state['world_size']} process(es), resumed with "
+                f"{self.ctx.world_size}; a different number needs a DCP checkpoint (checkpoint.format: "
+                "dcp) taken at the end of an epoch"
+                + (f", and this one is mid-epoch (batch {state['batches_done']})" if "dcp" in state else "")
+            )
+        if "dcp" in state:
+            ckpt_.restore_dcp(path.parent / state["dcp"], self.raw_model, self.optimizer)
+        elif self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.raw_model, state["model"], options=opts)
+            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
+        else:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.step = state["step"]
+        self.batches_done = state["batches_done"]
+        self.history = json.loads(state["history"])
+        self.val_steps = json.loads(state.get("val_steps", "[]"))
+        self.callbacks.load_states(state.get("callbacks"))
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self._ks = state["ks"]
+        # Another world size (DCP) resumes at an epoch boundary: ranks that existed get their RNG back,
+        # new ranks keep their per-rank seeding; the run is then not bit-identical to an unbroken one.
+        ranks = state["ranks"]
+        mine = ranks[self.ctx.rank] if self.ctx.rank < len(ranks) else {"rng": None, "acc": None, "count": 0}
+        if mine["rng"] is not None:
+            restore_rng(mine["rng"], self.ctx.device)
+        self._acc_state = None if mine["acc"] is None else mine["acc"].to(self.ctx.device)
+        self._count = mine["count"]
+        old = json.loads(state["recipe"])
+        changed = sorted(_diff(old, json.loads(json.dumps(self.recipe))))
+        self.resumed_from = {
+            "checkpoint": str(path),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batches_done": self.batches_done,
+            "world_size": state["world_size"],
+        }
+        if self.ctx.is_main:
+            moved = f" (resharded from {state['world_size']} to {self.ctx.world_size} processes)"
+            self.log(
+                f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batches_done}, step {self.step}"
+                + (moved if resharded else "")
+                + (f" (recipe fields changed since: {', '.join(changed)})" if changed else "")
+            )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return set() if a == b else {prefix}
