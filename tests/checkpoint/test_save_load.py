@@ -119,11 +119,11 @@ def test_traps_1_and_2_refused(tmp_path):
 
 
 def test_tied_weights_stay_tied(tmp_path, monkeypatch):
-    from torchsmith.zoo import registry
+    from torchsmith.zoo import _entries
 
     # Registered for this test only: other tests compare the zoo's list of models.
     torchsmith.list_models()  # the built-in models are registered into the real table first
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(_entries, "_REGISTRY", dict(_entries._REGISTRY))
 
     @torchsmith.register_model("_test_tied_lm", input_shape=(1, 4))
     def tied_lm():

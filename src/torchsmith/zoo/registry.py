@@ -15,61 +15,27 @@ Names with a prefix build other libraries' models with random weights (never a d
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from torchsmith._provenance import set_provenance
 from torchsmith._sandbox import check_kwargs, sandbox
 from torchsmith.errors import InputError, close_matches
+from torchsmith.zoo import _entries
+from torchsmith.zoo._entries import ModelEntry, register_model
 
 __all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
 
-_REGISTRY: dict[str, ModelEntry] = {}
 _PREFIXES = ("torchvision:", "timm:", "hf:")
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A registered model: its factory, a one-line description and a sample input shape."""
-
-    name: str
-    factory: Callable[..., Any]
-    description: str = ""
-    input_shape: tuple[int, ...] = (1, 3, 224, 224)
-    tags: tuple[str, ...] = field(default_factory=tuple)
-
-
-def register_model(
-    name: str | None = None,
-    *,
-    input_shape: tuple[int, ...] = (1, 3, 224, 224),
-    description: str | None = None,
-    tags: tuple[str, ...] = (),
-    overwrite: bool = False,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a model factory (a function or an ``nn.Module`` class) under ``name``.
-
-    ``input_shape`` is a sample input (batch first) used by ``summary`` and shape checks.
-    """
-
-    def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
-        key = name or factory.__name__
-        if ":" in key:
-            raise InputError(f"model name {key!r} may not contain ':' (reserved for library prefixes)")
-        if key in _REGISTRY and not overwrite:
-            raise InputError(f"model {key!r} is already registered; pass overwrite=True to replace it")
-        doc = description if description is not None else (inspect.getdoc(factory) or "").split("\n")[0]
-        _REGISTRY[key] = ModelEntry(key, factory, doc, tuple(input_shape), tuple(tags))
-        return factory
-
-    return decorate
+_REGISTRY = _entries._REGISTRY  # the same table (kept under this name for callers that read it)
 
 
 def _ensure_builtin_models() -> None:
-    # Importing the zoo's model modules runs their @register_model decorators.
-    import torchsmith.zoo.models  # noqa: F401
+    # Lazy discovery: importing the zoo's model package runs their @register_model decorators, which
+    # write to torchsmith.zoo._entries (the models never import this module: no circle).
+    importlib.import_module("torchsmith.zoo.models")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -77,19 +43,20 @@ def list_models(pattern: str | None = None) -> list[str]:
     import fnmatch
 
     _ensure_builtin_models()
-    names = sorted(_REGISTRY)
+    names = sorted(_entries._REGISTRY)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for a zoo model ``name``; an :class:`InputError` naming close matches if unknown."""
     _ensure_builtin_models()
-    if name not in _REGISTRY:
+    table = _entries._REGISTRY
+    if name not in table:
         raise InputError(
-            f"unknown model {name!r}{close_matches(name, _REGISTRY)}; valid zoo models: "
-            f"{', '.join(sorted(_REGISTRY))}; or use a 'torchvision:NAME' or 'timm:NAME' model"
+            f"unknown model {name!r}{close_matches(name, table)}; valid zoo models: "
+            f"{', '.join(sorted(table))}; or use a 'torchvision:NAME' or 'timm:NAME' model"
         )
-    return _REGISTRY[name]
+    return table[name]
 
 
 def _check_kwargs(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:

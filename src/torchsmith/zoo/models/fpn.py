@@ -21,7 +21,7 @@ from torchsmith.blocks import BackboneWithFPN, LastLevelMaxPool
 from torchsmith.blocks._factory import LayerArg
 from torchsmith.errors import InputError
 from torchsmith.zoo.models.resnet import build_resnet
-from torchsmith.zoo.registry import register_model
+from torchsmith.zoo._entries import register_model
 
 __all__ = ["freeze_resnet_layers", "resnet_fpn"]
 

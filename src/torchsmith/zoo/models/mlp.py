@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from torchsmith.blocks import make_act
 from torchsmith.errors import InputError
-from torchsmith.zoo.registry import register_model
+from torchsmith.zoo._entries import register_model
 
 __all__ = ["mlp"]
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torchsmith.blocks import BasicBlock, Bottleneck
 from torchsmith.blocks._factory import LayerArg, get_norm_layer, make_act
 from torchsmith.errors import InputError, close_matches
-from torchsmith.zoo.registry import register_model
+from torchsmith.zoo._entries import register_model
 
 __all__ = ["DEPTHS", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 

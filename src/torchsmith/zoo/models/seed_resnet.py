@@ -19,7 +19,7 @@ import torch.nn as nn
 from torchsmith.blocks import ResidualBlock
 from torchsmith.blocks._factory import LayerArg, make_act, make_norm
 from torchsmith.blocks.residual import conv_shortcut
-from torchsmith.zoo.registry import register_model
+from torchsmith.zoo._entries import register_model
 
 __all__ = ["SeedResNet34", "seed_resnet34"]
 

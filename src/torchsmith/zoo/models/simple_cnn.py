@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchsmith.errors import InputError
-from torchsmith.zoo.registry import register_model
+from torchsmith.zoo._entries import register_model
 
 __all__ = ["MIN_SIZE", "Net", "simple_cnn"]
 

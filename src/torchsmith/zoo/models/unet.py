@@ -20,7 +20,7 @@ import torch.nn as nn
 from torchsmith.blocks import CNNLayer, DoubleConv, Down, DownSampling, OutConv, Up, UpSampling
 from torchsmith.blocks._factory import LayerArg
 from torchsmith.errors import InputError
-from torchsmith.zoo.registry import register_model
+from torchsmith.zoo._entries import register_model
 
 __all__ = ["MIN_SIZE", "SeedUnet", "UNet", "unet", "unet_seed"]
 
