@@ -35,7 +35,9 @@ def test_registry_and_table_do_not_import_the_models_at_import_time():
     for name in ("registry.py", "_entries.py", "__init__.py"):
         names = _imports(ZOO / name, top_level_only=True)
         assert not any(n.startswith("torchsmith.zoo.models") for n in names), name
-    assert not any(n.startswith("torchsmith.zoo") for n in _imports(ZOO / "_entries.py", top_level_only=False))
+    assert not any(
+        n.startswith("torchsmith.zoo") for n in _imports(ZOO / "_entries.py", top_level_only=False)
+    )
 
 
 def test_the_registry_reads_the_table_the_models_write():

@@ -32,6 +32,7 @@ from typing import Any
 from torchsmith._provenance import set_provenance
 from torchsmith._sandbox import kwarg_problem, sandbox
 from torchsmith.errors import InputError, SpecError, close_matches
+from torchsmith.spec.fastshape import module_output, op_output
 from torchsmith.spec.graph import OPS, SpecDict, SpecGraph, SpecList
 from torchsmith.spec.loader import Spec, _check_plain, envelope, format_path, load_spec
 from torchsmith.spec.resolve import ResolveError, check_arguments
@@ -177,14 +178,60 @@ class _Constructor:
         if self.meta and xs is not None:
             module.eval()  # batch-1 samples must not trip BatchNorm's training-mode check
             try:
-                out = module(*xs)
+                out = _run_module(module, xs)
             except Exception as e:
                 where, why = _input_mismatch(plan, kwargs, xs)
                 detail = f"{why} ({_first_line(e)})" if why else _first_line(e)
                 raise self.fail(
                     where, f"{t.name} cannot take an input of shape {shape_str(xs)}: {detail}"
                 ) from None
+            if isinstance(module, (nn.Flatten, nn.Unflatten)):  # layers that reshape: as the reshape op
+                self._check_module_batch(plan, module, kwargs, xs, out)
+        elif self.meta and isinstance(module, (nn.Flatten, nn.Unflatten)):
+            self._check_module_batch(plan, module, kwargs, None, None)
         return module, out
+
+    def _check_module_batch(self, plan: LeafPlan, module: Any, kwargs: dict, xs: Any, out: Any) -> None:
+        """A Flatten/Unflatten layer must keep the batch as dim 0 (like the reshape op, see _check_batch).
+
+        Without a sample shape only what is wrong at every shape is refused: flattening from dim 0
+        (to any end dim but 0) and unflattening dim 0.
+        """
+        import torch
+        import torch.nn as nn
+
+        if xs is None:
+            if isinstance(module, nn.Flatten):
+                ok = not (module.start_dim == 0 and module.end_dim != 0)
+            else:
+                ok = module.dim != 0
+            detail = "at every input shape"
+        else:
+            x = xs[0]
+            if not isinstance(x, torch.Tensor) or x.dim() == 0 or not isinstance(out, torch.Tensor):
+                return
+            bigger = torch.empty((x.shape[0] + 1, *x.shape[1:]), dtype=x.dtype, device="meta")
+            try:
+                out2 = module(bigger)
+                ok = (
+                    out2.dim() == out.dim()
+                    and out2.shape[0] == x.shape[0] + 1
+                    and out2.shape[1:] == out.shape[1:]
+                )
+            except Exception:
+                ok = False
+            ok = ok and out.dim() > 0 and out.shape[0] == x.shape[0]
+            detail = f"turning the input {shape_str(x)} into {shape_str(out)}"
+        if ok:
+            return
+        key = next((k for k in ("start_dim", "dim") if k in plan.kwargs), None)
+        where = plan.where.at(key) if key else plan.where
+        raise self.fail(
+            where,
+            f"{plan.target.name}({module.extra_repr()}) does not keep the batch dimension (dim 0) as it is, "
+            f"{detail}: the model would work only at this batch size or mix samples; keep dim 0 as the "
+            "batch (Flatten with start_dim 1 or more, Unflatten of a dim after the batch)",
+        )
 
     def _select(self, env: dict, ref: tuple, where: Where) -> Any:
         src, sel = ref
@@ -243,7 +290,7 @@ class _Constructor:
         if vals is None or not self.meta:
             return None
         try:
-            return module(*vals)
+            return _run_module(module, vals)
         except Exception as e:
             raise self.fail(
                 st.where,
@@ -266,7 +313,7 @@ class _Constructor:
             return
         bigger = [torch.empty((x.shape[0] + 1, *x.shape[1:]), dtype=x.dtype, device="meta"), *vals[1:]]
         try:
-            out2 = OPS[st.op].fn(bigger, **st.op_kwargs)
+            out2 = _run_op(st.op, bigger, st.op_kwargs)
             ok = (
                 out2.dim() == out.dim()
                 and out2.shape[0] == x.shape[0] + 1
@@ -308,7 +355,11 @@ class _Constructor:
                 out = self._call(st, modules[st.call], vals)
             elif vals is not None:
                 try:
-                    out = OPS[st.op].fn(vals, **st.op_kwargs)
+                    out = (
+                        _run_op(st.op, vals, st.op_kwargs)
+                        if self.meta
+                        else OPS[st.op].fn(vals, **st.op_kwargs)
+                    )
                 except Exception as e:
                     raise self.fail(
                         st.where,
@@ -335,6 +386,18 @@ class _Constructor:
             else:
                 out = {k: self._select(env, r, plan.where.at("outputs")) for k, r in outs}
         return module, out
+
+
+def _run_module(module: Any, xs: list) -> Any:
+    """``module(*xs)`` on meta tensors: by formula for common layers (no dynamo/sympy import), else run."""
+    out = module_output(module, xs)
+    return module(*xs) if out is None else out
+
+
+def _run_op(op: str, xs: list, kwargs: dict) -> Any:
+    """A graph op on meta tensors: by formula where one is known (see spec/fastshape.py), else run."""
+    out = op_output(op, xs, kwargs)
+    return OPS[op].fn(xs, **kwargs) if out is None else out
 
 
 def _input_mismatch(plan: LeafPlan, kwargs: dict, xs: list) -> tuple[Where, str]:

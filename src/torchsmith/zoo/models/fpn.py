@@ -20,8 +20,8 @@ from __future__ import annotations
 from torchsmith.blocks import BackboneWithFPN, LastLevelMaxPool
 from torchsmith.blocks._factory import LayerArg
 from torchsmith.errors import InputError
-from torchsmith.zoo.models.resnet import build_resnet
 from torchsmith.zoo._entries import register_model
+from torchsmith.zoo.models.resnet import build_resnet
 
 __all__ = ["freeze_resnet_layers", "resnet_fpn"]
 
