@@ -19,7 +19,7 @@ from typing import Any
 
 _ATTR = "_torchsmith_provenance"
 
-__all__ = ["add_surgery", "get_provenance", "set_provenance"]
+__all__ = ["add_surgery", "get_provenance", "set_provenance", "set_weights_info"]
 
 
 def set_provenance(
@@ -39,6 +39,18 @@ def set_provenance(
         record["spec"] = copy.deepcopy(spec)
     # object.__setattr__: nn.Module.__setattr__ would be fine too, but this keeps it off _modules.
     object.__setattr__(model, _ATTR, record)
+
+
+def set_weights_info(model: Any, weights: dict) -> None:
+    """Attach the pretrained-weights record (``torchsmith.weights``) to ``model``'s provenance.
+
+    ``load_model`` calls this so that a reloaded model saved again keeps where its weights came from.
+    """
+    record = getattr(model, _ATTR, None)
+    if record is None:
+        record = {"surgery": []}
+        object.__setattr__(model, _ATTR, record)
+    record["weights"] = copy.deepcopy(weights)
 
 
 def add_surgery(model: Any, op: dict) -> None:

@@ -230,8 +230,10 @@ def test_pretrained_true_means_default_and_inception_keeps_its_settings(tmp_path
         server.close()
     assert model.transform_input is True
     record = torchsmith._provenance.get_provenance(model)
-    assert record["arch"]["kwargs"]["transform_input"] is True
+    assert record["arch"]["weights_structure"] == {"weights": "Inception_V3_Weights.IMAGENET1K_V1"}
     assert "deprecated" in record["weights"]["notes"][0]
+    again = torchsmith.load_model(torchsmith.save(model, tmp_path / "inception.safetensors"))
+    assert again.transform_input is True and again.AuxLogits is not None  # rebuilt as for the weights
 
 
 def test_hf_cache_layout_offline_loads_timm_weights(tmp_path, monkeypatch):

@@ -116,13 +116,29 @@ def test_set_in_channels_keeps_rgb_weights_as_timm_adapt_input_conv():
         assert torch.allclose(net.conv1.weight, adapt_input_conv(c, w), atol=1e-6), c
 
 
-def test_set_in_channels_says_weight_standardised_convs_lose_the_equivalence():
-    from timm.layers import ScaledStdConv2d
+def test_set_in_channels_weight_standardised_convs_exact_with_a_gain_loud_without():
+    """ScaledStdConv2d: the kernel it applies is summed and the gain rescaled (exact); StdConv2d has no
+    gain, so no 1-channel kernel can reproduce it: a warning and a note, never a silent change."""
+    from timm.layers import ScaledStdConv2d, StdConv2d
 
-    net = nn.Sequential(ScaledStdConv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
-    net(torch.randn(1, 3, 16, 16))
-    report = set_in_channels(net, 1, input_shape=(1, 3, 16, 16))
-    assert any("ScaledStdConv2d" in n and "not those of the RGB model" in n for n in report.notes)
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16)
+    for cls in (ScaledStdConv2d, StdConv2d):
+        net = nn.Sequential(cls(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 2))
+        net.eval()
+        if cls is ScaledStdConv2d:
+            with torch.no_grad():
+                net[0].gain.uniform_(0.5, 2.0)  # a trained gain, not the initial ones
+        before = net(x.expand(-1, 3, -1, -1))
+        if cls is ScaledStdConv2d:
+            report = set_in_channels(net, 1, input_shape=(1, 3, 16, 16))
+            assert torch.allclose(net(x), before, atol=1e-5), cls.__name__
+            assert any("gain rescaled" in n for n in report.notes)
+        else:
+            with pytest.warns(UserWarning, match=r"StdConv2d.*NOT equivalent"):
+                report = set_in_channels(net, 1, input_shape=(1, 3, 16, 16))
+            assert any("NOT equivalent" in n for n in report.notes)
+            assert not torch.allclose(net(x), before, atol=1e-3)
     plain = torchvision.models.resnet18(weights=None)
     assert not any("standardis" in n for n in set_in_channels(plain, 1).notes)
 

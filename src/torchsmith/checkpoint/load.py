@@ -140,6 +140,10 @@ def _build(raw: RawCheckpoint) -> tuple[Any, list[str]]:
             raise CheckpointError(f"{raw.path}: cannot rebuild the recorded model: {e}") from None
 
     def construct() -> Any:
+        if arch is not None and arch.get("weights_structure") is not None:
+            from torchsmith.hub import rebuild_structure  # what torchvision builds for those weights
+
+            return rebuild_structure(arch)
         if arch is not None:
             from torchsmith.zoo import create_model
 
@@ -260,7 +264,20 @@ def _load_recorded(raw: RawCheckpoint) -> Any:
     if left:
         raise CheckpointError(f"{raw.path}: the checkpoint leaves {left[:3]} uninitialised")
     model._torchsmith_load_notes = raw.notes + notes
+    _restore_weights_info(model, meta)
     return model
+
+
+def _restore_weights_info(model: Any, meta: dict[str, str]) -> None:
+    """Keep the pretrained weights' record (source, licence, categories) on the reloaded model."""
+    from torchsmith._provenance import set_weights_info
+
+    try:
+        info = json.loads(meta.get("torchsmith.weights") or "null")
+    except (ValueError, RecursionError):
+        info = None
+    if isinstance(info, dict):
+        set_weights_info(model, info)
 
 
 def _load_unrecorded(raw: RawCheckpoint, trust_pickle: bool, map_location: Any) -> Any:

@@ -8,7 +8,7 @@ torchsmith's restricted reader. Nothing else in torchsmith downloads.
 """
 
 from torchsmith.hub._fetch import OfflineError, check_hash, download, is_offline, torch_hub_dir
-from torchsmith.hub.pretrained import create_pretrained, fetch_weights, verify_cache
+from torchsmith.hub.pretrained import create_pretrained, fetch_weights, rebuild_structure, verify_cache
 from torchsmith.hub.sources import WeightsSource, list_weights, resolve_weights
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "fetch_weights",
     "is_offline",
     "list_weights",
+    "rebuild_structure",
     "resolve_weights",
     "torch_hub_dir",
     "verify_cache",

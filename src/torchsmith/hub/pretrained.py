@@ -12,16 +12,13 @@ code runs), never by ``torch.hub.load_state_dict_from_url`` or timm's loader.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torchsmith.errors import CheckpointError, InputError, TorchsmithError, TransferError
+from torchsmith.errors import CheckpointError, InputError, TransferError
 from torchsmith.hub._fetch import (
     OfflineError,
     check_hash,
@@ -30,9 +27,9 @@ from torchsmith.hub._fetch import (
     is_offline,
     sha256_of,
 )
-from torchsmith.hub.sources import WeightsSource, resolve_weights, torchvision_enum
+from torchsmith.hub.sources import WeightsSource, resolve_weights
 
-__all__ = ["create_pretrained", "fetch_weights", "verify_cache"]
+__all__ = ["create_pretrained", "fetch_weights", "rebuild_structure", "verify_cache"]
 
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -137,110 +134,16 @@ def _read(path: Path, what: str) -> dict[str, Any]:
 # -- torchvision ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _torchvision_reads_through_torchsmith(progress: bool, overrides: dict[str, Any]) -> Iterator[None]:
-    """While torchvision builds a model with ``weights=``, its state dicts come from our reader.
-
-    torchvision's builders also fix some arguments to match the weights (``num_classes``,
-    ``transform_input``, ``aux_logits``...): those are recorded in ``overrides`` so the model can be
-    rebuilt later without weights and be the same architecture.
-    """
-    import torchvision.models  # noqa: F401  (loads the builder modules)
-    from torchvision.models._api import WeightsEnum
-
-    def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        filename = os.path.basename(self.url)
-        src = WeightsSource(name=f"{type(self).__name__}.{self.name}", kind="url", url=self.url,
-                            filename=filename, sha256=hash_prefix_from_name(filename))  # fmt: skip
-        return _read(fetch_weights(src, progress=progress), src.name)
-
-    def record_override(kwargs: dict[str, Any], param: str, new_value: Any) -> None:
-        if param in kwargs and kwargs[param] != new_value:
-            raise InputError(
-                f"these weights need {param}={new_value!r}, got {param}={kwargs[param]!r}"
-                + (
-                    "; build with the weights' classes and call torchsmith.set_num_classes"
-                    if param == "num_classes"
-                    else ""
-                )
-            )
-        kwargs.setdefault(param, new_value)
-        overrides.setdefault(param, new_value)
-
-    patched = [(m, m._ovewrite_named_param) for name, m in list(sys.modules.items())
-               if name.startswith("torchvision.models") and hasattr(m, "_ovewrite_named_param")]  # fmt: skip
-    saved = WeightsEnum.get_state_dict
-    WeightsEnum.get_state_dict = get_state_dict  # type: ignore[method-assign]
-    for module, _ in patched:
-        module._ovewrite_named_param = record_override
-    try:
-        yield
-    finally:
-        WeightsEnum.get_state_dict = saved  # type: ignore[method-assign]
-        for module, original in patched:
-            module._ovewrite_named_param = original
+def _read_source(source: WeightsSource, progress: bool) -> dict[str, Any]:
+    return _read(fetch_weights(source, progress=progress), source.name)
 
 
 def _create_torchvision(
     name: str, kwargs: dict[str, Any], progress: bool
 ) -> tuple[Any, dict, list[WeightsSource]]:
-    import torchvision.models as tvm
+    from torchsmith.hub._torchvision import create_torchvision
 
-    kwargs = dict(kwargs)
-    sources: list[WeightsSource] = []
-    weights = kwargs.pop("weights", None)
-    pretrained = kwargs.pop("pretrained", None)
-    notes: list[str] = []
-    if pretrained not in (None, False):
-        if weights is not None:
-            raise InputError("give weights= or pretrained=, not both")
-        weights = "DEFAULT"
-        notes.append("pretrained=True is deprecated in torchvision: it means weights='DEFAULT'")
-    call: dict[str, Any] = dict(kwargs)
-    new_classes = None
-    if weights is not None:
-        enum = torchvision_enum(name, weights)
-        sources.append(resolve_weights(f"torchvision:{name}", enum))
-        call["weights"] = enum
-        cats = enum.meta.get("categories")
-        if "num_classes" in call and cats and call["num_classes"] != len(cats):
-            new_classes = call.pop("num_classes")  # load the weights' own head, then replace it
-    backbone = kwargs.get("weights_backbone")
-    if backbone not in (None, False):
-        import inspect
-
-        from torchvision.models._api import WeightsEnum
-
-        param = inspect.signature(tvm.get_model_builder(name)).parameters["weights_backbone"]
-        enum_cls = param.annotation if isinstance(param.annotation, type) else None
-        if isinstance(backbone, WeightsEnum):
-            enum = backbone
-        else:
-            enum = tvm.get_weight(backbone) if isinstance(backbone, str) and "." in backbone else None
-            if enum is None and enum_cls is None:
-                raise InputError(f"give weights_backbone for torchvision:{name} as the enum or 'Enum.NAME'")
-            if enum is None:
-                enum = enum_cls.DEFAULT if backbone in (True, "DEFAULT") else enum_cls[backbone]
-        call["weights_backbone"] = enum
-        sources.append(WeightsSource(name=f"{type(enum).__name__}.{enum.name}", kind="url", url=enum.url,
-                                     filename=os.path.basename(enum.url)))  # fmt: skip
-    overrides: dict[str, Any] = {}
-    with _torchvision_reads_through_torchsmith(progress, overrides):
-        try:
-            model = tvm.get_model(name, **call)
-        except TorchsmithError:
-            raise
-        except RuntimeError as e:  # load_state_dict(strict=True) inside torchvision
-            raise TransferError(
-                f"torchvision:{name}: the pretrained weights do not fit the model: {e}"
-            ) from None
-        except ValueError as e:
-            raise InputError(f"torchvision:{name}: {e}") from None
-    arch_kwargs = {k: v for k, v in kwargs.items() if k not in ("weights", "pretrained", "weights_backbone")}
-    arch_kwargs.update(overrides)
-    if new_classes is not None:
-        arch_kwargs["num_classes"] = overrides.get("num_classes", 1000)
-    return model, {"kwargs": arch_kwargs, "notes": notes, "new_classes": new_classes}, sources
+    return create_torchvision(name, kwargs, progress, _read_source)
 
 
 # -- timm ----------------------------------------------------------------------------------------
@@ -339,7 +242,7 @@ def create_pretrained(
             "with torchsmith.load_weights(model, path)"
         )
     record = [s.describe() for s in sources]
-    main = sources[0] if sources else None
+    main = sources[0] if sources and not sources[0].meta.get("backbone") else None
     weights: dict[str, Any] = {"sources": record, "notes": info["notes"]}
     if main is not None and info.get("new_classes") is None and main.meta.get("categories"):
         weights["categories"] = main.meta["categories"]
@@ -350,5 +253,28 @@ def create_pretrained(
         if "build_name" not in info or not model_name.startswith("hf-hub:")
         else f"timm:{info['build_name']}"
     )
-    return model, {"arch": {"name": arch_name, "kwargs": info["kwargs"]}, "weights": weights,
-                   "new_classes": info.get("new_classes")}  # fmt: skip
+    arch: dict[str, Any] = {"name": arch_name, "kwargs": info["kwargs"]}
+    if info.get("structure"):  # a rebuild builds what torchvision builds for these weights
+        arch["weights_structure"] = info["structure"]
+    return model, {"arch": arch, "weights": weights, "new_classes": info.get("new_classes")}
+
+
+def rebuild_structure(arch: dict[str, Any]) -> Any:
+    """Rebuild a recorded pretrained architecture (``arch`` with ``weights_structure``) without weights.
+
+    torchvision builds some models differently when given weights (``FrozenBatchNorm2d`` and frozen
+    layers in detection backbones, arguments fixed by the weights); the rebuild passes the same
+    weights names to the same builder with fetching and loading switched off, so the saved tensors
+    fit exactly. Nothing is downloaded or read.
+    """
+    from torchsmith._provenance import set_provenance
+    from torchsmith._sandbox import check_kwargs
+    from torchsmith.hub._torchvision import build_structure
+
+    name, kwargs = arch.get("name"), arch.get("kwargs") or {}
+    if not isinstance(name, str) or not name.startswith("torchvision:"):
+        raise InputError(f"weights_structure is recorded only for torchvision: models, not {name!r}")
+    check_kwargs(kwargs, f"model {name!r}: argument")
+    model = build_structure(name.split(":", 1)[1], dict(kwargs), arch["weights_structure"])
+    set_provenance(model, arch=arch)
+    return model

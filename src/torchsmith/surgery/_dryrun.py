@@ -265,6 +265,10 @@ class _Recorder(TorchFunctionMode):
             deps |= self.depends.get(id(a), self._NO_PARAMS)
             if names:
                 param_names.append(names[0])
+            elif id(a) not in self.derived and self.depends.get(id(a)):
+                # a kernel computed from weights in forward (timm's StdConv2d standardises its
+                # weight first): the layer owning those weights is what meets the input
+                param_names.extend(sorted(self.depends[id(a)]))
         frozen = frozenset(deps)
         flat_out = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
         fname = getattr(func, "__name__", str(func))

@@ -21,8 +21,10 @@ True
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,6 +97,67 @@ def _own_forward(m: nn.Module) -> bool:
     return type(m).forward not in (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
+def _standardised(m: nn.Module) -> str | None:
+    """timm's weight-standardised convolutions: ``"scaled"`` (ScaledStdConv2d*: a learnable gain),
+    ``"plain"`` (StdConv2d*: none), else None. Both normalise each kernel over its inputs in forward."""
+    cls = type(m)
+    if not cls.__module__.startswith("timm.") or not isinstance(getattr(m, "eps", None), float):
+        return None
+    if cls.__name__.startswith("ScaledStdConv") and isinstance(getattr(m, "gain", None), nn.Parameter):
+        return "scaled"
+    return "plain" if cls.__name__.startswith("StdConv") else None
+
+
+def _standardise(w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w - mean) / sqrt(var + eps) over each output channel (what timm's forward computes), and the mean."""
+    flat = w.reshape(w.shape[0], -1)
+    var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
+    return ((flat - mean) / torch.sqrt(var + eps)).reshape_as(w), mean
+
+
+def _adapt_layer(
+    m: nn.Module, c: int, channel_map: Sequence[Any] | None, path: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The new weight (and, for ScaledStdConv2d, the new gain) of input convolution ``m``.
+
+    A weight-standardised convolution is adapted through the kernel it really applies: that kernel
+    is summed (or repeated), and for ScaledStdConv2d the gain is set so that standardising the new
+    weight gives back exactly that kernel (possible when it has zero mean per output channel, as a
+    sum or whole repeats of standardised kernels do). StdConv2d has no gain: see the warning.
+    """
+    kind = _standardised(m)
+    w = m.weight.detach()
+    if kind is None:
+        return _adapt_weight(w, c, channel_map, path), None
+    applied, _ = _standardise(w, m.eps)
+    if kind == "scaled":
+        applied = applied * (m.gain.detach() * m.scale)
+    new_w = _adapt_weight(applied, c, channel_map, path)
+    if kind == "plain":
+        return new_w, None
+    var, _ = torch.var_mean(new_w.reshape(new_w.shape[0], -1), dim=1, unbiased=False)
+    gain = (torch.sqrt(var + m.eps) / m.scale).reshape_as(m.gain).to(m.gain.dtype)
+    return new_w, gain
+
+
+def _same_outputs(old: nn.Module, new: nn.Module, c0: int, c: int) -> float | None:
+    """Relative difference of ``new`` on a random c-channel input and ``old`` on it tiled to c0
+    channels (gray -> RGB for c=1), or None when there is no exact expectation to check."""
+    if old.weight.device.type == "meta" or not (c == 1 or c % c0 == 0):
+        return None
+    k = max(int(d) * (int(s) - 1) + 1 for d, s in zip(old.dilation, old.kernel_size))
+    side = max(k + max(old.stride), 9)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(2, c, *([side] * (old.weight.dim() - 2)), generator=gen)
+    x = x.to(device=old.weight.device, dtype=old.weight.dtype)
+    x_old = x.expand(-1, c0, *x.shape[2:]) if c == 1 else x[:, :c0]
+    if c > 1:  # new channels repeat the old ones: feed the same pattern into every repeat
+        x = x_old.repeat(1, c // c0, *([1] * (x.dim() - 2)))
+    with torch.no_grad():
+        want, got = old(x_old), new(x)
+    return float((want - got).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
 @on_plain_model
 def set_in_channels(
     model: nn.Module,
@@ -135,18 +198,23 @@ def set_in_channels(
             )
         convs.append((path, m))
     before = snapshot(model)
-    saved = [(m, m.weight, m.in_channels) for _, m in convs]
+    saved = [(m, m.weight, m.in_channels, getattr(m, "gain", None)) for _, m in convs]
+    originals = {path: copy.deepcopy(m) for path, m in convs if _own_forward(m)}
     for path, m in convs:
         with torch.no_grad():
-            new_w = _adapt_weight(m.weight.detach(), in_channels, channel_map, path)
+            new_w, gain = _adapt_layer(m, in_channels, channel_map, path)
         m.weight = nn.Parameter(new_w.contiguous(), requires_grad=m.weight.requires_grad)
+        if gain is not None:
+            m.gain = nn.Parameter(gain.contiguous(), requires_grad=m.gain.requires_grad)
         m.in_channels = in_channels
     new_shape = (shape[0], in_channels, *shape[2:])
     try:
         dry_run(model, new_shape, train=False, record=False)
     except SurgeryError as e:
-        for m, w, c in saved:
+        for m, w, c, g in saved:
             m.weight, m.in_channels = w, c
+            if g is not None:
+                m.gain = g
         raise SurgeryError(
             f"set_in_channels: after adapting {', '.join(p for p, _ in convs)} the model no longer runs on "
             f"{in_channels} channels (something else depends on the channel count); nothing was changed: {e}"
@@ -163,14 +231,8 @@ def set_in_channels(
     report.notes.append(
         f"input layer(s) {', '.join(p for p, _ in convs)}: {shape[1]} -> {in_channels} channels ({how})"
     )
-    custom = [f"{p} ({type(m).__name__})" for p, m in convs if _own_forward(m)]
-    if custom and channel_map is None:
-        report.notes.append(
-            f"{', '.join(custom)} compute their kernel in forward (weight standardisation such as timm's "
-            "StdConv2d/ScaledStdConv2d normalises it over the input channels), so the adapted kernel is "
-            "transformed again: the outputs are not those of the RGB model for a gray/repeated image; "
-            "fine-tune the input layer"
-        )
+    if channel_map is None:
+        _check_custom_convs(report, convs, originals, shape[1], in_channels)
     op: dict[str, Any] = {"op": "set_in_channels", "in_channels": in_channels}
     if channel_map is not None:
         op["channel_map"] = list(channel_map)
@@ -178,6 +240,37 @@ def set_in_channels(
         op["input_shape"] = list(input_shape)
     record(model, report, op)
     return report
+
+
+def _check_custom_convs(
+    report: SurgeryReport, convs: list, originals: dict[str, nn.Module], c0: int, c: int
+) -> None:
+    """Convolutions that compute their kernel in forward: check the promise numerically, warn if broken."""
+    for path, m in convs:
+        if path not in originals:
+            continue
+        rel = _same_outputs(originals[path], m, c0, c)
+        name = f"{path} ({type(m).__name__})"
+        if rel is not None and rel <= 1e-4:
+            if _standardised(m) == "scaled":
+                report.notes.append(f"{name}: the standardised kernel was adapted and the gain rescaled")
+            continue
+        why = (
+            "standardises its kernel in forward and has no gain to absorb the change (timm's StdConv2d)"
+            if _standardised(m) == "plain"
+            else "computes its kernel in forward"
+        )
+        msg = (
+            f"set_in_channels: {name} {why}, so the adapted layer is NOT equivalent to the original"
+            + (
+                f" (outputs differ by {100 * rel:.1f}% of their scale on a test input)"
+                if rel is not None
+                else ""
+            )
+            + "; fine-tune that layer"
+        )
+        report.notes.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=4)
 
 
 # --- extra inputs -------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def _create_timm(name: str, kwargs: dict[str, Any]) -> Any:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-_WEIGHT_KWARGS = ("weights", "pretrained", "weights_backbone")
+_WEIGHT_KWARGS = ("weights", "pretrained", "weights_backbone", "pretrained_backbone")
 
 
 def _wants_weights(kwargs: dict[str, Any]) -> bool:
