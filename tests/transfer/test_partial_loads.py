@@ -184,3 +184,25 @@ def test_recipe_weights_from_another_architecture_need_allow_partial(resnet18_fi
     model = build_model(load_recipe(raw), log=lines.append)
     assert any("partial load allowed" in line for line in lines)
     assert model.conv1.weight.shape == (64, 3, 7, 7)
+
+
+@pytest.mark.parametrize(
+    ("model", "source", "side"), [("resnet34", "resnet18", "model"), ("resnet18", "resnet34", "source")]
+)
+def test_another_depth_of_the_same_family_is_refused(model, source, side):
+    # No shape skips and 54 % of resnet34 filled: the evidence is the repeated blocks one side lacks.
+    sd = _meta(getattr(torchvision.models, source)).state_dict()
+    with pytest.raises(TransferError, match=f"the {side} has 8 repeated blocks .*'layer1.2'.*another depth"):
+        load_weights(_meta(getattr(torchvision.models, model)), sd)
+    report = load_weights(_meta(getattr(torchvision.models, model)), sd, allow_partial=True)
+    assert report.partial and "another depth" in report.partial
+
+
+def test_a_new_head_made_of_numbered_layers_is_not_another_depth():
+    sd = _meta(torchvision.models.resnet18).state_dict()
+    model = _meta(torchvision.models.resnet18)
+    with torch.device("meta"):
+        model.fc = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 5))  # fc.0, fc.2: no siblings
+    report = load_weights(model, sd)
+    assert report.applied and not report.partial
+    assert {e["key"] for e in report.missing} == {"fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"}

@@ -650,7 +650,8 @@ ARCHITECTURE_MISMATCH = """A shape skip is evidence that the architectures diffe
 * an output size: a Linear, conv or Embedding tensor that differs only in its number of outputs
   (dimension 0; dimension 1 of a transposed conv's weight) -- a new head, another number of classes.
 Any other shape skip (a norm layer's width, a kernel size, an input width inside the network, a
-different number of dimensions) means the source is another architecture."""
+different number of dimensions) means the source is another architecture. So do repeated blocks
+only one side has (``layer1.2`` missing while ``layer1.0`` and ``layer1.1`` load: another depth)."""
 
 
 def _layer_roles(target: Any, order: Sequence[str] | None) -> tuple[str | None, dict[str, Any]]:
@@ -708,6 +709,39 @@ def _comparable_fraction(report: TransferReport, target: Any, set_aside: list[di
     return report.params_from_source / total if total > 0 else 1.0
 
 
+def _other_depth(report: TransferReport) -> tuple[list[str], list[str]]:
+    """Repeated blocks only one side has: ``(model's, source's)``.
+
+    ``layer1.2.conv1.weight`` missing while ``layer1.0.conv1.weight`` and ``layer1.1...`` were loaded
+    means the model repeats a block more often than the source (resnet18 into resnet34): the
+    numbers fill 54 % of the model without a single shape skip, yet it is another architecture.
+    """
+
+    def shapes_of(keys: Iterable[str]) -> set[tuple[tuple[str, ...], tuple[str, ...]]]:
+        out = set()
+        for k in keys:
+            parts = k.split(".")
+            for i, p in enumerate(parts[:-1]):
+                if p.isdigit():
+                    out.add((tuple(parts[:i]), tuple(parts[i + 1 :])))
+        return out
+
+    def extra(entries: list[dict], loaded: set) -> list[str]:
+        blocks: dict[str, None] = {}
+        for e in entries:
+            parts = e["key"].split(".")
+            for i, p in enumerate(parts[:-1]):
+                if p.isdigit() and (tuple(parts[:i]), tuple(parts[i + 1 :])) in loaded:
+                    blocks[".".join(parts[: i + 1])] = None
+                    break
+        return list(blocks)
+
+    done = report.loaded + report.adapted
+    model_side = shapes_of(e["key"] for e in done)
+    source_side = shapes_of(e["source_key"] for e in done if e.get("source_key"))
+    return extra(report.missing, model_side), extra(report.unexpected, source_side)
+
+
 def _check_partial(
     report: TransferReport,
     target: Any,
@@ -737,6 +771,14 @@ def _check_partial(
             f"{len(bad)} tensors outside the head and the input layer have other shapes (source vs "
             f"model): {shown}{more}"
         )
+    for side, blocks in zip(("model", "source"), _other_depth(report)):
+        if blocks:
+            other = "source" if side == "model" else "model"
+            shown = _few([{"key": b} for b in blocks], n=4)
+            reasons.append(
+                f"the {side} has {len(blocks)} repeated blocks the {other} lacks ({shown}): another "
+                "depth of the same family"
+            )
     fraction = _comparable_fraction(report, target, expected)
     if min_fraction is None and fraction < DEFAULT_MIN_FRACTION:
         first = []
