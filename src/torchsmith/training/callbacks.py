@@ -22,7 +22,9 @@ What a hook may read and set on the trainer: ``recipe``, ``out_dir``, ``ctx`` (`
 done), ``batches_done``, ``batches_per_epoch``, ``at_epoch_end``, ``history``, ``model`` (as wrapped
 for DDP/FSDP/compile), ``raw_model``, ``optimizer``, ``scheduler``, ``log(line)``;
 ``trainer.stop(reason)`` ends the run cleanly (mid-epoch: with a checkpoint a ``--resume`` continues
-from), and ``trainer.eval_model`` (None: the trained model) is the module validation runs on.
+from), and ``trainer.eval_model`` (None: the trained model) is the module validation runs on. Under
+torchrun every rank must make the same call to ``stop`` at the same step (decide from values all
+ranks share, such as the reduced metrics a hook receives), or the ranks part ways.
 
 A callback's :meth:`~Callback.state_dict` (tensors and plain types) is saved in every checkpoint
 under its ``state_key`` and given back to :meth:`~Callback.load_state_dict` on resume, so a

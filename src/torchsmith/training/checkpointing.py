@@ -295,4 +295,14 @@ def checkpoint_model_state(path: str | os.PathLike, state: dict) -> dict:
         return state["model"]
     if "dcp" not in state:
         raise CheckpointError(f"checkpoint {path}: holds no model state")
-    return read_dcp_model(Path(path).parent / state["dcp"])
+    return read_dcp_model(dcp_path(path, state))
+
+
+def dcp_path(path: str | os.PathLike, state: dict) -> Path:
+    """The DCP folder a checkpoint names: relative to the run folder, which is the checkpoint's own
+    folder for ``last.pt``/``best.pt`` and its parent for a kept ``checkpoints/*.pt``."""
+    path = Path(path)
+    here = path.parent / state["dcp"]
+    if not here.exists() and path.parent.name == "checkpoints":
+        return path.parent.parent / state["dcp"]
+    return here

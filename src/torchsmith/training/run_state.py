@@ -221,7 +221,7 @@ class RunState:
                 + (f", and this one is mid-epoch (batch {state['batches_done']})" if "dcp" in state else "")
             )
         if "dcp" in state:
-            ckpt_.restore_dcp(path.parent / state["dcp"], self.raw_model, self.optimizer)
+            ckpt_.restore_dcp(ckpt_.dcp_path(path, state), self.raw_model, self.optimizer)
         elif self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
