@@ -5,8 +5,6 @@ TensorBoard's own EventAccumulator)."""
 
 from __future__ import annotations
 
-import pytest
-
 import csv
 import os
 import signal
@@ -15,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from _tiny import recipe
