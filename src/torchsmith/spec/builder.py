@@ -210,17 +210,7 @@ class _Constructor:
             x = xs[0]
             if not isinstance(x, torch.Tensor) or x.dim() == 0 or not isinstance(out, torch.Tensor):
                 return
-            bigger = torch.empty((x.shape[0] + 1, *x.shape[1:]), dtype=x.dtype, device="meta")
-            try:
-                out2 = module(bigger)
-                ok = (
-                    out2.dim() == out.dim()
-                    and out2.shape[0] == x.shape[0] + 1
-                    and out2.shape[1:] == out.shape[1:]
-                )
-            except Exception:
-                ok = False
-            ok = ok and out.dim() > 0 and out.shape[0] == x.shape[0]
+            ok = _keeps_batch(module, x, out)
             detail = f"turning the input {shape_str(x)} into {shape_str(out)}"
         if ok:
             return
@@ -311,18 +301,7 @@ class _Constructor:
         x = vals[0]
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or not isinstance(out, torch.Tensor):
             return
-        bigger = [torch.empty((x.shape[0] + 1, *x.shape[1:]), dtype=x.dtype, device="meta"), *vals[1:]]
-        try:
-            out2 = _run_op(st.op, bigger, st.op_kwargs)
-            ok = (
-                out2.dim() == out.dim()
-                and out2.shape[0] == x.shape[0] + 1
-                and out2.shape[1:] == out.shape[1:]
-            )
-        except Exception:
-            ok = False
-        if out.dim() == 0 or out.shape[0] != x.shape[0]:
-            ok = False
+        ok = _keeps_batch(lambda b: _run_op(st.op, [b, *vals[1:]], st.op_kwargs), x, out)
         if not ok:
             raise self.fail(
                 st.where,
@@ -645,3 +624,18 @@ def validate_spec(
         build=False,
     )
     return report
+
+
+def _keeps_batch(run: Any, x: Any, out: Any) -> bool:
+    """Whether ``run`` (a layer or op on ``x``, which gave ``out``) keeps dim 0 as the batch: run
+    again on the meta device with a batch one larger, only dim 0 of the output may change."""
+    import torch
+
+    if out.dim() == 0 or out.shape[0] != x.shape[0]:
+        return False
+    bigger = torch.empty((x.shape[0] + 1, *x.shape[1:]), dtype=x.dtype, device="meta")
+    try:
+        out2 = run(bigger)
+    except Exception:
+        return False
+    return out2.dim() == out.dim() and out2.shape[0] == x.shape[0] + 1 and out2.shape[1:] == out.shape[1:]
