@@ -18,6 +18,7 @@ import torchvision
 
 import torchsmith
 from torchsmith.errors import CheckpointError
+from torchsmith.hub import OfflineError
 
 
 @pytest.fixture
@@ -142,3 +143,61 @@ def test_a_recorded_structure_is_checked_before_anything_is_built(tmp_path, offl
         )
         with pytest.raises(CheckpointError, match="weights_structure"):
             torchsmith.load_model(tmp_path / "bad.safetensors")
+
+
+def test_a_checkpoint_of_a_pretrained_run_reloads_without_the_weights_file(
+    tmp_path, offline_cache, monkeypatch
+):
+    """A run finetuned from pretrained weights is evaluated and predicted from its checkpoint alone:
+    the rebuild makes the pretrained structure but neither reads nor fetches the weights file (the
+    checkpoint holds every tensor), so it works on a machine that never had the file."""
+    from torchsmith.training.api import _model_from_checkpoint
+
+    torch.manual_seed(0)
+    weights_file = plant(
+        offline_cache,
+        monkeypatch,
+        torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+        torchvision.models.resnet18(),
+    )
+    sets = ["model.weights=IMAGENET1K_V1", "train.epochs=1", "train.max_steps=2", "train.progress=false"]
+    result = torchsmith.train(None, out=tmp_path / "run", overrides=sets, log=None)
+    weights_file.unlink()  # another machine: the cache is empty and the process is offline
+    model, state, recipe = _model_from_checkpoint(tmp_path / "run" / "last.pt", None, torch.device("cpu"))
+    assert recipe["model"]["weights"] == "IMAGENET1K_V1"
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][name]), name
+    again = torchsmith.evaluate(None, tmp_path / "run" / "last.pt")
+    assert again["val_acc"] == pytest.approx(result.history[-1]["val_acc"])
+    with pytest.raises(OfflineError, match="not cached"):
+        torchsmith.create_model("torchvision:resnet18", weights="IMAGENET1K_V1")  # a real load still needs it
+
+
+def test_weights_off_builds_the_structure_torchvision_builds_for_the_weights(offline_cache, monkeypatch):
+    """Inside weights_off nothing is read or fetched (the cache is empty, offline), yet a detection
+    model gets the FrozenBatchNorm2d backbone its pretrained build has, so a checkpoint's tensors fit."""
+    from torchsmith.hub import weights_off
+
+    with weights_off():
+        model = torchsmith.create_model(
+            "torchvision:fasterrcnn_mobilenet_v3_large_fpn", weights_backbone="IMAGENET1K_V1", num_classes=3
+        )
+    kinds = {type(m).__name__ for m in model.backbone.modules()}
+    assert "FrozenBatchNorm2d" in kinds and "BatchNorm2d" not in kinds
+    with pytest.raises(OfflineError):
+        torchsmith.create_model(
+            "torchvision:fasterrcnn_mobilenet_v3_large_fpn", weights_backbone="IMAGENET1K_V1", num_classes=3
+        )
+
+
+def test_weights_off_builds_a_tagged_timm_model_without_its_file(offline_cache, monkeypatch):
+    """timm: the tagged model is built (its pretrained_cfg attached) and no file is looked for;
+    outside weights_off the same call, offline with an empty cache, is refused."""
+    from torchsmith.hub import weights_off
+
+    monkeypatch.setenv("HF_HOME", str(offline_cache.parent / "hf"))
+    with weights_off():
+        model = torchsmith.create_model("timm:resnet18.a1_in1k", pretrained=True, num_classes=4)
+    assert model.get_classifier().out_features == 4
+    with pytest.raises(OfflineError):
+        torchsmith.create_model("timm:resnet18.a1_in1k", pretrained=True, num_classes=4)

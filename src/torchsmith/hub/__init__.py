@@ -7,7 +7,14 @@
 torchsmith's restricted reader. Nothing else in torchsmith downloads.
 """
 
-from torchsmith.hub._fetch import OfflineError, check_hash, download, is_offline, torch_hub_dir
+from torchsmith.hub._fetch import (
+    OfflineError,
+    check_hash,
+    download,
+    is_offline,
+    torch_hub_dir,
+    weights_off,
+)
 from torchsmith.hub.pretrained import create_pretrained, fetch_weights, rebuild_structure, verify_cache
 from torchsmith.hub.sources import WeightsSource, list_weights, resolve_weights
 
@@ -24,4 +31,5 @@ __all__ = [
     "resolve_weights",
     "torch_hub_dir",
     "verify_cache",
+    "weights_off",
 ]

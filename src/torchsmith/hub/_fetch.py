@@ -7,10 +7,13 @@ torchvision's and timm's release files carry the first hex digits of their SHA-2
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from torchsmith._io import fsync_dir
@@ -24,6 +27,8 @@ __all__ = [
     "is_offline",
     "sha256_of",
     "torch_hub_dir",
+    "weights_off",
+    "weights_off_active",
 ]
 
 _CHUNK = 1 << 20
@@ -42,8 +47,36 @@ def torch_hub_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+# Set while a model is rebuilt for tensors that come from elsewhere (a checkpoint): see weights_off.
+_WEIGHTS_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("torchsmith_weights_off", default=False)
+
+
+def weights_off_active() -> bool:
+    """True inside :func:`weights_off`."""
+    return _WEIGHTS_OFF.get()
+
+
+@contextlib.contextmanager
+def weights_off() -> Iterator[None]:
+    """Builds inside this block make the pretrained model's structure but fetch and read no weights.
+
+    For rebuilding a model whose tensors come from a checkpoint: ``torchvision`` builds what it builds
+    for the named weights (frozen BatchNorm, fixed arguments) with loading switched off, ``timm``
+    builds the tagged model without its file, and nothing downloads (the process counts as offline,
+    so an ``hf-hub:`` config that decides the architecture comes from the cache or is refused).
+    """
+    token = _WEIGHTS_OFF.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_OFF.reset(token)
+
+
 def is_offline() -> bool:
-    """True when ``TORCHSMITH_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to a true value."""
+    """True when ``TORCHSMITH_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to a true value (or inside
+    :func:`weights_off`, where nothing may download)."""
+    if _WEIGHTS_OFF.get():
+        return True
     for var in ("TORCHSMITH_OFFLINE", "HF_HUB_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return True

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from torchsmith.errors import InputError, TorchsmithError, TransferError
-from torchsmith.hub._fetch import hash_prefix_from_name
+from torchsmith.hub._fetch import hash_prefix_from_name, weights_off_active
 from torchsmith.hub.sources import WeightsSource, resolve_weights, torchvision_enum
 
 __all__ = ["build_structure", "create_torchvision", "reads_through_torchsmith", "structure_only"]
@@ -277,7 +277,9 @@ def create_torchvision(
             sources.append(src)
     elif backbone_enum_class(name) is not None:
         call["weights_backbone"] = None  # torchvision's default would download the backbone
-    with reads_through_torchsmith(progress, read):
+    # A rebuild for a checkpoint's tensors builds the same structure with loading switched off.
+    loading = structure_only() if weights_off_active() else reads_through_torchsmith(progress, read)
+    with loading:
         try:
             model = tvm.get_model(name, **call)
         except TorchsmithError:

@@ -26,6 +26,7 @@ from torchsmith.hub._fetch import (
     hash_prefix_from_name,
     is_offline,
     sha256_of,
+    weights_off_active,
 )
 from torchsmith.hub.sources import WeightsSource, resolve_weights
 
@@ -187,12 +188,13 @@ def _create_timm(name: str, kwargs: dict[str, Any], progress: bool) -> tuple[Any
         raise InputError(f"unknown timm model {build_name!r}")
     num_classes = kwargs.get("num_classes")
     model = timm.create_model(build_name, pretrained=False, **kwargs)
-    path = fetch_weights(source, progress=progress)
-    state = _read(path, source.name)
-    head = source.meta.get("classifier") or getattr(model, "pretrained_cfg", {}).get("classifier")
-    _load_strict(
-        model, state, source, head if num_classes not in (None, source.meta.get("num_classes")) else None
-    )
+    if not weights_off_active():  # a rebuild for a checkpoint's tensors reads no file
+        path = fetch_weights(source, progress=progress)
+        state = _read(path, source.name)
+        head = source.meta.get("classifier") or getattr(model, "pretrained_cfg", {}).get("classifier")
+        _load_strict(
+            model, state, source, head if num_classes not in (None, source.meta.get("num_classes")) else None
+        )
     arch_kwargs = dict(kwargs)
     return (
         model,

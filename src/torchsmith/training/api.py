@@ -247,7 +247,8 @@ def _model_from_checkpoint(
         recipe = load_recipe(json.loads(state["recipe"]))
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    model = build_model(recipe).to(device)
+    # The checkpoint holds every tensor: the recipe's pretrained weights are neither fetched nor read.
+    model = build_model(recipe, weights=False).to(device)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -61,8 +61,15 @@ def _call(field: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise RecipeError(f"recipe field {field!r}: {e}") from None
 
 
-def build_model(recipe: dict, log: Callable[[str], None] | None = None) -> Any:
-    """Build the model a recipe describes. ``log`` receives one line per step (and the reports)."""
+def build_model(recipe: dict, log: Callable[[str], None] | None = None, *, weights: bool = True) -> Any:
+    """Build the model a recipe describes. ``log`` receives one line per step (and the reports).
+
+    ``weights=False`` builds the same structure for tensors that come from elsewhere (a checkpoint):
+    ``model.weights`` gives the pretrained structure without fetching or reading the file (see
+    :func:`torchsmith.hub.weights_off`), and the ``weights:`` section's file is not read.
+    """
+    import contextlib
+
     import torch
 
     log = log or (lambda s: None)
@@ -84,9 +91,15 @@ def build_model(recipe: dict, log: Callable[[str], None] | None = None) -> Any:
                 kwargs["pretrained"] = w
             else:
                 kwargs["weights"] = w
-        model = _call(
-            "model.weights" if m.get("weights") else "model.name", create_model, m["name"], **kwargs
-        )
+        off = contextlib.nullcontext()
+        if not weights:
+            from torchsmith.hub import weights_off
+
+            off = weights_off()
+        with off:
+            model = _call(
+                "model.weights" if m.get("weights") else "model.name", create_model, m["name"], **kwargs
+            )
         log(
             f"model: {m['name']} {m['kwargs'] or ''}".rstrip()
             + (f" weights={m['weights']}" if m.get("weights") else "")
@@ -98,7 +111,7 @@ def build_model(recipe: dict, log: Callable[[str], None] | None = None) -> Any:
         init_weights = _need("torchsmith.transfer", "init_weights", "init")
         _log_report(log, "init", _call("init", init_weights, model, recipe["init"], where="init"))
     w = recipe["weights"]
-    if w["source"] is not None:
+    if w["source"] is not None and weights:
         load_weights = _need("torchsmith.transfer", "load_weights", "weights")
         _log_report(log, "weights", _call("weights", load_weights, model, w["source"], **w["args"]))
     if recipe["freeze"] is not None or recipe["unfreeze"] is not None:
