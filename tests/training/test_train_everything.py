@@ -127,6 +127,12 @@ def test_everything_on_survives_sigkill_and_resumes_bit_identically(tmp_path):
     wanted = {"step/train_loss", "step/lr", "step/val_loss", "epoch/val_acc", "epoch/train_loss"}
     assert wanted <= set(tb_whole)
     assert [s for s, _ in tb_whole["step/train_loss"]] == list(range(5, 121, 5))
-    assert tb_killed == tb_whole
+    # On failure, say which (step, value) events differ and where the run was killed: the defect this
+    # xfail stands for has not been reproduced since (9 of 9 passes), so the message is the evidence.
+    diff = {
+        t: (sorted(set(tb_killed.get(t, [])) ^ set(tb_whole.get(t, []))))
+        for t in set(tb_killed) | set(tb_whole)
+    }
+    assert tb_killed == tb_whole, ({t: d for t, d in diff.items() if d}, state["step"])
     assert (killed / "profile" / "trace-rank0.json").stat().st_size > 0  # traced before the kill
     assert yaml.safe_load((killed / "recipe.yaml").read_text())["model"]["kwargs"]["in_features"] == 64
