@@ -169,6 +169,8 @@ def test_a_checkpoint_of_a_pretrained_run_reloads_without_the_weights_file(
         assert torch.equal(value, state["model"][name]), name
     again = torchsmith.evaluate(None, tmp_path / "run" / "last.pt")
     assert again["val_acc"] == pytest.approx(result.history[-1]["val_acc"])
+    resumed = torchsmith.train(None, out=tmp_path / "run", overrides=sets, log=None, resume=True)
+    assert resumed.resumed_from is not None and resumed.steps == result.steps
     with pytest.raises(OfflineError, match="not cached"):
         torchsmith.create_model("torchvision:resnet18", weights="IMAGENET1K_V1")  # a real load still needs it
 

@@ -120,7 +120,7 @@ class Trainer(RunState):
         """Seed, build data, model, loaders, optimizer; then resume from ``resume`` (a path or True)."""
         self._seed()
         self._setup_data()
-        self._setup_model()
+        self._setup_model(weights=not resume)
         self._setup_loaders()
         self._setup_optimization()
         self._resume_or_start(resume)
@@ -162,14 +162,16 @@ class Trainer(RunState):
             )
         self.per_rank_bs = bs // ctx.world_size
 
-    def _setup_model(self) -> None:
+    def _setup_model(self, weights: bool = True) -> None:
+        """Build the recipe's model; a resume (``weights=False``) reads no pretrained file: the
+        checkpoint replaces every tensor (see :func:`torchsmith.hub.weights_off`)."""
         import torch
 
         from torchsmith.training.build import build_model, resolve_data_fields
 
         log = self.log if self.ctx.is_main else None
         resolve_data_fields(self.recipe, self.train_ds, log=log)  # num_classes/in_features: auto
-        self.raw_model = build_model(self.recipe, log=log).to(self.ctx.device)
+        self.raw_model = build_model(self.recipe, log=log, weights=weights).to(self.ctx.device)
         if self.recipe["train"]["channels_last"]:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
         self._check_labels()
