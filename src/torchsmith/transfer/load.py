@@ -818,19 +818,69 @@ def _apply_checked(
     example_input: Any,
     sm: Any = None,
 ) -> None:
-    """A structure port is kept only if the two models agree on an input (WRONG = 0)."""
+    """A structure port is kept only if the two models agree on an input (WRONG = 0).
+
+    The target runs with the ported tensors in place of its own (``functional_call``) and they are
+    copied in only once the check passed: a refused port never touched the model, and no rollback
+    copy is needed. Models where that is not exact (tied tensors, load hooks, state_dict entries
+    that are not the module's own tensors, meta tensors) are written, checked and rolled back.
+    """
+    import torch
+
     from torchsmith.transfer.port_check import check_port
 
-    old_values = {k: tgt_sd[k].detach().clone() for k in new_values}
-    _apply(target, tgt_sd, new_values)
-    try:
-        run = (sm.check_input, sm.source_output) if sm is not None else (None, None)
-        idle = sm.idle if sm is not None else ()
-        result = check_port(target, src_module, report, example_input, source_run=run, idle=idle)
-    except TransferError:
-        _apply(target, tgt_sd, old_values)
-        raise
+    run = (sm.check_input, sm.source_output) if sm is not None else (None, None)
+    idle = sm.idle if sm is not None else ()
+    owned = _owned_tensors(target, tgt_sd, new_values)
+    if owned is None:
+        old_values = {k: tgt_sd[k].detach().clone() for k in new_values}
+        _apply(target, tgt_sd, new_values)
+        try:
+            result = check_port(target, src_module, report, example_input, source_run=run, idle=idle)
+        except TransferError:
+            _apply(target, tgt_sd, old_values)
+            raise
+    else:
+        values = {
+            k: v.detach().to(device=owned[k].device, dtype=owned[k].dtype) for k, v in new_values.items()
+        }
+        result = check_port(
+            target, src_module, report, example_input, source_run=run, idle=idle, target_values=values
+        )
+        # The checked run used exactly these tensors as the module's own; copy_ into the module's
+        # tensors (no load hook in between) makes the model that function. No second pass.
+        with torch.no_grad():
+            for k, v in values.items():
+                owned[k].copy_(v)
     report.notes.append(result if isinstance(result, str) else result.describe())
+
+
+def _owned_tensors(target: Any, tgt_sd: dict[str, Any], keys: Iterable[str]) -> dict[str, Any] | None:
+    """The module's own tensor for each key, when running with replaced tensors and then copying
+    into them is exactly what ``load_state_dict`` would do; else ``None``.
+
+    Not so with a meta tensor (nothing to run), a tensor shared under two names (``functional_call``
+    would tie the replacements), a load hook (it may change values), or a state_dict entry that a
+    custom ``_save_to_state_dict`` made instead of a parameter or buffer.
+    """
+    own: dict[str, Any] = {}
+    seen: set[int] = set()
+    for k, t in list(target.named_parameters(remove_duplicate=False)) + list(
+        target.named_buffers(remove_duplicate=False)
+    ):
+        if id(t) in seen:
+            return None
+        seen.add(id(t))
+        own[k] = t
+    if any(m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks for m in target.modules()):
+        return None
+    out = {}
+    for k in keys:
+        t = own.get(k)
+        if t is None or t is not tgt_sd[k] or t.device.type == "meta":
+            return None
+        out[k] = t
+    return out
 
 
 def _apply(target: Any, tgt_sd: dict[str, Any], new_values: dict[str, Any]) -> None:

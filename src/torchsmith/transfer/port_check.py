@@ -71,8 +71,12 @@ def _call(model: Any, x: Any) -> Any:
     return model(x)
 
 
-def _run(model: Any, x: Any, tap: str | None) -> Any:
-    """Run ``model`` on ``x`` (eval, no grad, flags restored); with ``tap``, return that module's input."""
+def _run(model: Any, x: Any, tap: str | None, values: dict[str, Any] | None = None) -> Any:
+    """Run ``model`` on ``x`` (eval, no grad, flags restored); with ``tap``, return that module's input.
+
+    ``values`` (model key -> tensor) stand in for the model's own tensors during this run only
+    (``torch.func.functional_call``): the ported model is run without being written to.
+    """
     import torch
 
     caught: list[Any] = []
@@ -86,7 +90,12 @@ def _run(model: Any, x: Any, tap: str | None) -> Any:
     try:
         model.eval()
         with torch.no_grad():
-            out = _call(model, x)
+            if values is None:
+                out = _call(model, x)
+            else:
+                args = () if isinstance(x, dict) else tuple(x) if isinstance(x, (tuple, list)) else (x,)
+                kwargs = x if isinstance(x, dict) else {}
+                out = torch.func.functional_call(model, values, args, kwargs)
     finally:
         if handle is not None:
             handle.remove()
@@ -103,12 +112,14 @@ def compare_outputs(
     target_tap: str | None = None,
     source_tap: str | None = None,
     known: Any = None,
+    target_values: dict[str, Any] | None = None,
 ) -> PortCheck:
     """Run both models on the first of ``inputs`` both accept and compare their outputs.
 
     With ``target_tap``/``source_tap`` (module paths) the inputs of those modules are compared
     instead (a classifier that was not ported). ``known``: the source's output on ``inputs[0]``
-    when it has already run on it. Raises :class:`~torchsmith.errors.TransferError`
+    when it has already run on it. ``target_values``: tensors the target runs with in place of its
+    own (the port, not yet written into it). Raises :class:`~torchsmith.errors.TransferError`
     when the results differ by more than :data:`TOLERANCE` relative, or cannot be compared.
     """
     import torch
@@ -116,7 +127,7 @@ def compare_outputs(
     last_error = ""
     for x in inputs:
         try:
-            got = _run(target, x, target_tap)
+            got = _run(target, x, target_tap, target_values)
             want = _primary(known) if known is not None else _run(source, x, source_tap)
         except Exception as e:  # the next candidate input may fit
             last_error = f"{type(e).__name__}: {e}"
@@ -158,12 +169,15 @@ def check_port(
     example_input: Any = None,
     source_run: tuple = (None, None),
     idle: Sequence[str] = (),
+    target_values: dict[str, Any] | None = None,
 ) -> PortCheck | str:
-    """Check a structure port already applied to ``target`` against ``source`` (see the module doc).
+    """Check a structure port of ``target`` against ``source`` (see the module doc).
 
     ``source_run``: ``(input, output)`` of a source run already made (the dataflow trace), reused
     so the source does not run twice. ``idle``: model keys the eval forward never uses (they need
-    not be ported for the comparison to mean something). Returns the :class:`PortCheck`, or a
+    not be ported for the comparison to mean something). ``target_values``: the ported tensors by
+    model key, when the port is checked before it is written (the target then runs with them in
+    place of its own, see :func:`compare_outputs`). Returns the :class:`PortCheck`, or a
     sentence saying why no comparison is meaningful (input channels adapted, tensors outside the
     classifier not ported). Raises :class:`~torchsmith.errors.TransferError` when the models disagree.
     """
@@ -192,14 +206,25 @@ def check_port(
     else:
         inputs, known = ([example_input] if example_input is not None else _example_inputs(target)), None
     result = compare_outputs(
-        target, source, inputs, target_tap=target_tap, source_tap=source_tap, known=known
+        target,
+        source,
+        inputs,
+        target_tap=target_tap,
+        source_tap=source_tap,
+        known=known,
+        target_values=target_values,
     )
     if result.scale == 0 and report.mapping and target_tap is None:
         # All-zero outputs (a zero-initialised head) prove nothing: compare the head's inputs.
         last = report.mapping[-1]
         if "+" not in last["target"] + last["source"]:
             result = compare_outputs(
-                target, source, inputs, target_tap=last["target"], source_tap=last["source"]
+                target,
+                source,
+                inputs,
+                target_tap=last["target"],
+                source_tap=last["source"],
+                target_values=target_values,
             )
     if result.scale == 0:
         return "not checked numerically: the source computes all zeros on a random input"
