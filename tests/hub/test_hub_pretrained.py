@@ -51,7 +51,12 @@ def test_set_in_channels_after_a_pretrained_load_keeps_the_weights(tmp_path, off
     model = torchsmith.create_model("torchvision:resnet18", weights="IMAGENET1K_V1").eval()
     assert torch.equal(model.conv1.weight, original.conv1.weight)
     torchsmith.set_in_channels(model, 1)
+    # timm's rule: the 1-channel kernel is the RGB kernel summed over its input channels
     assert torch.equal(model.conv1.weight, original.conv1.weight.sum(dim=1, keepdim=True))
+    before, after = original.state_dict(), model.state_dict()
+    assert after.keys() == before.keys()
+    for key in before.keys() - {"conv1.weight"}:  # every other tensor is the pretrained one
+        assert torch.equal(after[key], before[key]), key
     gray = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         want, got = original(gray.expand(-1, 3, -1, -1)), model(gray)
