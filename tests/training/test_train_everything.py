@@ -237,3 +237,17 @@ def test_a_resume_that_cannot_continue_the_event_file_warns_and_starts_a_new_one
     (new,) = set(files) - {old}
     first = list(EventFileLoader(str(new)).Load())[:2]
     assert first[1].session_log.status == SessionLog.START and first[1].step == 41
+
+
+def test_a_resume_rewrites_metrics_files_a_kill_left_a_checkpoint_behind(tmp_path, small_whole):
+    # The writer renames last.pt, then the metrics files: a kill between leaves them one checkpoint
+    # behind, and resuming this finished run writes no checkpoint that would catch them up.
+    path, whole = small_whole
+    out = tmp_path / "run"
+    shutil.copytree(whole, out)
+    for name in ("metrics.jsonl", "metrics.csv"):
+        lines = (out / name).read_text().splitlines(keepends=True)
+        (out / name).write_text("".join(lines[:-1]))
+    train(path, out=out, resume=True, log=None)
+    assert (out / "metrics.jsonl").read_text() == (whole / "metrics.jsonl").read_text()
+    assert (out / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()

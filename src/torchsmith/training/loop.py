@@ -275,6 +275,10 @@ class Trainer(RunState):
             if self.ctx.is_main:
                 self._remove_stale_tmp_files()
             self._load(path)
+            if self.ctx.is_main:
+                # A kill between last.pt's rename and theirs leaves them a checkpoint behind, and a
+                # resume of a finished run writes no checkpoint that would catch them up.
+                self._write_log_files()
         elif ckpt.exists() and self.ctx.is_main:
             self.log(f"note: {ckpt} exists and will be replaced (use --resume to continue that run)")
 

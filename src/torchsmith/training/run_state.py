@@ -135,6 +135,12 @@ class RunState:
             files["metrics.csv"] = csv_text(rows)
         return files
 
+    def _write_log_files(self) -> None:
+        """Rewrite the metrics files from the history now held (after a resume)."""
+        for name, text in self._log_files().items():
+            with atomic_write(self.out_dir / name, "w") as f:
+                f.write(text)
+
     def _write_files(
         self, state: dict, best: bool, files: dict[str, str], after: list, cleanup: bool = False
     ) -> None:
