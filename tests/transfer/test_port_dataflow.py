@@ -61,3 +61,42 @@ def test_root_owned_tensors_are_groups_of_their_own():
 
     groups = dataflow_groups(Tokens(), torch.zeros(2, 2, 4))
     assert groups == [("proj", ("bias", "weight")), ("", ("cls_token",)), ("", ("pos_embed",))]
+
+
+class _DataDependent(nn.Module):
+    """Branches on a value: the meta device cannot run it, the graph-only trace falls back to a real run."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y) if bool(y.abs().sum() >= 0) else y
+
+
+def test_the_graph_only_trace_gives_the_groups_of_a_real_run(monkeypatch):
+    """A crop of the input (convnet), the meta device (fixed-size ViT), a real run (data-dependent)."""
+    import timm
+
+    from torchsmith.transfer import dataflow
+
+    runs: list[str] = []
+    record = dataflow._record
+
+    def spy(model, x, meta):
+        runs.append("meta" if meta else "x".join(map(str, x.shape)))
+        return record(model, x, meta)
+
+    cases = [
+        (torchvision.models.resnet18(), torch.randn(2, 3, 64, 64), "1x3x32x32"),
+        (timm.create_model("vit_tiny_patch16_224", depth=2), torch.randn(1, 3, 224, 224), "meta"),
+        (_DataDependent(), torch.randn(2, 4), "2x4"),
+    ]
+    for model, x, how in cases:
+        want = dataflow_groups(model, x)
+        monkeypatch.setattr(dataflow, "_record", spy)
+        runs.clear()
+        assert dataflow_groups(model, x, graph_only=True) == want
+        monkeypatch.setattr(dataflow, "_record", record)
+        assert runs[-1] == how, runs

@@ -105,36 +105,128 @@ def _call(model: Any, x: Any) -> Any:
     return model(x)
 
 
-def dataflow_groups(
-    model: Any, example_input: Any, outputs: list | None = None
-) -> list[tuple[str, tuple[str, ...]]]:
-    """``(module path, local tensor names)`` for each group of tensors consumed together, in graph order.
-
-    A tensor consumed by several nodes (a shared weight) belongs to the first. Tensors that take no
-    part in the forward (an aux head in eval, ``num_batches_tracked``) are not listed. With
-    ``outputs`` (a list), the model's output is appended to it (the numerical check reuses it).
-    """
-    import torch
-
+def _owners(model: Any, stand_in: dict[int, Any] | None = None) -> dict[int, frozenset]:
+    """id(tensor) -> ``{(module path, local name)}`` for the model's tensors (or their stand-ins)."""
     owner: dict[int, frozenset] = {}
     for path, module in model.named_modules(remove_duplicate=True):
         for name, t in list(module.named_parameters(recurse=False)) + list(
             module.named_buffers(recurse=False)
         ):
             if t is not None:
+                t = t if stand_in is None else stand_in[id(t)]
                 owner.setdefault(id(t), frozenset({(path, name)}))
-    mode = _mode_class()(owner)
+    return owner
+
+
+def _to_meta(x: Any) -> Any:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to("meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(o) for o in x)
+    if isinstance(x, dict):
+        return {k: _to_meta(v) for k, v in x.items()}
+    return x
+
+
+def _record(model: Any, example_input: Any, meta: bool) -> tuple[Any, list]:
+    """Run ``model`` once under the tracing mode (eval, no grad, flags restored): ``(output, nodes)``.
+
+    ``meta``: the model's tensors and the input are replaced by meta-device stand-ins for this run
+    (``functional_call``), so only shapes are computed.
+    """
+    import torch
+
+    stand_in: dict[int, Any] | None = None
+    if meta:
+        stand_in, by_key = {}, {}
+        named = list(model.named_parameters(remove_duplicate=False)) + list(
+            model.named_buffers(remove_duplicate=False)
+        )
+        for key, t in named:
+            if id(t) not in stand_in:
+                stand_in[id(t)] = torch.empty_like(t, device="meta")
+            by_key[key] = stand_in[id(t)]
+        example_input = _to_meta(example_input)
+    mode = _mode_class()(_owners(model, stand_in))
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad(), mode:
-            out = _call(model, example_input)
-        if outputs is not None:
-            outputs.append(out)
+            if stand_in is None:
+                out = _call(model, example_input)
+            else:
+                x = example_input
+                args = () if isinstance(x, dict) else tuple(x) if isinstance(x, (tuple, list)) else (x,)
+                out = torch.func.functional_call(model, by_key, args, x if isinstance(x, dict) else {})
     finally:
         for m, flag in flags.items():
             m.training = flag
-    nodes = mode.nodes
+    return out, mode.nodes
+
+
+#: The spatial size an image-like input is cut to for a graph-only trace: small enough that a
+#: convnet's forward is mostly per-call overhead, large enough for stride-32 networks.
+GRAPH_SIZE = 32
+
+
+def _crop(x: Any) -> Any:
+    """A batch-1 crop of an image-like input (float, ndim >= 3) to at most GRAPH_SIZE per spatial
+    dim (``x`` itself when it is that small already), or ``None`` when ``x`` is not image-like."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or x.dim() < 3 or not x.dtype.is_floating_point:
+        return None
+    return x[(slice(0, 1), slice(None), *(slice(0, GRAPH_SIZE) for _ in x.shape[2:]))]
+
+
+def _graph_nodes(model: Any, example_input: Any) -> list:
+    """The nodes of ``model``'s dataflow on ``example_input``, computing as little as possible.
+
+    The graph of parameterised calls does not depend on the values, and for the networks this
+    serves not on the spatial size either: first a small crop of an image input with the model's
+    own tensors (a convnet's forward there is mostly per-call overhead), then the meta device
+    (shapes only; fixed-size models such as a ViT), then a real run. A graph taken on a crop is
+    only a proposal: the port that follows is checked numerically on the full input, and a match
+    that fails on it is retried on the real run's graph (``match_structure``).
+    """
+    crop = _crop(example_input)
+    if crop is not None:
+        try:
+            return _record(model, crop, meta=False)[1]
+        except Exception:  # the model needs its full input: try the meta device
+            pass
+    try:
+        return _record(model, example_input, meta=True)[1]
+    except Exception:  # a data-dependent op, or a tensor outside the model: run it for real
+        return _record(model, example_input, meta=False)[1]
+
+
+def dataflow_groups(
+    model: Any, example_input: Any, outputs: list | None = None, *, graph_only: bool = False
+) -> list[tuple[str, tuple[str, ...]]]:
+    """``(module path, local tensor names)`` for each group of tensors consumed together, in graph order.
+
+    A tensor consumed by several nodes (a shared weight) belongs to the first. Tensors that take no
+    part in the forward (an aux head in eval, ``num_batches_tracked``) are not listed. With
+    ``outputs`` (a list), the model's output is appended to it (the numerical check reuses it).
+    ``graph_only``: the output is not needed, so the model runs as cheaply as its graph allows
+    (a crop of the input, the meta device; see :func:`_graph_nodes`).
+    """
+    if graph_only:
+        if outputs is not None:
+            raise ValueError("graph_only runs compute no output")
+        nodes = _graph_nodes(model, example_input)
+    else:
+        out, nodes = _record(model, example_input, meta=False)
+        if outputs is not None:
+            outputs.append(out)
+    return _order(nodes)
+
+
+def _order(nodes: list) -> list[tuple[str, tuple[str, ...]]]:
+    """Group the recorded nodes' tensors, sorted by (depth from the input, -height, first run)."""
     n = len(nodes)
     depth = [0] * n
     for i, (_, preds) in enumerate(nodes):  # nodes are recorded in a topological order

@@ -33,6 +33,7 @@ pairs *modules* instead:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -644,15 +645,22 @@ def match_structure(
     if source_module is not None and order in ("auto", "execution"):
         # Both sides run: match their dataflow graphs, so branch order does not matter.
         try:
-            t_groups, used = _traced(target, example_input, dataflow_groups)
+            # The target's graph only (a crop of the input or the meta device: no full forward);
+            # the source runs for real on the check input and its output is the check's reference.
+            t_groups, used = _traced(
+                target, example_input, lambda m, x: dataflow_groups(m, x, graph_only=True)
+            )
             s_out: list = []
             s_input = used if source_example_input is None else source_example_input
             s_groups, _ = _traced(source_module, s_input, lambda m, x: dataflow_groups(m, x, s_out))
             if s_input is used:  # the check after the port runs the model on this input again
                 check_input, check_output = used, s_out[0]
-            t_list, t_idle = _flow_units(t_units, t_groups)
-            t_idle_keys = list(t_idle)
             s_list, s_idle = _flow_units(s_units, s_groups)
+            t_list, t_idle = _flow_units(t_units, t_groups)
+            if _align(t_list, s_list)[0] is None:  # a cheap graph may differ: the real run decides
+                with contextlib.suppress(Exception):  # else the cheap graph's divergence is reported
+                    t_list, t_idle = _flow_units(t_units, dataflow_groups(target, used))
+            t_idle_keys = list(t_idle)
             extra = []
             if t_idle:
                 extra.append(f"model tensors that take no part in the forward: {', '.join(t_idle[:5])}")
