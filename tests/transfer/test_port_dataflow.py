@@ -89,7 +89,7 @@ def test_the_graph_only_trace_gives_the_groups_of_a_real_run(monkeypatch):
         return record(model, x, meta)
 
     cases = [
-        (torchvision.models.resnet18(), torch.randn(2, 3, 64, 64), "1x3x32x32"),
+        (torchvision.models.resnet18(), torch.randn(2, 3, 64, 64), "1x3x16x16"),
         (timm.create_model("vit_tiny_patch16_224", depth=2), torch.randn(1, 3, 224, 224), "meta"),
         (_DataDependent(), torch.randn(2, 4), "2x4"),
     ]

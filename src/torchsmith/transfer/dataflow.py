@@ -37,22 +37,23 @@ from typing import Any
 __all__ = ["dataflow_groups"]
 
 
-def _tensors(obj: Any, out: list) -> list:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
+def _tensors(obj: Any, out: list, tensor: type) -> list:
+    if isinstance(obj, tensor):
         out.append(obj)
     elif isinstance(obj, (list, tuple)):
         for o in obj:
-            _tensors(o, out)
+            _tensors(o, out, tensor)
     elif isinstance(obj, dict):
         for o in obj.values():
-            _tensors(o, out)
+            _tensors(o, out, tensor)
     return out
 
 
 def _mode_class() -> type:
+    import torch
     from torch.overrides import TorchFunctionMode
+
+    tensor = torch.Tensor
 
     class _Flow(TorchFunctionMode):
         def __init__(self, owner: dict[int, frozenset]):
@@ -63,34 +64,44 @@ def _mode_class() -> type:
             self.nodes: list[tuple[frozenset, frozenset]] = []  # (tensor names, predecessor nodes)
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            result = func(*args, **kwargs)
-            inputs = _tensors(args, _tensors(kwargs, []))
-            outputs = _tensors(result, [])
-            if not outputs:
+            result = func(*args, **kwargs) if kwargs else func(*args)
+            # Called for every torch call of the forward, .shape included: return early where
+            # nothing is recorded (no tensor out), and look at the inputs only after that.
+            if isinstance(result, tensor):
+                outputs = [result]
+            elif isinstance(result, (list, tuple)):
+                outputs = _tensors(result, [], tensor)
+                if not outputs:
+                    return result
+            else:
                 return result
+            inputs = _tensors(args, [], tensor)
+            if kwargs:
+                _tensors(kwargs, inputs, tensor)
+            owner, anc = self.owner, self.anc
             owned: frozenset = frozenset()
             preds: frozenset = frozenset()
             active = False
             for t in inputs:
-                o = self.owner.get(id(t))
+                i = id(t)
+                o = owner.get(i)
                 if o is not None:
                     owned |= o
-                elif id(t) in self.anc:
+                elif i in anc:
                     active = True
-                    preds |= self.anc[id(t)]
-                else:  # a tensor from outside (the model's input, a constant) counts as activation
-                    active = active or t.dtype.is_floating_point or t.dtype.is_complex
+                    preds |= anc[i]
+                elif not active:  # a tensor from outside (the input, a constant) is an activation
+                    active = t.dtype.is_floating_point or t.dtype.is_complex
             if owned and not active:
                 for t in outputs:
-                    self.owner[id(t)] = owned
+                    owner[id(t)] = owned
             else:
                 if owned:
                     self.nodes.append((owned, preds))
                     preds = frozenset({len(self.nodes) - 1})
                 for t in outputs:
-                    if id(t) not in self.owner:
-                        self.anc[id(t)] = preds
+                    if id(t) not in owner:
+                        anc[id(t)] = preds
             self.keep.extend(outputs)
             return result
 
@@ -166,19 +177,24 @@ def _record(model: Any, example_input: Any, meta: bool) -> tuple[Any, list]:
     return out, mode.nodes
 
 
-#: The spatial size an image-like input is cut to for a graph-only trace: small enough that a
-#: convnet's forward is mostly per-call overhead, large enough for stride-32 networks.
-GRAPH_SIZE = 32
+#: The spatial sizes an image-like input is cut to for a graph-only trace, tried in turn: a
+#: convnet's forward there is mostly per-call overhead (ResNet-50, one thread: 14.5 ms traced at
+#: 16, 22 ms at 32, 36 ms at 64); 16 runs stride-32 ResNets, 32 also VGG and ConvNeXt.
+GRAPH_SIZES = (16, 32)
 
 
-def _crop(x: Any) -> Any:
-    """A batch-1 crop of an image-like input (float, ndim >= 3) to at most GRAPH_SIZE per spatial
-    dim (``x`` itself when it is that small already), or ``None`` when ``x`` is not image-like."""
+def _crops(x: Any) -> list[Any]:
+    """Batch-1 crops of an image-like input (float, ndim >= 3) to at most each of GRAPH_SIZES per
+    spatial dim (no two alike; ``x`` itself at most once), or none when ``x`` is not image-like."""
     import torch
 
     if not isinstance(x, torch.Tensor) or x.dim() < 3 or not x.dtype.is_floating_point:
-        return None
-    return x[(slice(0, 1), slice(None), *(slice(0, GRAPH_SIZE) for _ in x.shape[2:]))]
+        return []
+    out: dict[tuple, Any] = {}
+    for size in GRAPH_SIZES:
+        crop = x[(slice(0, 1), slice(None), *(slice(0, size) for _ in x.shape[2:]))]
+        out.setdefault(tuple(crop.shape), crop)
+    return list(out.values())
 
 
 def _graph_nodes(model: Any, example_input: Any) -> list:
@@ -191,11 +207,10 @@ def _graph_nodes(model: Any, example_input: Any) -> list:
     only a proposal: the port that follows is checked numerically on the full input, and a match
     that fails on it is retried on the real run's graph (``match_structure``).
     """
-    crop = _crop(example_input)
-    if crop is not None:
+    for crop in _crops(example_input):
         try:
             return _record(model, crop, meta=False)[1]
-        except Exception:  # the model needs its full input: try the meta device
+        except Exception:  # too small for the model: a larger crop, then the meta device
             pass
     try:
         return _record(model, example_input, meta=True)[1]

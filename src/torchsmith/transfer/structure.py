@@ -602,7 +602,9 @@ def match_structure(
     aliases = []
     for k in keys:
         path = k.rpartition(".")[0]
-        mod = target.get_submodule(path) if path else target
+        mod = modules.get(path)
+        if mod is None:  # a path named_modules does not list (a shared module's second name)
+            mod = target.get_submodule(path) if path else target
         if first_path.setdefault(id(mod), path) != path:
             aliases.append(k)
     if aliases:
