@@ -33,17 +33,19 @@ from torchsmith._provenance import set_provenance
 from torchsmith._sandbox import kwarg_problem, sandbox
 from torchsmith.errors import InputError, SpecError, close_matches
 from torchsmith.spec.fastshape import module_output, op_output
-from torchsmith.spec.graph import OPS, SpecDict, SpecGraph, SpecList
+from torchsmith.spec.graph import OPS, SharedModule, SpecDict, SpecGraph, SpecList
 from torchsmith.spec.loader import Spec, _check_plain, envelope, format_path, load_spec
 from torchsmith.spec.resolve import ResolveError, check_arguments
 from torchsmith.spec.schema import (
     ChainPlan,
+    DeferredPlan,
     DictPlan,
     GraphPlan,
     LeafPlan,
     ListPlan,
     ModuleArg,
     Planner,
+    SharedPlan,
     Where,
     parse_input_spec,
 )
@@ -69,6 +71,8 @@ class _Constructor:
         self.meta = meta
         self.record: dict[str, dict] = {}
         self.inferred: dict[str, dict] = {}
+        # shared key -> (module, its path, the input it was first run on, its output there)
+        self.shared: dict[str, tuple] = {}
 
     def fail(self, where: Where, msg: str) -> SpecError:
         return self.planner.fail(where, msg)
@@ -76,6 +80,10 @@ class _Constructor:
     def build(self, plan: Any, xs: list | None) -> tuple[Any, Any]:
         import torch.nn as nn
 
+        if isinstance(plan, SharedPlan):
+            return self._shared(plan, xs)
+        if isinstance(plan, DeferredPlan):
+            return self._deferred(plan, xs)
         if isinstance(plan, LeafPlan):
             module, out = self._leaf(plan, xs)
         elif isinstance(plan, GraphPlan):
@@ -104,6 +112,63 @@ class _Constructor:
                 "output_shape": describe(out) if xs is not None else None,
             }
         return module, out
+
+    def _shared(self, plan: SharedPlan, xs: list | None) -> tuple[Any, Any]:
+        """The first use built builds the module and holds it; later ones run it (a SharedModule)."""
+        held = self.shared.get(plan.key)
+        if held is None:
+            if plan.plan is None:  # a later use written, reached first (graphs run by dependencies)
+                plan.plan = self.planner.plan_shared(plan)
+            module, out = self.build(plan.plan, xs)
+            self.shared[plan.key] = (module, format_path(plan.where.inst), xs, out)
+            return module, out
+        module, path, first_xs, first_out = held
+        out = None
+        if self.meta and xs is not None:
+            if _same_shapes(xs, first_xs):  # a recurrent use (n: 4, shared: true) need not run again
+                out = first_out
+            else:
+                try:
+                    out = _run_module(module, xs)
+                except Exception as e:
+                    raise self.fail(
+                        plan.where,
+                        f"the shared module {plan.key!r} (held at {path}) cannot take an input of shape "
+                        f"{shape_str(xs)} here: {_first_line(e)}; its first use took {shape_str(first_xs)}",
+                    ) from None
+        if self.meta:
+            self.record[format_path(plan.where.inst)] = {
+                "type": f"shared:{path}",
+                "output_shape": describe(out) if xs is not None else None,
+            }
+        return SharedModule(module, path), out
+
+    def _deferred(self, plan: DeferredPlan, xs: list | None) -> tuple[Any, Any]:
+        """A block use without its in_channels/...: read them off the input, then plan and build it."""
+        if plan.resolved is None:  # the meta pass; the real pass reuses what it planned
+            values = {}
+            for name in plan.missing:
+                value = infer_value(name, xs[0]) if xs else None
+                if value is None:
+                    axis = "the last dim" if INFER[name] == -1 else f"dim {INFER[name]}"
+                    why = (
+                        "it can be left out only when the model has a sample input shape ('input_shape' "
+                        "in the spec, or build_model(..., input_shape=...))"
+                        if xs is None
+                        else f"it could not be read off an input of shape {shape_str(xs)} (at {axis})"
+                    )
+                    raise self.fail(
+                        plan.where,
+                        f"block {plan.block!r} needs the parameter {name!r}: {why}; or give {name}",
+                    )
+                values[name] = value
+            plan.resolved = self.planner.resolve(plan, values)
+            path = format_path(plan.where.inst)
+            self.inferred[path] = values
+            module, out = self.build(plan.resolved, xs)
+            self.inferred[path] = {**values, **self.inferred[path]}  # a layer at this path adds its own
+            return module, out
+        return self.build(plan.resolved, xs)
 
     @staticmethod
     def _label(plan: Any) -> str:
@@ -365,6 +430,16 @@ class _Constructor:
             else:
                 out = {k: self._select(env, r, plan.where.at("outputs")) for k, r in outs}
         return module, out
+
+
+def _same_shapes(xs: list, ys: list | None) -> bool:
+    """Whether two inputs are meta tensors of the same shapes and dtypes (the same output follows)."""
+    import torch
+
+    if ys is None or len(xs) != len(ys):
+        return False
+    tensors = all(isinstance(v, torch.Tensor) for v in (*xs, *ys))
+    return tensors and all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(xs, ys))
 
 
 def _run_module(module: Any, xs: list) -> Any:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["OPS", "Op", "SpecDict", "SpecGraph", "SpecList"]
+__all__ = ["OPS", "Op", "SharedModule", "SpecDict", "SpecGraph", "SpecList"]
 
 
 # ------------------------------------------------------------------------------------------------ ops
@@ -384,3 +384,23 @@ class SpecDict(nn.ModuleDict):
         for i, module in enumerate(self.values()):
             out = module(*xs) if i == 0 else module(out)
         return out
+
+
+class SharedModule(nn.Module):
+    """A later use of a spec's shared module (``shared: true``): runs the module held at ``target``.
+
+    The module is kept in a tuple, which ``nn.Module`` does not register as a child, so the
+    ``state_dict``, ``parameters()`` and ``apply()`` see it once, at the place that holds it;
+    ``deepcopy`` and pickling keep both places pointing at one module.
+    """
+
+    def __init__(self, module: nn.Module, target: str) -> None:
+        super().__init__()
+        self._shared = (module,)
+        self.target = target
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._shared[0](*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"runs {self.target}"

@@ -10,7 +10,8 @@ A module spec ("node") is a type name (``"ReLU"``) or a mapping with exactly one
 ``graph: {inputs, nodes, outputs}``  named nodes wired by name (see ``docs/spec.md``).
 
 Keys about *how a node is used*: ``n`` (repeat: in a list it expands in place, elsewhere it makes an
-``nn.Sequential`` of ``n`` copies), ``when`` (a boolean; false drops the node) and, in graphs,
+``nn.Sequential`` of ``n`` copies), ``when`` (a boolean; false drops the node), ``shared`` (every
+use with the same key is one module; with ``n``, one module run ``n`` times) and, in graphs,
 ``inputs``. Planning expands parameters and blocks, so its size is bounded here, before anything is
 allocated: at most ``MAX_MODULES`` modules, ``n`` at most ``MAX_REPEAT``, blocks nested at most
 ``MAX_BLOCK_DEPTH`` deep, and a block that uses itself is an error naming the cycle.
@@ -27,18 +28,21 @@ from torchsmith.spec.expr import ExprError, substitute
 from torchsmith.spec.graph import OPS
 from torchsmith.spec.loader import Source, format_path
 from torchsmith.spec.resolve import ResolveError, Target, check_arguments, resolve_type
+from torchsmith.spec.shapes import INFER
 
 __all__ = [
     "MAX_BLOCK_DEPTH",
     "MAX_MODULES",
     "MAX_REPEAT",
     "ChainPlan",
+    "DeferredPlan",
     "DictPlan",
     "GraphPlan",
     "LeafPlan",
     "ListPlan",
     "ModuleArg",
     "Planner",
+    "SharedPlan",
     "Where",
 ]
 
@@ -47,7 +51,8 @@ MAX_REPEAT = 10_000
 MAX_BLOCK_DEPTH = 32
 
 BODY_KEYS = ("type", "chain", "list", "dict", "graph")
-USE_KEYS = ("n", "when", "inputs")
+USE_KEYS = ("n", "when", "shared", "inputs")
+NODE_KEYS = ("n", "when", "shared")  # the use keys of a node outside graphs
 TOP_KEYS = ("torchsmith", "name", "description", "params", "blocks", "input_shape", "init")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHILD = re.compile(r"^[A-Za-z0-9_]+$")
@@ -130,7 +135,42 @@ class GraphPlan:
     outputs: tuple  # ("single", ref) | ("tuple", (ref, ...)) | ("dict", ((key, ref), ...))
 
 
-Plan = Union[LeafPlan, ChainPlan, ListPlan, DictPlan, GraphPlan]  # noqa: UP007 (runtime alias, py3.10)
+@dataclass
+class SharedPlan:
+    """One use of a module shared by ``key`` (``shared: true`` keys by type name, ``shared: NAME`` by NAME).
+
+    The use the model builds first builds the module and holds it (its ``state_dict`` keys are that
+    place's); every later use runs that module. ``plan`` is planned when the spec is read for the
+    first use written and, for a later one, only if the build reaches it first (a graph can run a
+    node written later first), from ``body`` in ``scope`` with the block ``stack`` it was written in.
+    """
+
+    where: Where
+    key: str
+    plan: Plan | None
+    body: dict
+    scope: dict
+    stack: tuple
+
+
+@dataclass
+class DeferredPlan:
+    """A block use that leaves out a parameter named in ``INFER`` (``in_channels``, ``d_model``, ...).
+
+    Its body depends on the value, so it is planned in the meta pass, once the block's input is
+    known: ``resolved`` is that plan (then reused by the real pass).
+    """
+
+    where: Where
+    block: str
+    args: list
+    kwargs: dict
+    missing: tuple  # the parameter names to read off the input
+    stack: tuple  # the blocks it is written in (cycle checks go on when it is planned)
+    resolved: Plan | None = None
+
+
+Plan = Union[LeafPlan, ChainPlan, ListPlan, DictPlan, GraphPlan, SharedPlan, DeferredPlan]  # noqa: UP007
 
 
 @dataclass
@@ -157,6 +197,7 @@ class Planner:
         self.globals: dict[str, Any] = {}
         self.count = 0
         self.stack: list[str] = []
+        self.shared: dict[str, tuple[dict, Where]] = {}  # key -> (the first use as written, its place)
         self._reserved = _reserved()
 
     # ------------------------------------------------------------------------------------- errors
@@ -333,34 +374,115 @@ class Planner:
             )
         return n
 
-    def plan_node(
-        self, value: Any, where: Where, scope: dict, use_keys: tuple = ("n", "when")
-    ) -> Plan | None:
+    def plan_node(self, value: Any, where: Where, scope: dict, use_keys: tuple = NODE_KEYS) -> Plan | None:
         """Plan one node; ``None`` when its ``when`` is false. ``n`` makes a Sequential of copies."""
         body, use = self._split(value, where, scope, use_keys)
         if not self._when(use, where, scope):
             return None
+        return self._plan_use(body, use, where, scope)
+
+    def _plan_use(self, body: dict, use: dict, where: Where, scope: dict) -> Plan:
+        """A node's body with its ``n`` and ``shared``: ``n`` copies, or one shared module run ``n`` times."""
+        key = self._shared_key(use, body, where, scope)
         n = self._repeat(use, where, scope)
         if n is None:
-            return self._plan_body(body, where, scope)
+            return self._plan_one(body, where, scope, key)
         self.tick(where)
-        children = [(str(i), self._plan_body(body, where.child(str(i)), scope)) for i in range(n)]
+        children = [(str(i), self._plan_one(body, where.child(str(i)), scope, key)) for i in range(n)]
         return ChainPlan(where, children)
 
     def _plan_items(self, items: list, where: Where, scope: dict) -> list:
         """Plan a list of nodes, expanding ``n`` in place (a ResNet stage: ``{type: Block, n: 3}``)."""
         plans: list = []
         for i, item in enumerate(items):
-            body, use = self._split(item, where.at(i), scope, ("n", "when"))
+            body, use = self._split(item, where.at(i), scope, NODE_KEYS)
             if not self._when(use, where.at(i), scope):
                 continue
+            key = self._shared_key(use, body, where.at(i), scope)
             n = self._repeat(use, where.at(i), scope) or 1
             for _ in range(n):
                 name = str(len(plans))
-                plans.append(
-                    self._plan_body(body, Where((*where.src, i), (*where.inst, name), where.in_block), scope)
-                )
+                w = Where((*where.src, i), (*where.inst, name), where.in_block)
+                plans.append(self._plan_one(body, w, scope, key))
         return plans
+
+    # ------------------------------------------------------------------------------------ sharing
+    def _shared_key(self, use: dict, body: dict, where: Where, scope: dict) -> str | None:
+        """The key of a ``shared`` use (``true``: the type name; a name: itself), or None."""
+        if "shared" not in use:
+            return None
+        w = where.at("shared")
+        value = self.sub(use["shared"], w, scope)
+        if value is False:
+            return None
+        if value is not True and not (isinstance(value, str) and _NAME.match(value)):
+            raise self.fail(
+                w, f"found {value!r:.60}; expected true, false, or a name (an identifier) for the module"
+            )
+        if "type" not in body:
+            raise self.fail(
+                w,
+                "'shared' needs a node with 'type' (a layer, a block or a model); to share a chain, list, "
+                "dict or graph, define it under 'blocks' and write {type: BLOCK, shared: true}",
+            )
+        if value is not True:
+            return value
+        type_name = self.sub(body["type"], where.at("type"), scope)
+        return type_name if isinstance(type_name, str) else repr(type_name)
+
+    def _plan_one(self, body: dict, where: Where, scope: dict, key: str | None) -> Plan:
+        """One use of a body; a shared one is planned here only for the first use written.
+
+        Later uses are compared with the first as written (after ``$`` substitution, so cheaply,
+        whatever the block expands to): one module has one set of arguments.
+        """
+        if key is None:
+            return self._plan_body(body, where, scope)
+        first = self.shared.get(key)
+        plan = self._plan_body(body, where, scope) if first is None else None
+        written = {k: self.sub(v, where.at(k), scope) for k, v in body.items()}
+        if first is None:
+            self.shared[key] = (written, where)
+        else:
+            self._same_arguments(key, written, first, where)
+            self.tick(where)  # a later use is one small module that runs the first
+            plan = None
+        return SharedPlan(where, key, plan, body, scope, tuple(self.stack))
+
+    def _same_arguments(self, key: str, written: dict, first: tuple, where: Where) -> None:
+        first_written, first_where = first
+        if written == first_written:
+            return
+        missing = "(not given)"
+        names = ["type", *sorted((set(written) | set(first_written)) - {"type"}, key=str)]
+        name = next(k for k in names if written.get(k, missing) != first_written.get(k, missing))
+        here, there = written.get(name, missing), first_written.get(name, missing)
+        raise self.fail(
+            where.at(name) if name in written else where,
+            f"this use of the shared module {key!r} has {name}={here!r:.60} but its first use "
+            f"({self.source.where(first_where.src)}) has {name}={there!r:.60}; the uses of a shared "
+            "module are one module, so they are written with the same arguments (give this use its "
+            "own key with shared: NAME, or drop shared to build a copy)",
+        )
+
+    def plan_shared(self, plan: SharedPlan) -> Plan:
+        """Plan a later shared use that the build reaches first (it then holds the module)."""
+        return self._plan_with_stack(plan.stack, lambda: self._plan_body(plan.body, plan.where, plan.scope))
+
+    def resolve(self, plan: DeferredPlan, values: dict) -> Plan:
+        """Plan a deferred block use now that its omitted parameters are known (``values``)."""
+        block = self.blocks[plan.block]
+        return self._plan_with_stack(
+            plan.stack, lambda: self._instantiate(block, plan.args, {**plan.kwargs, **values}, plan.where)
+        )
+
+    def _plan_with_stack(self, stack: tuple, make: Any) -> Plan:
+        saved = self.stack
+        self.stack = list(stack)  # the blocks it was written in: a block using itself is still caught
+        try:
+            return make()
+        finally:
+            self.stack = saved
 
     def _child_name(self, name: str, where: Where) -> None:
         if not _CHILD.match(name):
@@ -493,12 +615,17 @@ class Planner:
                 raise self.fail(where.at(key), f"parameter {key!r} is given twice (positionally and by name)")
             bound[key] = value
         given = dict(bound)
+        # a required in_channels/in_features/d_model/... left out is read off the block's input
+        missing = [p for p, d in block.params if d is REQUIRED and p not in given]
+        for name in missing:
+            if name not in INFER:
+                raise self.fail(where, f"block {block.name!r} needs the parameter {name!r}")
+        if missing:
+            return DeferredPlan(where, block.name, args, kwargs, tuple(missing), tuple(self.stack))
         ordered: dict[str, Any] = {}
         for i, (name, default) in enumerate(block.params):
             if name in given:
                 ordered[name] = given[name]
-            elif default is REQUIRED:
-                raise self.fail(where, f"block {block.name!r} needs the parameter {name!r}")
             else:  # defaults may use the spec's params and earlier block params: {mid: $out_channels}
                 w = Where((*block.src, "params", i), where.inst, True)
                 ordered[name] = self.sub(default, w, {**self.globals, **given, **ordered})
@@ -745,13 +872,7 @@ class Planner:
         if not self._when(use, w, scope):
             return None
         refs, ref_wheres = self._refs(use, w, scope, previous)
-        n = self._repeat(use, w, scope)
-        if n is None:
-            plan = self._plan_body(body, w, scope)
-        else:
-            self.tick(w)
-            plan = ChainPlan(w, [(str(i), self._plan_body(body, w.child(str(i)), scope)) for i in range(n)])
-        return StepPlan(name, w, plan, None, {}, refs, ref_wheres)
+        return StepPlan(name, w, self._plan_use(body, use, w, scope), None, {}, refs, ref_wheres)
 
     def _refs(self, d: dict, w: Where, scope: dict, previous: str | None) -> tuple[tuple, tuple]:
         if "inputs" not in d:
