@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "classify image files with a training checkpoint"
+HELP = "classify image files with a training checkpoint or a saved pretrained model"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by torchsmith train")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint written by torchsmith train, or a pretrained model saved by torchsmith.save",
+    )
     p.add_argument("--top-k", type=int, default=1, help="also list the k most likely classes")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
 

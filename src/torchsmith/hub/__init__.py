@@ -15,7 +15,14 @@ from torchsmith.hub._fetch import (
     torch_hub_dir,
     weights_off,
 )
-from torchsmith.hub.pretrained import create_pretrained, fetch_weights, rebuild_structure, verify_cache
+from torchsmith.hub.pretrained import (
+    create_pretrained,
+    fetch_weights,
+    rebuild_structure,
+    verify_cache,
+    weights_categories,
+    weights_preprocessing,
+)
 from torchsmith.hub.sources import WeightsSource, list_weights, resolve_weights
 
 __all__ = [
@@ -31,5 +38,7 @@ __all__ = [
     "resolve_weights",
     "torch_hub_dir",
     "verify_cache",
+    "weights_categories",
     "weights_off",
+    "weights_preprocessing",
 ]

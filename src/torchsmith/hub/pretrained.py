@@ -30,7 +30,14 @@ from torchsmith.hub._fetch import (
 )
 from torchsmith.hub.sources import WeightsSource, resolve_weights
 
-__all__ = ["create_pretrained", "fetch_weights", "rebuild_structure", "verify_cache"]
+__all__ = [
+    "create_pretrained",
+    "fetch_weights",
+    "rebuild_structure",
+    "verify_cache",
+    "weights_categories",
+    "weights_preprocessing",
+]
 
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -196,9 +203,16 @@ def _create_timm(name: str, kwargs: dict[str, Any], progress: bool) -> tuple[Any
             model, state, source, head if num_classes not in (None, source.meta.get("num_classes")) else None
         )
     arch_kwargs = dict(kwargs)
+    new_head = num_classes not in (None, source.meta.get("num_classes"))
     return (
         model,
-        {"kwargs": arch_kwargs, "notes": [], "new_classes": None, "build_name": build_name},
+        {
+            "kwargs": arch_kwargs,
+            "notes": [],
+            "new_classes": None,
+            "build_name": build_name,
+            "new_head": new_head,
+        },
         [source],
     )
 
@@ -246,7 +260,8 @@ def create_pretrained(
     record = [s.describe() for s in sources]
     main = sources[0] if sources and not sources[0].meta.get("backbone") else None
     weights: dict[str, Any] = {"sources": record, "notes": info["notes"]}
-    if main is not None and info.get("new_classes") is None and main.meta.get("categories"):
+    new_head = info.get("new_classes") is not None or info.get("new_head")  # the names were the old head's
+    if main is not None and not new_head and main.meta.get("categories"):
         weights["categories"] = main.meta["categories"]
     if main is not None and main.meta.get("transforms"):
         weights["transforms"] = main.meta["transforms"]
@@ -280,3 +295,50 @@ def rebuild_structure(arch: dict[str, Any]) -> Any:
     model = build_structure(name.split(":", 1)[1], dict(kwargs), arch["weights_structure"])
     set_provenance(model, arch=arch)
     return model
+
+
+# -- the weights' own metadata, for data and predictions ----------------------------------------
+
+
+def weights_preprocessing(name: str, weights: Any) -> tuple[str, dict[str, Any]] | None:
+    """The preprocessing the pretrained ``weights`` of model ``name`` were trained with, or None.
+
+    Returns ``(source name, {"resize", "crop", "mean", "std", "interpolation"})`` from the same
+    tables :func:`create_pretrained` records (torchvision's ``weights.transforms()``, timm's
+    ``pretrained_cfg``); nothing is downloaded or read but an ``hf-hub:`` repository's config.json,
+    which the build needs too. Explicit files (``{url|path}``) state no preprocessing: None.
+    """
+    if weights in (None, False) or isinstance(weights, (dict, os.PathLike)):
+        return None
+    source = resolve_weights(name, weights)
+    if source.kind == "hf" and not source.meta:  # hf-hub: its config.json holds the pretrained_cfg
+        cfg = _hf_config(source.hf_repo or "", source.hf_revision)
+        source.meta = _timm_meta_from(dict(cfg.get("pretrained_cfg") or {}), cfg)
+    transforms = source.meta.get("transforms") or {}
+    return (source.name, dict(transforms)) if transforms.get("mean") or transforms.get("resize") else None
+
+
+# Surgery after which the weights' head, and so its category names, are still the model's.
+_HEAD_KEEPING_OPS = frozenset({"set_in_channels", "freeze", "unfreeze"})
+
+
+def weights_categories(model: Any, num_outputs: int | None = None) -> list[str] | None:
+    """The category names of the pretrained head ``model`` still has, or None.
+
+    Names come from the ``torchsmith.weights`` record (kept by ``save``/``load_model`` and by a
+    rebuild from a training checkpoint). They are dropped once the head may have changed: a build
+    with another ``num_classes`` records none, and any recorded surgery other than
+    ``set_in_channels``/``freeze``/``unfreeze`` (a new head, a replaced module) voids them; a model
+    whose ``num_outputs`` differ from the number of names is not described by them either.
+    """
+    from torchsmith._provenance import get_provenance
+
+    record = get_provenance(model)
+    cats = (record.get("weights") or {}).get("categories")
+    if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+        return None
+    if any(op.get("op") not in _HEAD_KEEPING_OPS for op in record.get("surgery") or []):
+        return None
+    if num_outputs is not None and num_outputs != len(cats):
+        return None
+    return list(cats)

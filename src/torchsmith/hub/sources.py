@@ -17,6 +17,7 @@ Resolving reads only the libraries' own tables: nothing is downloaded and nothin
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,17 +150,25 @@ def _resolve_torchvision(model: str, weights: Any) -> WeightsSource:
 # -- timm and the Hugging Face Hub ---------------------------------------------------------------
 
 
+def _timm_resize(crop: list[int], crop_pct: float, mode: str) -> list[int]:
+    """timm's eval resize (``transforms_imagenet_eval``): each edge ``floor(crop / crop_pct)``; one
+    number (the shorter edge, aspect kept) for a square crop in ``center`` mode, both edges otherwise."""
+    scale = [math.floor(c / crop_pct) for c in crop]
+    return scale[:1] if mode == "center" and scale[0] == scale[1] else scale
+
+
 def _timm_meta(cfg: dict[str, Any]) -> dict[str, Any]:
     size = cfg.get("input_size") or (3, 224, 224)
-    crop = int(size[-1])
+    crop = [int(size[-2]), int(size[-1])]
     crop_pct = cfg.get("crop_pct") or 0.875
+    mode = cfg.get("crop_mode") or "center"
     meta: dict[str, Any] = {
         "license": cfg.get("license"),
         "source_url": cfg.get("origin_url") or cfg.get("url"),
         "num_classes": cfg.get("num_classes"),
         "transforms": {
-            "resize": [round(crop / crop_pct)],
-            "crop": [crop],
+            "resize": _timm_resize(crop, crop_pct, mode),
+            "crop": crop[:1] if crop[0] == crop[1] else crop,
             "mean": list(cfg.get("mean") or (0.485, 0.456, 0.406)),
             "std": list(cfg.get("std") or (0.229, 0.224, 0.225)),
             "interpolation": cfg.get("interpolation") or "bicubic",

@@ -307,17 +307,35 @@ def predict(
     *,
     top_k: int = 1,
 ) -> list[dict]:
-    """Classify image files (or a batch tensor) with a training checkpoint.
+    """Classify image files (or a batch tensor) with a training checkpoint or a saved model.
 
-    Images are prepared like the recipe's validation data (channels, size, ``val_transforms``).
-    Returns one dict per input: ``class``, ``index``, ``probability`` and the ``top`` k choices.
+    A training checkpoint prepares images like its recipe's validation data (channels, size, the
+    transforms, completed by the pretrained weights' preprocessing when the recipe used weights). A
+    model file written by ``torchsmith.save`` from a pretrained model uses the preprocessing its
+    weights record (resize, crop, mean/std). Returns one dict per input: ``class`` (its name),
+    ``index``, ``probability`` and the ``top`` k choices.
+
+    Class names: the run's own (the image folder's classes, the CSV's labels) for the classes it
+    trained; the weights' categories (ImageNet's names) where the model still has the pretrained
+    head; otherwise the index. A new head never shows the weights' old names.
     """
     import torch
 
+    from torchsmith.hub import weights_categories
     from torchsmith.training.data import load_images
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, state, r = _model_from_checkpoint(checkpoint, None, device)
+    saved = _is_saved_model(checkpoint)
+    crit = r = None
+    classes: list[str] = []
+    if saved:
+        model = _load_saved_model(checkpoint, device)
+    else:
+        from torchsmith.training.losses import build_loss
+
+        model, state, r = _model_from_checkpoint(checkpoint, None, device)
+        classes = list(state.get("classes") or [])
+        crit = build_loss(r["loss"]["name"], r["loss"]["args"], r["loss"]["adapter"])
     names = None
     if isinstance(inputs, torch.Tensor):
         batch = inputs
@@ -325,21 +343,23 @@ def predict(
         names = [str(p) for p in inputs]
         if not names:
             raise InputError("predict: no inputs given")
-        batch = load_images(names, r)
-    classes = state.get("classes") or []
-    from torchsmith.training.losses import build_loss
-
-    crit = build_loss(r["loss"]["name"], r["loss"]["args"], r["loss"]["adapter"])
+        batch = _saved_model_images(model, checkpoint, names) if saved else load_images(names, r)
     with torch.no_grad():
         out = model(batch.to(device))
-        probs = torch.softmax(crit.scores(out).float(), dim=1).cpu()
+        probs = torch.softmax((out if crit is None else crit.scores(out)).float(), dim=1).cpu()
+    categories = weights_categories(model, probs.shape[1]) or []
+
+    def label(j: int) -> str:
+        if j < len(classes):  # what the run trained this output for
+            return classes[j]
+        return categories[j] if j < len(categories) else str(j)
+
     k = max(1, min(top_k, probs.shape[1]))
     top = probs.topk(k, dim=1)
     results = []
     for i in range(probs.shape[0]):
         idx = top.indices[i].tolist()
         p = top.values[i].tolist()
-        label = lambda j: classes[j] if j < len(classes) else str(j)  # noqa: E731
         row = {
             "class": label(idx[0]),
             "index": idx[0],
@@ -350,3 +370,58 @@ def predict(
             row = {"input": names[i], **row}
         results.append(row)
     return results
+
+
+def _is_saved_model(path: str | os.PathLike) -> bool:
+    """A file written by ``torchsmith.save`` (it records how to rebuild its model), not a training
+    checkpoint (whose own reader reports anything else)."""
+    from torchsmith.checkpoint.formats import open_raw
+
+    try:
+        meta = open_raw(path).metadata
+    except Exception:  # not readable as a model file: the training checkpoint reader says why
+        return False
+    return "torchsmith.arch" in meta or "torchsmith.spec" in meta
+
+
+def _load_saved_model(path: str | os.PathLike, device: Any) -> Any:
+    from torchsmith.checkpoint import load_model
+
+    return load_model(path, map_location=device).eval()
+
+
+def _saved_model_images(model: Any, path: str | os.PathLike, files: list[str]) -> Any:
+    """Images prepared with the preprocessing the model's pretrained weights record."""
+    import torch
+
+    from torchsmith._provenance import get_provenance
+    from torchsmith.training.data import _FileLoader, _weights_items, build_transforms
+
+    pre = (get_provenance(model).get("weights") or {}).get("transforms") or {}
+    if not (pre.get("mean") or pre.get("resize")):
+        raise InputError(
+            f"predict: {path} is a saved model whose weights record no preprocessing (resize, crop, "
+            "mean/std), so how to prepare an image is unknown; predict with the training checkpoint "
+            "(last.pt, best.pt) of its run, whose recipe says it"
+        )
+    channels = _input_channels(model)
+    size, normalize, _ = _weights_items(pre, channels)
+    tf = build_transforms(size + ([normalize] if normalize else []), "the weights' transforms")
+    loader = _FileLoader(channels, None)
+    images = []
+    for f in files:
+        if not os.path.isfile(f):
+            raise InputError(f"input {f}: file not found")
+        x = loader(f)
+        images.append(tf(x) if tf is not None else x)
+    return torch.stack(images)
+
+
+def _input_channels(model: Any) -> int:
+    """The channels the model's first convolution takes (1 after set_in_channels(model, 1)), else 3."""
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return int(m.in_channels)
+    return 3

@@ -104,6 +104,11 @@ def build_model(recipe: dict, log: Callable[[str], None] | None = None, *, weigh
             f"model: {m['name']} {m['kwargs'] or ''}".rstrip()
             + (f" weights={m['weights']}" if m.get("weights") else "")
         )
+        if m.get("weights") not in (None, False):  # say what the data took from the weights
+            from torchsmith.training.data import recipe_transforms
+
+            for line in recipe_transforms(recipe)["notes"]:
+                log(line)
     if recipe["surgery"]:
         apply_surgery = _need("torchsmith.surgery", "apply_surgery", "surgery")
         _log_report(log, "surgery", _call("surgery", apply_surgery, model, recipe["surgery"]))

@@ -37,6 +37,7 @@ __all__ = [
     "check_labels",
     "check_transforms",
     "load_images",
+    "recipe_transforms",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -115,6 +116,90 @@ def build_transforms(items: list, field: str = "data.train_transforms") -> Any:
         except (TypeError, ValueError) as e:
             raise RecipeError(f"recipe field '{field}[{i}]': {name}({args}) failed: {e}") from None
     return T.Compose(built)
+
+
+# Transforms that decide the image size themselves: with one of them the weights' resize/crop are not added.
+_SIZE_SETTERS = frozenset(
+    {"Resize", "RandomResize", "RandomResizedCrop", "CenterCrop", "RandomCrop", "FiveCrop", "TenCrop",
+     "RandomShortestSize", "ScaleJitter", "RandomIoUCrop", "RandomZoomOut"}
+)  # fmt: skip
+_SPLITS = ("train_transforms", "val_transforms")
+
+
+def _weights_items(pre: dict[str, Any], channels: int) -> tuple[list[dict], dict | None, list[str]]:
+    """The weights' preprocessing as recipe items: ``(resize and crop, normalize, notes)``."""
+    size: list[dict] = []
+    if pre.get("resize"):
+        args: dict[str, Any] = {"size": list(pre["resize"]), "antialias": True}
+        if pre.get("interpolation"):
+            args["interpolation"] = pre["interpolation"]
+        size.append({"Resize": args})
+    if pre.get("crop"):
+        size.append({"CenterCrop": {"size": list(pre["crop"])}})
+    notes: list[str] = []
+    normalize = None
+    mean, std = list(pre.get("mean") or []), list(pre.get("std") or [])
+    if mean and std:
+        if len(mean) != channels and channels == 1:
+            # a 1-channel stem made by set_in_channels sums the RGB kernel: gray stands for R = G = B
+            mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+            notes.append("mean/std averaged over the weights' channels for 1-channel images")
+        elif len(mean) == 1 and channels > 1:
+            mean, std = mean * channels, std * channels
+        normalize = {"Normalize": {"mean": mean, "std": std}}
+    return size, normalize, notes
+
+
+def _item_text(item: dict) -> str:
+    ((name, args),) = item.items()
+    return f"{name}({', '.join(f'{k}={v}' for k, v in args.items() if k != 'antialias')})"
+
+
+def recipe_transforms(recipe: dict) -> dict[str, Any]:
+    """The transforms each split runs: the recipe's own, completed by the pretrained weights' preprocessing.
+
+    With ``model.weights`` that state their preprocessing (torchvision's ``weights.transforms()``,
+    timm's ``pretrained_cfg``), each split's list gets what it leaves out: the weights' ``Resize`` and
+    ``CenterCrop`` first unless ``data.image_size`` or a size-setting transform of the recipe's decides
+    the size, and their ``Normalize`` last unless the recipe's list has a ``Normalize``. So an empty
+    list becomes the weights' evaluation preprocessing, and a training list of augmentations runs
+    between the weights' resize and normalization. Recipe-given transforms are kept as given.
+
+    Returns ``{"train_transforms": [...], "val_transforms": [...], "source": NAME or None,
+    "notes": [lines for the run's set-up]}``. Training, evaluation and ``predict`` all call this,
+    so a checkpoint's predictions are prepared as its run's validation data was.
+    """
+    d = recipe["data"]
+    out: dict[str, Any] = {k: list(d[k] or []) for k in _SPLITS} | {"source": None, "notes": []}
+    m = recipe["model"]
+    if m.get("spec") is not None or m.get("weights") in (None, False) or not m.get("name"):
+        return out
+    from torchsmith.hub import weights_preprocessing
+
+    try:
+        found = weights_preprocessing(str(m["name"]), m["weights"])
+    except InputError as e:
+        raise RecipeError(f"recipe field 'model.weights': {e}") from None
+    if found is None:
+        return out
+    source, pre = found
+    size, normalize, notes = _weights_items(pre, d["channels"])
+    for key in _SPLITS:
+        given = out[key]
+        names = {_parse_transform(item, f"data.{key}")[0] for item in given}
+        before = size if d["image_size"] is None and not names & _SIZE_SETTERS else []
+        after = [normalize] if normalize is not None and "Normalize" not in names else []
+        if not before and not after:
+            continue
+        out[key] = [*before, *given, *after]
+        text = [_item_text(i) for i in before] + ([f"the recipe's {len(given)}"] if given else [])
+        text += [_item_text(i) for i in after]
+        notes.append(f"data.{key}: {', '.join(text)}")
+    if d["image_size"] is not None and size:
+        notes.append(f"the weights' resize/crop not used: data.image_size {d['image_size']} sets the size")
+    out["source"] = source
+    out["notes"] = [f"data: preprocessing from the weights {source}"] + [f"data:   {n}" for n in notes]
+    return out
 
 
 # --------------------------------------------------------------------------- datasets
@@ -449,8 +534,9 @@ def build_datasets(recipe: dict) -> tuple[RecipeDataset, RecipeDataset | None]:
     seeded with the recipe's seed: the same split on every run and every process.
     """
     d, seed = recipe["data"], recipe["seed"]
-    train_tf = build_transforms(d["train_transforms"], "data.train_transforms")
-    val_tf = build_transforms(d["val_transforms"], "data.val_transforms")
+    items = recipe_transforms(recipe)  # the recipe's, completed by the pretrained weights' preprocessing
+    train_tf = build_transforms(items["train_transforms"], "data.train_transforms")
+    val_tf = build_transforms(items["val_transforms"], "data.val_transforms")
     val = None
     if d["kind"] == "digits":
         full = _digits(d, seed)
@@ -479,7 +565,7 @@ def load_images(paths: list[str], recipe: dict) -> Any:
     if d["kind"] == "digits" and size is None:
         size = (8, 8)
     loader = _FileLoader(d["channels"], size)
-    tf = build_transforms(d["val_transforms"], "data.val_transforms")
+    tf = build_transforms(recipe_transforms(recipe)["val_transforms"], "data.val_transforms")
     images = []
     for p in paths:
         if not os.path.isfile(p):
