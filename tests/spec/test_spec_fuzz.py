@@ -15,7 +15,7 @@ from torchsmith.spec import build_model
 
 KEYS = [
     "type", "chain", "list", "dict", "graph", "inputs", "nodes", "outputs", "n", "when", "args", "kwargs",
-    "params", "blocks", "op", "input_shape", "dim", "out_features", "in_features", "out_channels",
+    "shared", "params", "blocks", "op", "input_shape", "dim", "out_features", "in_features", "out_channels",
     "kernel_size", "x", "a", "b", "fc1",
 ]  # fmt: skip
 STRINGS = [
@@ -166,7 +166,24 @@ def _layers():
         ),
         st.just({"type": "BatchNorm2d"}),
         st.just({"type": "LayerNorm"}),
+        st.sampled_from(["LBlock", "CBlock", {"type": "CBlock", "out": "$w"}]),  # in_* read off the input
     )
+
+
+# spec blocks whose first layer's input size is a required parameter, left out at every use
+BLOCKS = {
+    "LBlock": {
+        "params": ["in_features", {"out": 8}],
+        "chain": [{"type": "Linear", "in_features": "$in_features", "out_features": "$out"}, "Tanh"],
+    },
+    "CBlock": {
+        "params": ["in_channels", {"out": 3}],
+        "type": "Conv2d",
+        "in_channels": "$in_channels",
+        "out_channels": "$out",
+        "kernel_size": 1,
+    },
+}
 
 
 def _graphs(children):
@@ -202,6 +219,16 @@ NODES = st.recursive(
             st.sampled_from([1, 2, 0]),
             children,
         ),
+        st.builds(  # one module run n times, or one module at every place with the same key
+            lambda n, c, key: {
+                "chain": [
+                    dict(c, n=n, shared=key) if isinstance(c, dict) else {"type": c, "n": n, "shared": key}
+                ]
+            },
+            st.sampled_from([1, 2, 3]),
+            children,
+            st.sampled_from([True, "k", False]),
+        ),
         _graphs(children),
     ),
     max_leaves=8,
@@ -217,7 +244,12 @@ def test_generated_specs_build_and_run_as_inferred(body, shape, mutate):
 
     from torchsmith.spec import validate_spec
 
-    spec = {"params": {"w": 4}, "input_shape": shape, **(body if isinstance(body, dict) else {"type": body})}
+    spec = {
+        "params": {"w": 4},
+        "blocks": BLOCKS,
+        "input_shape": shape,
+        **(body if isinstance(body, dict) else {"type": body}),
+    }
     if mutate == 0:  # drop the sample shape: omitted sizes can no longer be inferred
         del spec["input_shape"]
     try:

@@ -148,6 +148,14 @@ graph:
         torch.testing.assert_close(model(x), model.b(F.relu(model.b(x))))
 
 
+def test_shapes_through_shared_uses_come_from_formulas():
+    from torchsmith.spec.fastshape import module_output
+
+    lin = nn.Linear(4, 4, device="meta")
+    chain = nn.Sequential(lin, nn.ReLU(), SharedModule(lin, "0"))
+    assert module_output(chain, [torch.empty(2, 4, device="meta")]).shape == (2, 4)  # no meta kernel run
+
+
 def test_shared_false_builds_copies_and_names_key_groups():
     text = """
 input_shape: [2, 4]

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchsmith.spec.graph import SharedModule
+
 __all__ = ["module_output", "op_output"]
 
 _FLOAT = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -302,6 +304,8 @@ def module_output(module: nn.Module, xs: Sequence[Any]) -> Any:
     if len(xs) != 1 or not _plain(xs):
         return None
     cls = type(module)
+    if cls is SharedModule:  # a later use of a spec's shared module: the module it runs
+        return module_output(module._shared[0], xs)
     if isinstance(module, nn.Sequential) and cls.forward is nn.Sequential.forward:
         return _sequential(module, xs[0])
     fn = _MODULES.get(cls)
