@@ -25,6 +25,7 @@ there, in the training thread. A kill during the write leaves the previous check
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -90,12 +91,122 @@ def restore_rng(state: dict, device: Any = None) -> None:
 
 def save_checkpoint(path: str | os.PathLike, state: dict, *, sync_folder: bool = True) -> Path:
     """Write ``state`` atomically to ``path`` (the old file survives any crash during the write)."""
-    import torch
-
     path = Path(path)
     with atomic_path(path, sync_folder=sync_folder) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+        _torch_save(state, tmp)
     return path
+
+
+def _torch_save(state: dict, path: Path) -> None:
+    import torch
+
+    torch.save({"format": FORMAT, **state}, path)
+
+
+FileContent = bytes | str | Callable[[Path], None]
+_fsync_pool: Any = None  # threads that fsync a checkpoint's files side by side (made on first use)
+_fsync_pool_lock = threading.Lock()
+
+
+def _fsync_all(fds: list[int]) -> None:
+    """fsync every descriptor, all at once: the first here, the others in pool threads.
+
+    Each fsync of a new file waits for a journal commit (0.3 ms on a quiet disk, 5-10 ms on a
+    busy one); fsyncs in flight together share one commit on ext4, XFS and btrfs, so three files
+    cost about one. fsync releases the GIL, so the threads cost the training thread nothing.
+    """
+    global _fsync_pool
+    if len(fds) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _fsync_pool_lock:
+            if _fsync_pool is None:
+                _fsync_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="torchsmith-fsync")
+        others = [_fsync_pool.submit(os.fsync, fd) for fd in fds[1:]]
+    else:
+        others = []
+    try:
+        if fds:
+            os.fsync(fds[0])
+    finally:
+        for f in others:  # every one waited for, even when one failed; the first error raises
+            f.result()
+
+
+def write_files(
+    folder: str | os.PathLike, files: dict[str, FileContent], *, links: dict[str, str] | None = None
+) -> None:
+    """Write ``files`` into ``folder``, each one atomically, with two waits for the disk in all.
+
+    A value is the file's bytes, its text (UTF-8), or a function that writes the file at the path
+    it is given (``torch.save``). Every file goes to a temporary name first; the temporary files
+    are fsynced together (see :func:`_fsync_all`), renamed over their names in the order given,
+    and the folder is fsynced once after the last rename. ``links`` (``{"best.pt": "last.pt"}``)
+    gives a file of ``files`` a second name: a hard link to the same fsynced bytes (a copy on a
+    file system without hard links), renamed in right after it, so a later write of the first
+    name cannot change it.
+
+    A crash at any moment leaves every name with its old or its new content, whole; the renames
+    are durable when this returns. That is :func:`torchsmith._io.atomic_path` for several files,
+    with one fsync of the folder and the files' own fsyncs side by side rather than one by one.
+    """
+    import shutil
+
+    from torchsmith._io import _hold_large_file, _tmp_name, fsync_dir
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    links = links or {}
+    tmps: dict[str, Path] = {}
+    fds: list[int] = []
+    held: list[int] = []
+    try:
+        for name, content in files.items():
+            tmp = tmps[name] = _tmp_name(folder / name)
+            if callable(content):
+                content(tmp)
+                fds.append(os.open(tmp, os.O_RDWR))
+            else:
+                data = content.encode() if isinstance(content, str) else content
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+                fds.append(fd)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+        _fsync_all(fds)
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
+        for name, target in links.items():
+            # The link adds a folder entry only; the bytes behind it were fsynced above, and
+            # the folder's fsync below makes the entry durable.
+            tmp = tmps[name] = _tmp_name(folder / name)
+            try:
+                os.link(tmps[target], tmp)
+            except OSError:  # a file system without hard links: a copy, fsynced on its own
+                shutil.copyfile(tmps[target], tmp)
+                _fsync_all([fd := os.open(tmp, os.O_RDWR)])
+                os.close(fd)
+        order = [n for name in files for n in (name, *(k for k, v in links.items() if v == name))]
+        for name in order:
+            fd = _hold_large_file(folder / name)  # its blocks are freed later, off this thread
+            if fd is not None:
+                held.append(fd)
+            os.replace(tmps.pop(name), folder / name)
+        fsync_dir(folder)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for tmp in tmps.values():  # what a failure left behind
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if held:
+            threading.Thread(target=_close_all, args=(held,), name="torchsmith-release-replaced").start()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:

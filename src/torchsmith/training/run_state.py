@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from torchsmith._io import atomic_path, atomic_write, fsync_dir
+from torchsmith._io import atomic_write
 from torchsmith.errors import CheckpointError
 from torchsmith.training import checkpointing as ckpt_
 from torchsmith.training import distributed as dist_
 from torchsmith.training.callbacks import CheckpointInfo
-from torchsmith.training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from torchsmith.training.checkpointing import capture_rng, load_checkpoint, restore_rng
 
 __all__ = ["RunState"]
 
@@ -36,7 +35,15 @@ class RunState:
         """Delete what a kill during an atomic write of this run's files left (torchsmith's own names)."""
         from torchsmith._io import stale_tmp_files
 
-        names = ("last.pt", "best.pt", "metrics.jsonl", "recipe.yaml", "curves.png", "model.safetensors")
+        names = (
+            "last.pt",
+            "best.pt",
+            "metrics.jsonl",
+            "metrics.csv",
+            "recipe.yaml",
+            "curves.png",
+            "model.safetensors",
+        )
         for name in names:
             for tmp in stale_tmp_files(self.out_dir / name):
                 with contextlib.suppress(FileNotFoundError):
@@ -144,27 +151,22 @@ class RunState:
     def _write_files(
         self, state: dict, best: bool, files: dict[str, str], after: list, cleanup: bool = False
     ) -> None:
-        # Several renames, one fsync of the folder after the last (each file's bytes are fsynced first).
-        last = save_checkpoint(self.out_dir / "last.pt", state, sync_folder=False)
+        # All in one ckpt_.write_files: each file atomic, their fsyncs side by side and one fsync of
+        # the folder after the last rename (two waits for the disk, was one per file plus one).
+        # last.pt is renamed first, so a crash between renames leaves the metrics files behind it,
+        # never ahead (a resume rewrites them from last.pt's history).
+        out: dict[str, ckpt_.FileContent] = {"last.pt": lambda tmp: ckpt_._torch_save(state, tmp)}
         if not self._recipe_written:
             # The run folder becomes this run's with its first checkpoint, not before: a run
             # refused or failed before that leaves the old run's recipe next to its checkpoints.
-            text = self.recipe.to_yaml() if hasattr(self.recipe, "to_yaml") else json.dumps(self.recipe)
-            with atomic_write(self.out_dir / "recipe.yaml", "w", sync_folder=False) as f:
-                f.write(text)
-            self._recipe_written = True
-        if best:
-            with atomic_path(self.out_dir / "best.pt", sync_folder=False) as tmp:
-                # A second name for the same bytes: every write here replaces files by rename,
-                # never in place, so the next last.pt cannot change best.pt.
-                try:
-                    os.link(last, tmp)
-                except OSError:  # a file system without hard links
-                    shutil.copyfile(last, tmp)
-        for name, text in files.items():
-            with atomic_write(self.out_dir / name, "w", sync_folder=False) as f:
-                f.write(text)
-        fsync_dir(self.out_dir)
+            out["recipe.yaml"] = (
+                self.recipe.to_yaml() if hasattr(self.recipe, "to_yaml") else json.dumps(self.recipe)
+            )
+        out.update(files)
+        # best.pt: a second name for last.pt's bytes; every write here replaces files by rename,
+        # never in place, so the next last.pt cannot change best.pt.
+        ckpt_.write_files(self.out_dir, out, links={"best.pt": "last.pt"} if best else None)
+        self._recipe_written = True
         for fn in after:  # the callbacks' work on the files (checkpoint retention)
             fn(self.out_dir)
         if cleanup:
