@@ -150,3 +150,39 @@ def test_a_new_timm_head_records_no_categories(offline_cache, monkeypatch):
     assert "categories" not in get_provenance(new)["weights"]
     assert weights_categories(new) is None
     assert weights_categories(kept, 1000) == IMAGENET and weights_categories(kept, 999) is None
+
+
+def test_an_hf_hub_config_gives_the_preprocessing_offline(tmp_path, monkeypatch):
+    """``timm:hf-hub:ORG/NAME``: the pretrained_cfg of the repository's config.json, read from an HF
+    cache the test builds (offline), is what a recipe's data gets; timm's floor(160 / 0.9) = 177."""
+    from torchsmith.hub import weights_preprocessing
+
+    cfg = {
+        "architecture": "resnet18",
+        "num_classes": 3,
+        "pretrained_cfg": {"input_size": [3, 160, 160], "crop_pct": 0.9, "interpolation": "bilinear",
+                           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    }  # fmt: skip
+    repo = tmp_path / "hf" / "hub" / "models--org--tiny"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs" / "c0ffee").write_text(json.dumps(cfg))
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").symlink_to("../../blobs/c0ffee")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source, pre = weights_preprocessing("timm:hf-hub:org/tiny", True)
+    assert source == "hf-hub:org/tiny"
+    assert pre == {
+        "resize": [177],
+        "crop": [160],
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "interpolation": "bilinear",
+    }
+    r = load_recipe(None, ["model.name=timm:hf-hub:org/tiny", "model.weights=true", "surgery=[]", "init=null",
+                           "data.image_size=null", "data.channels=3"])  # fmt: skip
+    assert recipe_transforms(r)["val_transforms"][-1] == {"Normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}
