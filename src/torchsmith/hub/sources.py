@@ -152,7 +152,8 @@ def _resolve_torchvision(model: str, weights: Any) -> WeightsSource:
 
 def _timm_resize(crop: list[int], crop_pct: float, mode: str) -> list[int]:
     """timm's eval resize (``transforms_imagenet_eval``): each edge ``floor(crop / crop_pct)``; one
-    number (the shorter edge, aspect kept) for a square crop in ``center`` mode, both edges otherwise."""
+    number (the shorter edge, aspect kept) for a square crop in ``center`` mode, both edges otherwise
+    (exact for ``squash``; for a non-square ``center`` crop timm keeps the aspect ratio, this squashes)."""
     scale = [math.floor(c / crop_pct) for c in crop]
     return scale[:1] if mode == "center" and scale[0] == scale[1] else scale
 
