@@ -156,6 +156,55 @@ def test_shapes_through_shared_uses_come_from_formulas():
     assert module_output(chain, [torch.empty(2, 4, device="meta")]).shape == (2, 4)  # no meta kernel run
 
 
+def test_a_shared_node_inside_a_block_is_one_module_for_every_use_of_the_block():
+    text = """
+input_shape: [2, 4]
+blocks:
+  Pair:
+    params: []
+    chain: [{type: Linear, out_features: 4, shared: inner}, {type: Linear, out_features: 4}]
+chain: [Pair, Pair]
+"""
+    model = build_model(text)
+    assert model[1][0]._shared[0] is model[0][0] and model[1][1] is not model[0][1]
+    assert list(model.state_dict()) == [
+        "0.0.weight",
+        "0.0.bias",
+        "0.1.weight",
+        "0.1.bias",
+        "1.1.weight",
+        "1.1.bias",
+    ]
+
+
+def test_docs_residual_example_projects_only_where_channels_change():
+    text = """
+input_shape: [1, 3, 8, 8]
+blocks:
+  Res:
+    params: [in_channels, out_channels]
+    graph:
+      inputs: [x]
+      nodes:
+        body: {inputs: x, type: Conv2d, in_channels: $in_channels, out_channels: $out_channels,
+               kernel_size: 3, padding: 1}
+        proj: {inputs: x, when: "${in_channels != out_channels}", type: Conv2d, out_channels: $out_channels,
+               kernel_size: 1}
+        sum: {op: add, inputs: [body, "${'proj' if in_channels != out_channels else 'x'}"]}
+chain:
+  - {type: Res, out_channels: 16}
+  - {type: Res, out_channels: 16}
+"""
+    model = build_model(text)
+    assert model[0].proj.in_channels == 3 and model[0].body.in_channels == 3
+    assert not hasattr(model[1], "proj") and model[1].body.in_channels == 16
+    assert validate_spec(text)["inferred"] == {
+        "0": {"in_channels": 3},
+        "0.proj": {"in_channels": 3},
+        "1": {"in_channels": 16},
+    }
+
+
 def test_shared_false_builds_copies_and_names_key_groups():
     text = """
 input_shape: [2, 4]
@@ -193,6 +242,11 @@ chain:
             5,
             "chain.b.bias: this use of the shared module 'Linear' has bias=False but its first use "
             "(<spec>:4: chain.a) has bias='(not given)'",
+        ),
+        (  # compared as written: a default given is not the same as a default left out
+            "{type: Linear, out_features: 4, bias: true, shared: true}",
+            5,
+            "chain.b.bias: this use of the shared module 'Linear' has bias=True but its first use",
         ),
         ("{chain: [ReLU], shared: true}", 5, "chain.b.shared: 'shared' needs a node with 'type'"),
         ("{type: Linear, out_features: 4, shared: 3}", 5, "chain.b.shared: found 3; expected true, false"),
