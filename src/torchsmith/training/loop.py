@@ -495,11 +495,13 @@ class Trainer(RunState):
         model, crit = self.model, self.criterion
         amp = _autocast(self.ctx.device, self.recipe["train"]["precision"])
         scaler = self.scaler if self.scaler.is_enabled() else None
+        f32 = torch.float32
 
         def forward_backward(x: Any, y: Any, group_size: int) -> tuple[Any, Any]:
             with amp:
                 out = model(x)
-            out = out.float() if isinstance(out, torch.Tensor) else out
+            if isinstance(out, torch.Tensor) and out.dtype is not f32:  # .float() on f32 is still a call
+                out = out.float()
             loss = crit(out, y)
             scaled = loss / group_size if group_size > 1 else loss
             if scaler is None:
