@@ -385,6 +385,11 @@ def test_block_parameter_that_cannot_be_inferred_names_block_parameter_and_line(
     assert err.line == line and (
         "block 'Res' needs the parameter 'in_channels': it could not be read off an input of shape (4)"
     ) in str(err)
+    text = BLOCKS + (
+        "input_shape: [1, 2, 8]\nchain:\n"
+        "  - {type: TransformerEncoder, encoder_layer: {module: {type: Attn}}, num_layers: 1}\n"
+    )
+    assert "block 'Attn' needs the parameter 'd_model': its input is not known here" in str(_error(text))
     # a required parameter shape inference does not know is still an error where the spec is read
     assert "block 'Res' needs the parameter 'out_channels'" in str(_error(BLOCKS + "chain: [Res]\n"))
 

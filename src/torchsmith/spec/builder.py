@@ -73,6 +73,7 @@ class _Constructor:
         self.inferred: dict[str, dict] = {}
         # shared key -> (module, its path, the input it was first run on, its output there)
         self.shared: dict[str, tuple] = {}
+        self.sampled = False  # whether the model has a sample input (set by build_with_report)
 
     def fail(self, where: Where, msg: str) -> SpecError:
         return self.planner.fail(where, msg)
@@ -151,12 +152,15 @@ class _Constructor:
                 value = infer_value(name, xs[0]) if xs else None
                 if value is None:
                     axis = "the last dim" if INFER[name] == -1 else f"dim {INFER[name]}"
-                    why = (
-                        "it can be left out only when the model has a sample input shape ('input_shape' "
-                        "in the spec, or build_model(..., input_shape=...))"
-                        if xs is None
-                        else f"it could not be read off an input of shape {shape_str(xs)} (at {axis})"
-                    )
+                    if xs is not None:
+                        why = f"it could not be read off an input of shape {shape_str(xs)} (at {axis})"
+                    elif self.sampled:  # a module passed as an argument: nothing runs it here
+                        why = "its input is not known here (a module passed as an argument)"
+                    else:
+                        why = (
+                            "it can be left out only when the model has a sample input shape "
+                            "('input_shape' in the spec, or build_model(..., input_shape=...))"
+                        )
                     raise self.fail(
                         plan.where,
                         f"block {plan.block!r} needs the parameter {name!r}: {why}; or give {name}",
@@ -587,6 +591,7 @@ def build_with_report(
     loaded, planner, plan, names, inputs, normalised = _prepare(spec, input_shape, params, allow_imports)
     meta = _Constructor(planner, meta=True)
     xs = None if inputs is None else [meta_input(*inputs[n]) for n in names]
+    meta.sampled = xs is not None
     try:
         meta_model, out = meta.build(plan, xs)
     except RecursionError:
