@@ -294,8 +294,8 @@ graph:
     assert err.line == 7 and "unknown key 'shared' in op 'add'" in str(err)
 
 
-def test_a_block_that_cannot_run_n_times_is_planned_once():
-    # one Refine is planned; 1000 shared uses add one small module each, not 1000 bodies
+def test_a_shared_block_run_1000_times_adds_no_parameters():
+    # one Refine is planned and built; 1000 shared uses add one small stateless module each
     text = EXAMPLE.read_text().replace("n: $steps", "n: 1000")
     report = validate_spec(text)
     assert report["parameters"] == 7_578

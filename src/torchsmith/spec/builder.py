@@ -5,6 +5,8 @@
 2. **Meta pass**: every module is built on ``torch.device("meta")`` and run on meta tensors of the
    sample input shape, in order; omitted ``in_features``/``in_channels``/... are read off the
    tensors (:mod:`torchsmith.spec.shapes`) and shape mismatches are reported with both shapes.
+   A block use that leaves out such a parameter of its own is planned here, once its input is known;
+   a ``shared`` module is built at the first use reached and run (``SharedModule``) by the others.
    The parameter count is checked against ``max_parameters`` before any memory is allocated.
 3. **Real pass**: the same plan, with the inferred arguments filled in, is built on the current
    default device. The spec is recorded on the model (``torchsmith._provenance``) so that
