@@ -46,4 +46,4 @@ if __name__ == "__main__":
     recipe, out, hook, step, *rest = sys.argv[1:]
     rank = int(rest[0]) if rest else 0
     marker = rest[1] if len(rest) > 1 else None
-    train(recipe, out=out, resume="auto", log=None, callbacks=[kill_at(hook, int(step), rank, marker)])
+    train(recipe, out=out, resume="auto", callbacks=[kill_at(hook, int(step), rank, marker)])

@@ -113,9 +113,12 @@ def setup(recipe: dict) -> DistContext:
     if not dist.is_initialized():
         import datetime
 
-        kwargs = {"device_id": device} if backend == "nccl" else {}
+        kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
         timeout = datetime.timedelta(seconds=float(recipe["distributed"].get("timeout", 600)))
         try:
+            store = _restart_store(world, timeout)
+            if store is not None:
+                kwargs["store"] = store
             dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout, **kwargs)
         except Exception as e:  # rendezvous or transport: torch's message is a page of C++ context
             raise DistributedError(
@@ -125,6 +128,27 @@ def setup(recipe: dict) -> DistContext:
         ctx.owns_group = True
     ctx.backend = dist.get_backend()
     return ctx
+
+
+def _restart_store(world: int, timeout: Any) -> Any:
+    """The process group's store after a torchrun restart on one node: the agent's, under a prefix
+    of this restart (None: let torch build it).
+
+    torchrun's agent serves one TCPStore for all its worker groups (``TORCHELASTIC_USE_AGENT_STORE``),
+    and torch puts the process group's keys in it without a per-restart prefix, so a restarted
+    rank can read a killed peer's gloo address and fail with ``connectFullMesh ... Connection
+    refused``. On one node every worker shares the agent's restart count, which makes a prefix all
+    ranks agree on; across nodes the agents' counts can differ, so that is left to torch.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _env_int("GROUP_WORLD_SIZE", 0) != 1:
+        return None
+    import torch.distributed as dist
+
+    host, port = os.environ.get("MASTER_ADDR"), _env_int("MASTER_PORT", 0)
+    if not host or not port:
+        return None
+    tcp = dist.TCPStore(host, port, world, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"torchsmith/restart_{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}", tcp)
 
 
 _RETRY = (
