@@ -216,7 +216,7 @@ class RunState:
 
     def close(self) -> None:
         """Wait for the checkpoint write in flight (call before reading the files or exiting)."""
-        self.writer.wait()
+        self.writer.close()  # and end its thread; a later save starts another
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.ctx.device)
