@@ -117,3 +117,16 @@ def test_a_hooked_target_is_ported_through_load_state_dict_and_checked():
     assert target.calls >= 1  # the hook ran: the load went through load_state_dict
     assert any(n.startswith("numerical check: outputs") for n in report.notes), report.notes
     assert torch.equal(target[0].weight, source[0].weight)
+
+
+def test_a_port_runs_each_model_once_on_the_full_input():
+    """The source's traced run is the check's reference; the target's graph comes from a crop."""
+    source, target = torchvision.models.resnet18().eval(), timm.create_model("resnet18")
+    x = torch.randn(1, 3, 64, 64)
+    shapes: dict[str, list[tuple[int, ...]]] = {"source": [], "target": []}
+    for name, model in (("source", source), ("target", target)):
+        model.register_forward_pre_hook(lambda _m, args, name=name: shapes[name].append(tuple(args[0].shape)))
+    load_weights(target, source, match="structure", example_input=x)
+    assert shapes["source"] == [(1, 3, 64, 64)]
+    assert shapes["target"].count((1, 3, 64, 64)) == 1, shapes  # the check; the graph came from a crop
+    assert all(s[-1] < 64 for s in shapes["target"] if s != (1, 3, 64, 64)), shapes
