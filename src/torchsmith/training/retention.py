@@ -7,8 +7,10 @@ system has no links), made atomically after ``last.pt`` is on disk. The folder k
 validation's metrics or an epoch's record; lower is better for a ``*loss``, higher otherwise);
 a checkpoint has a score when a validation ran at its step (every epoch end, and the
 ``train.val_every_steps`` steps that are also checkpoint steps). Anything else in ``checkpoints/``
-with that name pattern (left by a run killed between the two writes) is removed. Which files are
-kept, with their scores, is part of the checkpoint, so a resumed run keeps the same set.
+with that name pattern (left by a run killed between the two writes) is removed, and a resume
+removes a killed link's temporary file and makes the link of the checkpoint it resumed from when the
+kill came first. Which files are kept, with their scores, is part of the checkpoint, so a resumed
+run keeps the same set.
 """
 
 from __future__ import annotations
@@ -55,6 +57,20 @@ class CheckpointRetention(Callback):
                 f"recipe field 'checkpoint.metric': {self.metric!r} is not among this run's metrics: {keys}"
             )
 
+    def on_train_start(self, trainer: Any) -> None:
+        if not trainer.ctx.is_main:
+            return
+        folder = trainer.out_dir / "checkpoints"
+        _remove_stale_tmp_files(folder)
+        # A kill between last.pt's rename and the link of its name here leaves a kept entry with no
+        # file, and no later checkpoint makes it: give the resumed checkpoint its name now.
+        resumed = trainer.resumed_from
+        if resumed and self.entries and self.entries[-1]["step"] == trainer.step:
+            name = self.entries[-1]["file"]
+            if not (folder / name).exists() and Path(resumed["checkpoint"]).is_file():
+                _link(Path(resumed["checkpoint"]), folder / name)
+                fsync_dir(folder)
+
     def on_checkpoint(self, trainer: Any, info: CheckpointInfo) -> None:
         score = None
         if self._scored is not None and self._scored[0] == info.step and math.isfinite(self._scored[1]):
@@ -95,13 +111,32 @@ def _link_and_prune(out_dir: Path, name: str, keep: set[str]) -> None:
     folder = Path(out_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     if name in keep:
-        with atomic_path(folder / name, sync_folder=False) as tmp:
-            try:
-                os.link(Path(out_dir) / "last.pt", tmp)
-            except OSError:  # no hard links here
-                shutil.copyfile(Path(out_dir) / "last.pt", tmp)
+        _link(Path(out_dir) / "last.pt", folder / name)
     for p in folder.iterdir():
         if _NAME.fullmatch(p.name) and p.name not in keep:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
     fsync_dir(folder)
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst, sync_folder=False) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here
+            shutil.copyfile(src, tmp)
+
+
+_TMP = re.compile(r"\.(epoch-\d{4,}-step-\d{8,}\.pt)\.\d+\.[0-9a-f]{8}\.tmp")
+
+
+def _remove_stale_tmp_files(folder: Path) -> None:
+    """What a kill during a link left (``atomic_path``'s temporary names, of processes now gone)."""
+    from torchsmith._io import stale_tmp_files
+
+    names = {m.group(1) for p in folder.iterdir() if (m := _TMP.fullmatch(p.name))} if folder.is_dir() else ()
+    for name in names:
+        for tmp in stale_tmp_files(folder / name):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
