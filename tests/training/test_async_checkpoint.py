@@ -118,3 +118,44 @@ def test_resume_auto_starts_when_there_is_no_checkpoint(tmp_path):
     second = train({**r, "train": {**r["train"], "epochs": 2}}, out=tmp_path, resume="auto", log=None)
     assert second.resumed_from is not None and second.resumed_from["epoch"] == 1
     assert [h["train_samples"] for h in second.history] == [80, 80]  # epoch 2 starts its sums at zero
+
+
+def test_freeze_serialises_a_small_state_here_and_snapshots_a_large_one(monkeypatch):
+    import io
+
+    from torchsmith.training import checkpointing
+
+    w = torch.ones(3)
+    state = {"model": {"w": w}, "epoch": 1}
+    frozen = checkpointing.freeze(state)
+    assert isinstance(frozen, memoryview)  # the file's bytes, made at the step boundary
+    w.add_(1)  # training goes on
+    back = torch.load(io.BytesIO(bytes(frozen)), weights_only=True)
+    assert back["format"] == checkpointing.FORMAT and back["epoch"] == 1
+    assert torch.equal(back["model"]["w"], torch.ones(3))
+
+    monkeypatch.setattr(checkpointing, "SERIALIZE_INLINE_BYTES", 8)  # 12 bytes of tensors: too big
+    frozen = checkpointing.freeze(state)
+    assert isinstance(frozen, dict) and frozen["model"]["w"] is not w
+    assert torch.equal(frozen["model"]["w"], w)
+
+
+def test_write_files_renames_them_all_or_leaves_every_old_file(tmp_path):
+    from torchsmith.training.checkpointing import write_files
+
+    write_files(tmp_path, {"last.pt": b"one", "metrics.jsonl": "a\n"}, links={"best.pt": "last.pt"})
+    assert (tmp_path / "last.pt").read_bytes() == (tmp_path / "best.pt").read_bytes() == b"one"
+    assert (tmp_path / "metrics.jsonl").read_text() == "a\n"
+
+    write_files(tmp_path, {"last.pt": lambda p: p.write_bytes(b"two"), "metrics.jsonl": "a\nb\n"})
+    assert (tmp_path / "last.pt").read_bytes() == b"two"
+    assert (tmp_path / "best.pt").read_bytes() == b"one"  # a second name, not the same file
+
+    def fails(path):
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_files(tmp_path, {"last.pt": b"three", "metrics.jsonl": fails})
+    assert (tmp_path / "last.pt").read_bytes() == b"two"  # nothing renamed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]

@@ -123,7 +123,7 @@ class RunState:
         if self.ctx.is_main:  # file writing only; no collective in here
             if self.writer.asynchronous:
                 pin = self.ctx.device.type == "cuda"
-                state = ckpt_.snapshot(state, pin=pin, _cache=self._pinned if pin else None)
+                state = ckpt_.freeze(state, pin=pin, cache=self._pinned if pin else None)
             files = self._log_files()
             self.writer.submit(lambda: self._write_files(state, best, files, info._after))
         if not self.writer.asynchronous:
@@ -149,13 +149,15 @@ class RunState:
                 f.write(text)
 
     def _write_files(
-        self, state: dict, best: bool, files: dict[str, str], after: list, cleanup: bool = False
+        self, state: dict | memoryview, best: bool, files: dict[str, str], after: list, cleanup: bool = False
     ) -> None:
         # All in one ckpt_.write_files: each file atomic, their fsyncs side by side and one fsync of
         # the folder after the last rename (two waits for the disk, was one per file plus one).
         # last.pt is renamed first, so a crash between renames leaves the metrics files behind it,
         # never ahead (a resume rewrites them from last.pt's history).
-        out: dict[str, ckpt_.FileContent] = {"last.pt": lambda tmp: ckpt_._torch_save(state, tmp)}
+        out: dict[str, ckpt_.FileContent] = {
+            "last.pt": state if isinstance(state, memoryview) else lambda tmp: ckpt_._torch_save(state, tmp)
+        }
         if not self._recipe_written:
             # The run folder becomes this run's with its first checkpoint, not before: a run
             # refused or failed before that leaves the old run's recipe next to its checkpoints.
