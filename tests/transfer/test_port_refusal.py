@@ -36,14 +36,22 @@ def _assert_untouched(model: nn.Module, snap: tuple[dict[str, torch.Tensor], dic
     assert {k: id(p) for k, p in model.named_parameters()} == ids
 
 
+_FLIPPED: list[str] = []
+
+
 def _flip_one(key_part: str):
-    """Patch StructureMatch.value so the model key containing ``key_part`` gets a spatially flipped
-    kernel: the right shape, the wrong values (what a matcher pairing the wrong way would give)."""
+    """Patch StructureMatch.value so the model keys containing ``key_part`` get a flipped tensor
+    (last dim): the right shape, the wrong values (what a matcher pairing the wrong way would
+    give). Flipped keys are listed in ``_FLIPPED``, so a test can see the patch took effect."""
     original = StructureMatch.value
+    _FLIPPED.clear()
 
     def value(self, key, source_sd, shape):
         v = original(self, key, source_sd, shape)
-        return v.flip(-1) if key_part in key else v
+        if key_part in key:
+            _FLIPPED.append(key)
+            return v.flip(-1)
+        return v
 
     return value
 
@@ -55,6 +63,7 @@ def test_a_port_with_wrong_values_is_refused_and_the_target_is_bit_identical(mon
     monkeypatch.setattr(StructureMatch, "value", _flip_one(key_part))
     with pytest.raises(TransferError, match="differ from the source's"):
         load_weights(target, source, match="structure", example_input=torch.randn(1, 3, 64, 64))
+    assert _FLIPPED
     _assert_untouched(target, snap)
 
 
@@ -107,6 +116,7 @@ def test_the_write_then_check_path_also_refuses_wrong_values_and_rolls_back(monk
     monkeypatch.setattr(StructureMatch, "value", _flip_one("mid.weight"))
     with pytest.raises(TransferError, match="differ from the source's"):
         load_weights(target, source, match="structure", example_input=torch.randn(2, 6), allow_partial=True)
+    assert _FLIPPED
     _assert_untouched(target, snap)
 
 
@@ -130,3 +140,17 @@ def test_a_port_runs_each_model_once_on_the_full_input():
     assert shapes["source"] == [(1, 3, 64, 64)]
     assert shapes["target"].count((1, 3, 64, 64)) == 1, shapes  # the check; the graph came from a crop
     assert all(s[-1] < 64 for s in shapes["target"] if s != (1, 3, 64, 64)), shapes
+
+
+def test_a_wrong_split_of_a_fused_qkv_is_refused_with_the_graph_from_the_meta_device(monkeypatch):
+    """timm's fused qkv into HF's q/k/v (a chunk equivalence); the ViT's graph is taken on meta."""
+    from torchsmith.zoo import create_model
+
+    source = timm.create_model("vit_tiny_patch16_224", depth=2).eval()
+    target = create_model("hf:vit-tiny/image-classification", num_hidden_layers=2)
+    snap = _snapshot(target)
+    monkeypatch.setattr(StructureMatch, "value", _flip_one("1.attention.k_proj.weight"))
+    with pytest.raises(TransferError, match="differ from the source's"):
+        load_weights(target, source, match="structure", example_input=torch.randn(1, 3, 224, 224))
+    assert _FLIPPED == ["vit.layers.1.attention.k_proj.weight"]
+    _assert_untouched(target, snap)
