@@ -236,9 +236,13 @@ def write_files(
                 os.close(fd)
         order = [n for name in files for n in (name, *(k for k, v in links.items() if v == name))]
         for name in order:
-            fd = _hold_large_file(folder / name)  # its blocks are freed later, off this thread
-            if fd is not None:
-                held.append(fd)
+            content = files[links.get(name, name)]
+            if callable(content) or len(content) >= _HOLD_FROM:
+                # A large file being replaced: its blocks are freed later, off this thread (three
+                # system calls, skipped for the small files: an old file is about the new one's size).
+                fd = _hold_large_file(folder / name)
+                if fd is not None:
+                    held.append(fd)
             os.replace(tmps.pop(name), folder / name)
         fsync_dir(folder)
     finally:
@@ -249,6 +253,9 @@ def write_files(
                 tmp.unlink()
         if held:
             threading.Thread(target=_close_all, args=(held,), name="torchsmith-release-replaced").start()
+
+
+_HOLD_FROM = 16 << 20
 
 
 def _close_all(fds: list[int]) -> None:
