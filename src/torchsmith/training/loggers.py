@@ -4,9 +4,10 @@
   one per ``train.val_every_steps`` validation (``"kind": "val_step"``), in step order.
 * ``csv``: ``metrics.csv``, the same rows with one column per metric (a union of every row's keys).
 * ``tensorboard``: one event file per run in ``tensorboard/`` (the ``tensorboard`` package's
-  protos and ``torch.utils.tensorboard``'s summaries; the name ends in ``.torchsmith``): per step (every ``train.log_every`` steps) ``step/train_loss`` and
-  ``step/lr``; per validation ``step/val_*``; per epoch ``epoch/<metric>`` for every number in the
-  epoch's record; the recipe as text (``recipe``). Every scalar is at the global optimizer step.
+  protos and ``torch.utils.tensorboard``'s summaries; the name ends in ``.torchsmith``): per
+  step (every ``train.log_every`` steps) ``step/train_loss`` and ``step/lr``; per validation
+  ``step/val_*``; per epoch ``epoch/<metric>`` for every number in the epoch's record; the recipe
+  as text (``recipe``). Every scalar is at the global optimizer step.
 
 ``metrics.jsonl`` and ``metrics.csv`` are rewritten whole (atomically) with each checkpoint from the
 checkpoint's own history, so after a kill and a resume they hold no row twice and lose none.
