@@ -8,38 +8,14 @@ process is offline (``TORCHSMITH_OFFLINE=1``), so a missing file would be an err
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torchvision
+from _hub_cache import plant
 
 import torchsmith
 from torchsmith.errors import CheckpointError
 from torchsmith.hub import OfflineError
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("TORCHSMITH_OFFLINE", "1")
-    folder = tmp_path / "torch" / "hub" / "checkpoints"
-    folder.mkdir(parents=True)
-    return folder
-
-
-def plant(folder: Path, monkeypatch, enum, model: torch.nn.Module) -> Path:
-    """Save ``model``'s weights as torchvision names them (``stem-<sha[:8]>.pth``); point ``enum`` there."""
-    tmp = folder / "tmp.pth"
-    torch.save(model.state_dict(), tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    stem = os.path.basename(enum.url).rsplit("-", 1)[0]
-    path = folder / f"{stem}-{digest[:8]}.pth"
-    os.replace(tmp, path)
-    monkeypatch.setattr(enum.value, "url", f"https://download.pytorch.org/models/{path.name}")
-    return path
 
 
 def test_set_in_channels_after_a_pretrained_load_keeps_the_weights(tmp_path, offline_cache, monkeypatch):

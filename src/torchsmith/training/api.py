@@ -392,10 +392,9 @@ def _load_saved_model(path: str | os.PathLike, device: Any) -> Any:
 
 def _saved_model_images(model: Any, path: str | os.PathLike, files: list[str]) -> Any:
     """Images prepared with the preprocessing the model's pretrained weights record."""
-    import torch
 
     from torchsmith._provenance import get_provenance
-    from torchsmith.training.data import _FileLoader, _weights_items, build_transforms
+    from torchsmith.training.data import _FileLoader, _weights_items, build_transforms, stack_images
 
     pre = (get_provenance(model).get("weights") or {}).get("transforms") or {}
     if not (pre.get("mean") or pre.get("resize")):
@@ -407,14 +406,7 @@ def _saved_model_images(model: Any, path: str | os.PathLike, files: list[str]) -
     channels = _input_channels(model)
     size, normalize, _ = _weights_items(pre, channels)
     tf = build_transforms(size + ([normalize] if normalize else []), "the weights' transforms")
-    loader = _FileLoader(channels, None)
-    images = []
-    for f in files:
-        if not os.path.isfile(f):
-            raise InputError(f"input {f}: file not found")
-        x = loader(f)
-        images.append(tf(x) if tf is not None else x)
-    return torch.stack(images)
+    return stack_images(files, _FileLoader(channels, None), tf)
 
 
 def _input_channels(model: Any) -> int:

@@ -558,14 +558,19 @@ def build_datasets(recipe: dict) -> tuple[RecipeDataset, RecipeDataset | None]:
 
 def load_images(paths: list[str], recipe: dict) -> Any:
     """Load image files as one batch, the way the recipe's validation data is prepared."""
-    import torch
 
     d = recipe["data"]
     size = _size(d["image_size"])
     if d["kind"] == "digits" and size is None:
         size = (8, 8)
-    loader = _FileLoader(d["channels"], size)
     tf = build_transforms(recipe_transforms(recipe)["val_transforms"], "data.val_transforms")
+    return stack_images(paths, _FileLoader(d["channels"], size), tf)
+
+
+def stack_images(paths: list[str], loader: Any, tf: Any) -> Any:
+    """The files at ``paths`` read by ``loader``, transformed by ``tf`` (or not), as one batch."""
+    import torch
+
     images = []
     for p in paths:
         if not os.path.isfile(p):
