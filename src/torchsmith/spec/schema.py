@@ -7,7 +7,8 @@ A module spec ("node") is a type name (``"ReLU"``) or a mapping with exactly one
 ``chain: [...] | {...}``  ``nn.Sequential`` with numbered (list) or named (mapping) children;
 ``list: [...]``           a ``ModuleList`` whose forward runs the items in order;
 ``dict: {...}``           a ``ModuleDict`` whose forward runs the values in order;
-``graph: {inputs, nodes, outputs}``  named nodes wired by name (see ``docs/spec.md``).
+``graph: {inputs, nodes, outputs}``  named nodes wired by name (see ``docs/spec.md``), planned by
+                          :mod:`torchsmith.spec.graph_plan`.
 
 Keys about *how a node is used*: ``n`` (repeat: in a list it expands in place, elsewhere it makes an
 ``nn.Sequential`` of ``n`` copies), ``when`` (a boolean; false drops the node), ``shared`` (every
@@ -20,14 +21,27 @@ allocated: at most ``MAX_MODULES`` modules, ``n`` at most ``MAX_REPEAT``, blocks
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Any
 
 from torchsmith.errors import SpecError, close_matches
 from torchsmith.spec.expr import ExprError, substitute
-from torchsmith.spec.graph import OPS
+from torchsmith.spec.graph_plan import GraphPlanner, parse_input_spec
 from torchsmith.spec.loader import Source, format_path
-from torchsmith.spec.resolve import ResolveError, Target, check_arguments, resolve_type
+from torchsmith.spec.plans import (
+    USE_KEYS,
+    ChainPlan,
+    DeferredPlan,
+    DictPlan,
+    GraphPlan,
+    LeafPlan,
+    ListPlan,
+    ModuleArg,
+    Plan,
+    SharedPlan,
+    Where,
+)
+from torchsmith.spec.resolve import ResolveError, check_arguments, resolve_type
 from torchsmith.spec.shapes import INFER
 
 __all__ = [
@@ -44,6 +58,7 @@ __all__ = [
     "Planner",
     "SharedPlan",
     "Where",
+    "parse_input_spec",
 ]
 
 MAX_MODULES = 10_000
@@ -51,126 +66,11 @@ MAX_REPEAT = 10_000
 MAX_BLOCK_DEPTH = 32
 
 BODY_KEYS = ("type", "chain", "list", "dict", "graph")
-USE_KEYS = ("n", "when", "shared", "inputs")
 NODE_KEYS = ("n", "when", "shared")  # the use keys of a node outside graphs
 TOP_KEYS = ("torchsmith", "name", "description", "params", "blocks", "input_shape", "init")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHILD = re.compile(r"^[A-Za-z0-9_]+$")
-_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 REQUIRED = object()
-PARAM_KEYS = {"shape": None, "init": "zeros", "std": 0.02, "trainable": True, "buffer": False}
-PARAM_INITS = ("zeros", "ones", "normal", "trunc_normal")
-
-
-@dataclass(frozen=True)
-class Where:
-    """Where a plan node comes from: its path in the spec file and its module path in the model."""
-
-    src: tuple
-    inst: tuple
-    in_block: bool = False
-
-    def at(self, *src: Any) -> Where:
-        return Where((*self.src, *src), self.inst, self.in_block)
-
-    def child(self, name: str, *src: Any) -> Where:
-        return Where((*self.src, *src), (*self.inst, name), self.in_block)
-
-
-@dataclass
-class LeafPlan:
-    where: Where
-    target: Target
-    args: list
-    kwargs: dict
-    inferred: dict = field(default_factory=dict)
-
-
-@dataclass
-class ModuleArg:
-    """An argument that is itself a module (``extra_blocks: {module: LastLevelMaxPool}``)."""
-
-    plan: Any
-
-    def __repr__(self) -> str:
-        return "<module>"
-
-
-@dataclass
-class ChainPlan:
-    where: Where
-    children: list  # [(name, plan)]
-
-
-@dataclass
-class ListPlan:
-    where: Where
-    children: list  # [plan]
-
-
-@dataclass
-class DictPlan:
-    where: Where
-    children: list  # [(name, plan)]
-
-
-@dataclass
-class StepPlan:
-    name: str
-    where: Where
-    plan: Plan | None
-    op: str | None
-    op_kwargs: dict
-    refs: tuple  # ((source, selector), ...)
-    ref_wheres: tuple  # Where of each ref, for errors
-    call: str | None = None  # the module node whose module this node runs again (shared weights)
-
-
-@dataclass
-class GraphPlan:
-    where: Where
-    inputs: list  # names
-    input_specs: dict  # name -> (shape, dtype) | None, as written in the graph
-    steps: list  # [StepPlan] in run order
-    outputs: tuple  # ("single", ref) | ("tuple", (ref, ...)) | ("dict", ((key, ref), ...))
-
-
-@dataclass
-class SharedPlan:
-    """One use of a module shared by ``key`` (``shared: true`` keys by type name, ``shared: NAME`` by NAME).
-
-    The use the model builds first builds the module and holds it (its ``state_dict`` keys are that
-    place's); every later use runs that module. ``plan`` is planned when the spec is read for the
-    first use written and, for a later one, only if the build reaches it first (a graph can run a
-    node written later first), from ``body`` in ``scope`` with the block ``stack`` it was written in.
-    """
-
-    where: Where
-    key: str
-    plan: Plan | None
-    body: dict
-    scope: dict
-    stack: tuple
-
-
-@dataclass
-class DeferredPlan:
-    """A block use that leaves out a parameter named in ``INFER`` (``in_channels``, ``d_model``, ...).
-
-    Its body depends on the value, so it is planned in the meta pass, once the block's input is
-    known: ``resolved`` is that plan (then reused by the real pass).
-    """
-
-    where: Where
-    block: str
-    args: list
-    kwargs: dict
-    missing: tuple  # the parameter names to read off the input
-    stack: tuple  # the blocks it is written in (cycle checks go on when it is planned)
-    resolved: Plan | None = None
-
-
-Plan = Union[LeafPlan, ChainPlan, ListPlan, DictPlan, GraphPlan, SharedPlan, DeferredPlan]  # noqa: UP007
 
 
 @dataclass
@@ -199,6 +99,7 @@ class Planner:
         self.stack: list[str] = []
         self.shared: dict[str, tuple[dict, Where]] = {}  # key -> (the first use as written, its place)
         self._reserved = _reserved()
+        self.graphs = GraphPlanner(self)
 
     # ------------------------------------------------------------------------------------- errors
     def fail(self, where: Where, msg: str) -> SpecError:
@@ -223,7 +124,7 @@ class Planner:
                 where, f"the spec expands to more than {MAX_MODULES} modules (repeats and blocks multiply)"
             )
 
-    def _unknown_keys(self, d: dict, allowed: tuple, where: Where, what: str) -> None:
+    def unknown_keys(self, d: dict, allowed: tuple, where: Where, what: str) -> None:
         for key in d:
             if key not in allowed:
                 raise self.fail(
@@ -237,7 +138,7 @@ class Planner:
         """Plan the whole model described by ``spec`` (a loaded spec: a dict)."""
         root = Where((), ())
         if "type" not in spec:  # with a top-level 'type', the other keys are its arguments
-            self._unknown_keys(spec, TOP_KEYS + BODY_KEYS, root, "the spec")
+            self.unknown_keys(spec, TOP_KEYS + BODY_KEYS, root, "the spec")
         version = spec.get("torchsmith", 1)
         if version != 1:
             raise self.fail(root.at("torchsmith"), f"found spec format version {version!r}; expected 1")
@@ -301,7 +202,7 @@ class Planner:
                     f"found {bodies or 'none'}",
                 )
             if bodies != ["type"]:
-                self._unknown_keys(block, ("params", "description", bodies[0]), w, f"block {name!r}")
+                self.unknown_keys(block, ("params", "description", bodies[0]), w, f"block {name!r}")
             params = self._read_block_params(block.get("params", []), w.at("params"))
             body = {k: v for k, v in block.items() if k not in ("params", "description")}
             self.blocks[name] = _Block(name, params, body, w.src)
@@ -335,7 +236,7 @@ class Planner:
         return items
 
     # ------------------------------------------------------------------------------------- nodes
-    def _split(self, value: Any, where: Where, scope: dict, use_keys: tuple) -> tuple[dict, dict]:
+    def split(self, value: Any, where: Where, scope: dict, use_keys: tuple) -> tuple[dict, dict]:
         """A node as (body, use keys); a string is a type name."""
         if isinstance(value, str):
             value = self.sub(value, where, scope)
@@ -356,7 +257,7 @@ class Planner:
         body = {k: v for k, v in value.items() if k not in USE_KEYS}
         return body, use
 
-    def _when(self, use: dict, where: Where, scope: dict) -> bool:
+    def when(self, use: dict, where: Where, scope: dict) -> bool:
         if "when" not in use:
             return True
         value = self.sub(use["when"], where.at("when"), scope)
@@ -376,12 +277,12 @@ class Planner:
 
     def plan_node(self, value: Any, where: Where, scope: dict, use_keys: tuple = NODE_KEYS) -> Plan | None:
         """Plan one node; ``None`` when its ``when`` is false. ``n`` makes a Sequential of copies."""
-        body, use = self._split(value, where, scope, use_keys)
-        if not self._when(use, where, scope):
+        body, use = self.split(value, where, scope, use_keys)
+        if not self.when(use, where, scope):
             return None
-        return self._plan_use(body, use, where, scope)
+        return self.plan_use(body, use, where, scope)
 
-    def _plan_use(self, body: dict, use: dict, where: Where, scope: dict) -> Plan:
+    def plan_use(self, body: dict, use: dict, where: Where, scope: dict) -> Plan:
         """A node's body with its ``n`` and ``shared``: ``n`` copies, or one shared module run ``n`` times."""
         key = self._shared_key(use, body, where, scope)
         n = self._repeat(use, where, scope)
@@ -395,8 +296,8 @@ class Planner:
         """Plan a list of nodes, expanding ``n`` in place (a ResNet stage: ``{type: Block, n: 3}``)."""
         plans: list = []
         for i, item in enumerate(items):
-            body, use = self._split(item, where.at(i), scope, NODE_KEYS)
-            if not self._when(use, where.at(i), scope):
+            body, use = self.split(item, where.at(i), scope, NODE_KEYS)
+            if not self.when(use, where.at(i), scope):
                 continue
             key = self._shared_key(use, body, where.at(i), scope)
             n = self._repeat(use, where.at(i), scope) or 1
@@ -484,7 +385,7 @@ class Planner:
         finally:
             self.stack = saved
 
-    def _child_name(self, name: str, where: Where) -> None:
+    def child_name(self, name: str, where: Where) -> None:
         if not _CHILD.match(name):
             raise self.fail(
                 where, f"the name {name!r} may hold only letters, digits and _ (it becomes a state_dict key)"
@@ -495,7 +396,7 @@ class Planner:
     def _plan_named(self, mapping: dict, where: Where, scope: dict) -> list:
         children = []
         for name, item in mapping.items():
-            self._child_name(name, where.at(name))
+            self.child_name(name, where.at(name))
             plan = self.plan_node(item, where.child(name, name), scope)
             if plan is not None:
                 children.append((name, plan))
@@ -516,7 +417,7 @@ class Planner:
         key = keys[0]
         if key == "type":
             return self._plan_type(body, where, scope)
-        self._unknown_keys(body, (key,), where, f"a {key} node")
+        self.unknown_keys(body, (key,), where, f"a {key} node")
         value = body[key]
         w = where.at(key)
         if key == "chain":
@@ -546,7 +447,7 @@ class Planner:
             if not named:
                 raise self.fail(w, "the dict is empty; expected at least one node")
             return DictPlan(where, named)
-        return self._plan_graph(value, w, scope, where)
+        return self.graphs.plan(value, w, scope, where)
 
     def _arg(self, value: Any, where: Where, scope: dict, name: str) -> Any:
         """An argument value; ``{module: NODE}`` is a module built from NODE and passed in."""
@@ -639,323 +540,6 @@ class Planner:
         finally:
             self.stack.pop()
 
-    # ------------------------------------------------------------------------------------- graph
-    def _parse_ref(self, raw: Any, where: Where, scope: dict) -> tuple:
-        ref = self.sub(raw, where, scope)
-        if not isinstance(ref, str) or not ref:
-            raise self.fail(
-                where,
-                f"found {ref!r}; expected the name of an input or a node (optionally name.0 or name.key)",
-            )
-        src, _, sel = ref.partition(".")
-        selector: Any = None
-        if sel:
-            selector = int(sel) if re.fullmatch(r"-?\d+", sel) else sel
-        return src, selector
-
-    def _input_specs(self, raw: Any, where: Where) -> tuple[list, dict]:
-        if isinstance(raw, str):
-            raw = [raw]
-        if isinstance(raw, list):
-            specs = {}
-            for i, name in enumerate(raw):
-                if not isinstance(name, str):
-                    raise self.fail(where.at(i), f"found {name!r}; expected an input name")
-                specs[name] = None
-            names = list(raw)
-        elif isinstance(raw, dict):
-            names = list(raw)
-            specs = {name: parse_input_spec(value, self, where.at(name)) for name, value in raw.items()}
-        else:
-            raise self.fail(
-                where, f"found {type(raw).__name__}; expected input names (a list) or name: shape"
-            )
-        if not names:
-            raise self.fail(where, "a graph needs at least one input")
-        for i, name in enumerate(names):
-            self._child_name(name, where.at(name if isinstance(raw, dict) else i))
-            if names.count(name) > 1:
-                raise self.fail(where, f"input {name!r} is listed twice")
-        return names, specs
-
-    def _plan_graph(self, g: Any, where: Where, scope: dict, node_where: Where) -> GraphPlan:
-        if not isinstance(g, dict):
-            raise self.fail(
-                where, f"found {type(g).__name__}; expected a mapping with inputs, nodes, outputs"
-            )
-        self._unknown_keys(g, ("inputs", "nodes", "outputs"), where, "a graph")
-        raw_inputs = self.sub(g.get("inputs", ["x"]), where.at("inputs"), scope)
-        inputs, input_specs = self._input_specs(raw_inputs, where.at("inputs"))
-        nodes = g.get("nodes")
-        if not isinstance(nodes, dict) or not nodes:
-            raise self.fail(where.at("nodes"), f"found {nodes!r:.60}; expected a mapping of node name: node")
-        steps: dict[str, StepPlan] = {}
-        disabled: set[str] = set()
-        previous: str | None = inputs[0] if len(inputs) == 1 else None
-        for name, value in nodes.items():
-            w = Where((*where.src, "nodes", name), (*node_where.inst, name), where.in_block)
-            self._child_name(name, w)
-            if name in inputs:
-                raise self.fail(w, f"node {name!r} has the name of a graph input")
-            step = self._plan_step(name, value, w, scope, previous)
-            if step is None:
-                disabled.add(name)
-                continue
-            steps[name] = step
-            if step.op != "param":  # a parameter is not the running value a next node takes
-                previous = name
-        self._check_calls(steps, inputs, disabled)
-        known = set(inputs) | set(steps)
-        for step in steps.values():
-            for (src, _), rw in zip(step.refs, step.ref_wheres):
-                if src in disabled:
-                    raise self.fail(
-                        rw, f"node {src!r} is switched off by its 'when', so it cannot be an input here"
-                    )
-                if src not in known:
-                    raise self.fail(
-                        rw,
-                        f"unknown input {src!r}{close_matches(src, known)}; "
-                        f"known inputs and nodes: {', '.join(sorted(known))}",
-                    )
-        outputs, out_refs = self._plan_outputs(
-            g.get("outputs"), where.at("outputs"), scope, previous, known, disabled
-        )
-        order = self._toposort(steps, inputs)
-        # everything computed must be used: a dangling node is almost always a wiring mistake (trap 7)
-        needed: set[str] = set()
-        todo = [src for src, _ in out_refs]
-        while todo:
-            src = todo.pop()
-            if src in needed:
-                continue
-            needed.add(src)
-            if src in steps:
-                todo.extend(s for s, _ in steps[src].refs)
-        for name, step in steps.items():
-            if name not in needed:
-                raise self.fail(
-                    step.where,
-                    f"node {name!r} is computed but never used: "
-                    "no output and no other node takes it as input",
-                )
-        for name in inputs:
-            if name not in needed:
-                raise self.fail(
-                    where.at("inputs"), f"graph input {name!r} is never used by any node or output"
-                )
-        return GraphPlan(node_where, inputs, input_specs, [steps[n] for n in order], outputs)
-
-    def _plan_call(
-        self, name: str, value: dict, w: Where, scope: dict, previous: str | None
-    ) -> StepPlan | None:
-        """``{call: enc, inputs: b}``: run node ``enc``'s module again on other inputs (one weight set)."""
-        self._unknown_keys(value, ("call", "inputs", "when"), w, "a call node")
-        if not self._when(value, w, scope):
-            return None
-        target = self.sub(value["call"], w.at("call"), scope)
-        if not isinstance(target, str) or not target:
-            raise self.fail(w.at("call"), f"found {target!r:.60}; expected the name of a module node")
-        refs, ref_wheres = self._refs(value, w, scope, previous)
-        return StepPlan(name, w, None, None, {}, refs, ref_wheres, call=target)
-
-    def _plan_param(self, name: str, value: dict, w: Where, scope: dict) -> StepPlan | None:
-        """``{param: {shape: [1, 1, $dim], init: zeros}}``: an ``nn.Parameter`` (or buffer) as a node."""
-        self._unknown_keys(value, ("param", "when"), w, "a param node")
-        if not self._when(value, w, scope):
-            return None
-        wp = w.at("param")
-        raw = self.sub(value["param"], wp, scope)
-        if not isinstance(raw, dict):
-            raise self.fail(
-                wp, f"found {raw!r:.60}; expected a mapping like {{shape: [1, 1, 64], init: zeros}}"
-            )
-        self._unknown_keys(raw, tuple(PARAM_KEYS), wp, "a param")
-        spec = {**PARAM_KEYS, **raw}
-        shape = spec["shape"]
-        if (
-            not isinstance(shape, list)
-            or not 1 <= len(shape) <= 8
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**31 for d in shape)
-        ):
-            raise self.fail(
-                wp.at("shape"), f"found {shape!r:.60}; expected a list of 1 to 8 positive integers"
-            )
-        if spec["init"] not in PARAM_INITS:
-            raise self.fail(
-                wp.at("init"),
-                f"found init {spec['init']!r}{close_matches(str(spec['init']), PARAM_INITS)}; "
-                f"expected one of {', '.join(PARAM_INITS)}",
-            )
-        std = spec["std"]
-        if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 <= std <= 1e6:
-            raise self.fail(wp.at("std"), f"found {std!r:.60}; expected a number from 0 up")
-        for key in ("trainable", "buffer"):
-            if not isinstance(spec[key], bool):
-                raise self.fail(wp.at(key), f"found {spec[key]!r:.60}; expected true or false")
-        count = 1
-        for d in shape:
-            count *= d
-        if count > 2**31:
-            raise self.fail(
-                wp.at("shape"), f"the shape {shape} has {count:,} elements; expected at most 2**31"
-            )
-        self.tick(w)
-        return StepPlan(name, w, None, "param", spec, (), ())
-
-    def _check_calls(self, steps: dict, inputs: list, disabled: set) -> None:
-        for step in steps.values():
-            if step.call is None:
-                continue
-            w, target = step.where.at("call"), step.call
-            modules = [n for n, s in steps.items() if s.plan is not None]
-            if target in disabled:
-                raise self.fail(w, f"node {target!r} is switched off by its 'when', so it cannot be called")
-            if target not in steps or steps[target].plan is None:
-                kind = (
-                    "a graph input"
-                    if target in inputs
-                    else "an op node"
-                    if target in steps and steps[target].op
-                    else "a call node"
-                    if target in steps
-                    else "not a node"
-                )
-                raise self.fail(
-                    w,
-                    f"{target!r} is {kind}{close_matches(target, modules)}; 'call' names a node that "
-                    f"builds a module: {', '.join(modules) or '(none)'}",
-                )
-
-    def _plan_step(
-        self, name: str, value: Any, w: Where, scope: dict, previous: str | None
-    ) -> StepPlan | None:
-        if isinstance(value, dict) and "call" in value:
-            return self._plan_call(name, value, w, scope, previous)
-        if isinstance(value, dict) and "param" in value:
-            return self._plan_param(name, value, w, scope)
-        if isinstance(value, dict) and "op" in value:
-            if not self._when(value, w, scope):
-                return None
-            op = self.sub(value["op"], w.at("op"), scope)
-            if not isinstance(op, str) or op not in OPS:
-                raise self.fail(
-                    w.at("op"), f"unknown op {op!r}{close_matches(str(op), OPS)}; ops: {', '.join(OPS)}"
-                )
-            self._unknown_keys(
-                {k: v for k, v in value.items() if k not in ("op", "inputs", "when")},
-                tuple(OPS[op].kwargs),
-                w,
-                f"op {op!r}",
-            )
-            spec = OPS[op]
-            kwargs = dict(spec.kwargs)
-            for k in value:
-                if k not in ("op", "inputs", "when"):
-                    kwargs[k] = self.sub(value[k], w.at(k), scope)
-            for k in spec.required:
-                if kwargs.get(k) is None:
-                    raise self.fail(w, f"op {op!r} needs the argument {k!r}")
-            refs, ref_wheres = self._refs(value, w, scope, previous)
-            n = len(refs)
-            if n < spec.min_inputs or (spec.max_inputs is not None and n > spec.max_inputs):
-                want = (
-                    f"{spec.min_inputs}"
-                    if spec.max_inputs == spec.min_inputs
-                    else f"at least {spec.min_inputs}"
-                    if spec.max_inputs is None
-                    else f"{spec.min_inputs} to {spec.max_inputs}"
-                )
-                raise self.fail(w.at("inputs"), f"op {op!r} takes {want} input(s); found {n}")
-            return StepPlan(name, w, None, op, kwargs, refs, ref_wheres)
-        body, use = self._split(value, w, scope, USE_KEYS)
-        if not self._when(use, w, scope):
-            return None
-        refs, ref_wheres = self._refs(use, w, scope, previous)
-        return StepPlan(name, w, self._plan_use(body, use, w, scope), None, {}, refs, ref_wheres)
-
-    def _refs(self, d: dict, w: Where, scope: dict, previous: str | None) -> tuple[tuple, tuple]:
-        if "inputs" not in d:
-            if previous is None:
-                raise self.fail(
-                    w, "this node must name its inputs (the graph has several inputs and no node before it)"
-                )
-            return ((previous, None),), (w,)
-        raw = self.sub(d["inputs"], w.at("inputs"), scope)
-        items = [raw] if isinstance(raw, str) else raw
-        if not isinstance(items, list) or not items:
-            raise self.fail(w.at("inputs"), f"found {raw!r:.60}; expected a name or a list of names")
-        wheres = tuple(
-            w.at("inputs") if isinstance(raw, str) else w.at("inputs", i) for i in range(len(items))
-        )
-        refs = tuple(self._parse_ref(item, wh, scope) for item, wh in zip(items, wheres))
-        return refs, wheres
-
-    def _plan_outputs(
-        self, raw: Any, where: Where, scope: dict, previous: str | None, known: set, disabled: set
-    ) -> tuple[tuple, list]:
-        if raw is None:
-            if previous is None:
-                raise self.fail(where, "the graph needs 'outputs'")
-            return ("single", (previous, None)), [(previous, None)]
-
-        def check(item: Any, w: Where) -> tuple:
-            ref = self._parse_ref(item, w, scope)
-            if ref[0] in disabled:
-                raise self.fail(w, f"node {ref[0]!r} is switched off by its 'when'")
-            if ref[0] not in known:
-                raise self.fail(
-                    w,
-                    f"unknown output {ref[0]!r}{close_matches(ref[0], known)}; "
-                    f"known: {', '.join(sorted(known))}",
-                )
-            return ref
-
-        raw = self.sub(raw, where, scope)
-        if isinstance(raw, str):
-            ref = check(raw, where)
-            return ("single", ref), [ref]
-        if isinstance(raw, list) and raw:
-            refs = tuple(check(item, where.at(i)) for i, item in enumerate(raw))
-            return ("tuple", refs), list(refs)
-        if isinstance(raw, dict) and raw:
-            pairs = tuple((str(k), check(v, where.at(k))) for k, v in raw.items())
-            return ("dict", pairs), [r for _, r in pairs]
-        raise self.fail(where, f"found {raw!r:.60}; expected a node name, a list of names, or key: name")
-
-    def _toposort(self, steps: dict[str, StepPlan], inputs: list) -> list[str]:
-        """Run order (written order where possible); a cycle is an error naming it. No recursion."""
-        order: list[str] = []
-        state: dict[str, int] = {}  # 1 on the current path, 2 done
-        for root in steps:
-            if state.get(root) == 2:
-                continue
-            path: list[str] = [root]
-            iters = [iter(_deps(steps[root]))]
-            state[root] = 1
-            while path:
-                nxt = next(iters[-1], None)
-                if nxt is None:
-                    done = path.pop()
-                    iters.pop()
-                    state[done] = 2
-                    order.append(done)
-                    continue
-                if nxt not in steps or state.get(nxt) == 2:
-                    continue
-                if state.get(nxt) == 1:
-                    cycle = " -> ".join([*path[path.index(nxt) :], nxt])
-                    raise self.fail(steps[nxt].where.at("inputs"), f"the graph has a cycle: {cycle}")
-                state[nxt] = 1
-                path.append(nxt)
-                iters.append(iter(_deps(steps[nxt])))
-        return order
-
-
-def _deps(step: StepPlan) -> list:
-    """What must run before ``step``: its inputs, and the node whose module it calls."""
-    return [s for s, _ in step.refs] + ([step.call] if step.call else [])
-
 
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
@@ -983,43 +567,3 @@ def _check_override(name: str, given: Any, default: Any, where: str) -> None:
         f"parameter {name!r}: found {given!r:.60} ({_kind(given)}); expected {_kind(default)} like its "
         f"default {default!r:.60} ({where})"
     )
-
-
-def parse_input_spec(value: Any, planner: Planner | None, where: Where | None) -> tuple | None:
-    """``[1, 3, 32, 32]`` or ``{shape: [...], dtype: int64}`` -> ``(shape, dtype)``; ``None`` stays None."""
-
-    def fail(msg: str) -> SpecError:
-        if planner is not None and where is not None:
-            return planner.fail(where, msg)
-        return SpecError(msg)
-
-    if value is None:
-        return None
-    dtype = "float32"
-    if isinstance(value, dict):
-        unknown = [k for k in value if k not in ("shape", "dtype")]
-        if unknown:
-            raise fail(
-                f"unknown key {unknown[0]!r}{close_matches(unknown[0], ('shape', 'dtype'))}; "
-                "expected shape, dtype"
-            )
-        dtype = value.get("dtype", "float32")
-        if dtype not in _DTYPES:
-            raise fail(
-                f"found dtype {dtype!r}{close_matches(str(dtype), _DTYPES)}; "
-                f"expected one of {', '.join(_DTYPES)}"
-            )
-        value = value.get("shape")
-    if isinstance(value, tuple):
-        value = list(value)
-    if (
-        not isinstance(value, list)
-        or not value
-        or len(value) > 8
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**31 for d in value)
-    ):
-        raise fail(
-            f"found {value!r:.60}; expected a shape: a list of 1 to 8 positive integers "
-            "such as [1, 3, 224, 224]"
-        )
-    return tuple(value), dtype
