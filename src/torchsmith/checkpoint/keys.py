@@ -17,8 +17,10 @@ key that has the same plain name. Pure Python: no torch import.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torchsmith._patterns import compile_regex
 
@@ -27,6 +29,7 @@ __all__ = [
     "KeyMapping",
     "fit_keys",
     "inner_prefix_rule",
+    "rename_module_metadata",
     "strip_wrappers",
     "wrapper_prefix",
 ]
@@ -77,6 +80,9 @@ class KeyMapping:
     ``mapping`` maps each matched source key to the target key it loads into. ``prefixes_removed``
     are wrapper prefixes found in the source but not in the target (``"module."``), and
     ``prefixes_added`` the reverse. ``renamed`` maps source keys that a user rename rule changed.
+    ``metadata`` is the source state dict's ``_metadata`` (module versions, as ``state_dict()``
+    records them) with its module prefixes renamed like the keys, or ``None`` when the source keys
+    came without one; :meth:`apply` attaches it to the renamed state dict.
     """
 
     mapping: dict[str, str] = field(default_factory=dict)
@@ -85,6 +91,29 @@ class KeyMapping:
     prefixes_removed: list[str] = field(default_factory=list)
     prefixes_added: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
+    metadata: OrderedDict | None = None
+
+    def apply(self, state_dict: Mapping[str, Any]) -> OrderedDict:
+        """``state_dict``'s matched entries under their target names, module versions kept.
+
+        The result carries ``_metadata`` (renamed like the keys) as ``load_state_dict`` expects:
+        modules that version their state (BatchNorm, torchvision's MNASNet) read it while loading.
+        Unmatched source entries are left out (they are listed in ``unmatched_source``).
+
+        >>> from collections import OrderedDict
+        >>> sd = OrderedDict([("module.fc.weight", 1)])
+        >>> sd._metadata = OrderedDict([("", {"version": 1}), ("module", {"version": 2}),
+        ...                             ("module.fc", {"version": 1})])
+        >>> out = fit_keys(sd, ["fc.weight"]).apply(sd)
+        >>> dict(out), dict(out._metadata)
+        ({'fc.weight': 1}, {'': {'version': 2}, 'fc': {'version': 1}})
+        """
+        out = OrderedDict((self.mapping[k], v) for k, v in state_dict.items() if k in self.mapping)
+        metadata = getattr(state_dict, "_metadata", None)
+        if metadata is not None:
+            renamed = self.metadata
+            out._metadata = renamed if renamed is not None else rename_module_metadata(metadata, self.mapping)
+        return out
 
     @property
     def changed(self) -> bool:
@@ -213,4 +242,57 @@ def fit_keys(
     result.unmatched_target = [t for t in target if t not in taken]
     result.prefixes_removed = list(removed)
     result.prefixes_added = list(added)
+    metadata = getattr(source_keys, "_metadata", None)
+    if isinstance(metadata, Mapping):
+        result.metadata = rename_module_metadata(metadata, result.mapping)
     return result
+
+
+def _module_pairs(mapping: Mapping[str, str]) -> dict[str, str]:
+    """Source module prefix -> target module prefix, read off the key pairs' common endings.
+
+    ``module.layer1.0.conv.weight`` -> ``layer1.0.conv.weight`` share ``layer1.0.conv.weight``, so
+    ``module`` -> ``""``, ``module.layer1`` -> ``layer1`` ... ``module.layer1.0.conv`` -> ``layer1.0.conv``.
+    """
+    pairs: dict[str, str] = {}
+    for s, t in mapping.items():
+        sp, tp = s.split("."), t.split(".")
+        common = 0
+        while common < min(len(sp), len(tp)) and sp[-1 - common] == tp[-1 - common]:
+            common += 1
+        shift = len(sp) - len(tp)
+        for j in range(len(sp) - common, len(sp)):
+            pairs.setdefault(".".join(sp[:j]), ".".join(tp[: j - shift]))
+    return pairs
+
+
+def rename_module_metadata(metadata: Mapping[str, Any], mapping: Mapping[str, str]) -> OrderedDict:
+    """A state dict's ``_metadata`` (module prefix -> ``{"version": n}``) renamed as ``mapping`` renames keys.
+
+    Why: ``load_state_dict`` gives each module the metadata entry of its own prefix; keys renamed
+    without their metadata load into modules that see no version (torchvision's MNASNet then refuses
+    to load, BatchNorm takes an old layout). A module with no tensors of its own follows its
+    nearest renamed ancestor; entries of modules that only the source has (a DDP wrapper's root)
+    are left out.
+
+    >>> from collections import OrderedDict
+    >>> md = OrderedDict([("", {"version": 1}), ("module", {"version": 2}), ("module.act", {})])
+    >>> dict(rename_module_metadata(md, {"module.fc.weight": "fc.weight"}))
+    {'': {'version': 2}, 'act': {}}
+    """
+    pairs = _module_pairs(mapping)
+    out: OrderedDict = OrderedDict()
+    for prefix, value in metadata.items():
+        if not isinstance(prefix, str):
+            continue
+        target = pairs.get(prefix)
+        if target is None:
+            parts = prefix.split(".") if prefix else []
+            for cut in range(len(parts) - 1, -1, -1):  # nearest ancestor with a known rename
+                base = pairs.get(".".join(parts[:cut]))
+                if base is not None:
+                    target = ".".join([*([base] if base else []), *parts[cut:]])
+                    break
+        if target is not None and target not in out:
+            out[target] = value
+    return out

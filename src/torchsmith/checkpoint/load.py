@@ -77,10 +77,16 @@ def checksum_mismatches(refs: dict[str, TensorRef], metadata: dict[str, str], ma
     text = metadata.get("torchsmith.sha256")
     if not text:
         return []
+    # The table is data from the file: any other shape is a damaged file, never a crash here.
     try:
-        expected = json.loads(text)
-    except ValueError:
-        return ["(the checksum table itself is damaged)"]
+        expected = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        expected = None
+    if not isinstance(expected, dict):
+        return ["(the checksum table itself is damaged: not a JSON object of name -> SHA-256)"]
+    wrong = [k for k, v in expected.items() if not (isinstance(v, str) and _is_sha256(v))]
+    if wrong:
+        return [f"(the checksum table itself is damaged: the entry for {wrong[0][:80]!r} is not a SHA-256)"]
 
     def check(name: str) -> str | None:
         ref = refs[name]
@@ -102,7 +108,12 @@ def checksum_mismatches(refs: dict[str, TensorRef], metadata: dict[str, str], ma
         return sorted(n for n in pool.map(check, names) if n)
 
 
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def damaged_message(path: Path, bad: list[str]) -> str:
+    """The one-line message for a file whose tensors ``bad`` fail their recorded checksums."""
     shown = ", ".join(repr(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     return (
         f"{path}: damaged: {len(bad)} tensor(s) no longer match the SHA-256 recorded when it was saved: "
@@ -198,25 +209,72 @@ def _set_param(model: Any, name: str, value: Any) -> None:
     setattr(model.get_submodule(owner) if owner else model, leaf, value)
 
 
-def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, map_location: Any = "cpu") -> Any:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    trust_pickle: bool = False,
+    map_location: Any = "cpu",
+    device: Any = None,
+) -> Any:
     """Rebuild the model saved in ``path`` and load its weights; no pickle involved.
 
     Works for checkpoints written by ``torchsmith.save`` from a model made by ``create_model``,
     ``build_model`` and surgery. A whole-model pickle (``torch.save(model, path)``) is unpickled
     only with ``trust_pickle=True``; without it, read its weights with ``read_state_dict`` and
-    load them into a model you build.
+    load them into a model you build. ``device`` (``"cuda"``, ``torch.device``), as safetensors'
+    and timm's loaders spell it, is another name for ``map_location``: the model ends up there.
 
     Raises :class:`~torchsmith.errors.CheckpointError` when the file records no architecture, its
-    keys do not fit the rebuilt model, or a checksum fails.
+    keys do not fit the rebuilt model, or a checksum fails; :class:`~torchsmith.errors.InputError`
+    when ``device`` and ``map_location`` name different places or ``device`` is not a device.
     """
+    map_location = _device_argument(device, map_location)
     with gc_paused():
         raw = open_raw(path)
         if "torchsmith.arch" not in raw.metadata and "torchsmith.spec" not in raw.metadata:
             return _load_unrecorded(raw, trust_pickle, map_location)
         model = _load_recorded(raw)
     if map_location not in (None, "cpu"):
-        model = model.to(map_location)
+        model = _move(model, map_location)
     return model
+
+
+def _device_argument(device: Any, map_location: Any) -> Any:
+    """``map_location`` for ``load_model``: ``device`` when given (checked), else ``map_location``."""
+    if device is None:
+        return map_location
+    import torch
+
+    from torchsmith.errors import InputError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InputError(
+            f"load_model: device={device!r} is not a device; expected e.g. 'cpu', 'cuda', 'cuda:1' or "
+            f"torch.device(...) ({str(e)[:120]})"
+        ) from None
+    if map_location not in (None, "cpu") and map_location != device:
+        try:
+            same = torch.device(map_location) == dev
+        except (RuntimeError, TypeError, ValueError):
+            same = False
+        if not same:
+            raise InputError(
+                f"load_model: device={device!r} and map_location={map_location!r} name different places; "
+                "give one of them"
+            )
+    return "cpu" if dev == torch.device("cpu") else dev
+
+
+def _move(model: Any, where: Any) -> Any:
+    """``model.to(where)``; a device this machine lacks is an ``InputError``, not torch's raw error."""
+    from torchsmith.errors import InputError
+
+    try:
+        return model.to(where)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as e:
+        raise InputError(f"load_model: cannot place the model on {where!r}: {str(e)[:200]}") from None
 
 
 def _load_recorded(raw: RawCheckpoint) -> Any:

@@ -166,7 +166,7 @@ def read_safetensors(path: Path) -> RawCheckpoint:
                 a, t = tensors.get(alias), tensors.get(target)
                 if a is not None and t is not None and (a.dtype, a.shape) == (t.dtype, t.shape):
                     tensors[alias] = t
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             raw.notes.append("ignored an unreadable torchsmith.tied entry in the metadata")
     aliases = raw.metadata.get("torchsmith.aliases")
     if aliases:
@@ -175,7 +175,7 @@ def read_safetensors(path: Path) -> RawCheckpoint:
             for alias, target in json.loads(aliases).items():
                 if target in tensors and alias not in tensors:
                     tensors[alias] = tensors[target]
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             raw.notes.append("ignored an unreadable torchsmith.aliases entry in the metadata")
     return raw
 

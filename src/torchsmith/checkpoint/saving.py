@@ -15,11 +15,13 @@ PosixPath('resnet18.safetensors')
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -258,7 +260,9 @@ def save(
     reads, memory-mapped loads); ``.pt .pth .bin .ckpt .pkl .tar`` write a ``torch.save`` zip that
     plain ``torch.load`` reads. ``metadata`` adds your own string entries. ``max_shard_size``
     (``"2GB"`` or bytes) splits the weights into shards plus an ``*.index.json`` (written last),
-    whose path is returned.
+    whose path is returned; weights that fit in one shard are written as one file at ``path``, as
+    transformers does. Whichever of the two layouts an earlier save left under this name is
+    removed, so a later read of the file or of its folder returns what this call wrote.
 
     Raises :class:`~torchsmith.errors.InputError` for a bound method (``model.state_dict`` without
     the call), a model whose ``state_dict`` was overwritten by a dict, or a non-tensor entry.
@@ -283,17 +287,80 @@ def _save(model_or_state_dict: Any, path: Path, metadata: dict | None, max_shard
     meta = {**_user_metadata(metadata), **_versions(), **prov}
     tensors, aliases = _dedupe(state_dict)
     if max_shard_size is None:
-        _write_one(path, tensors, aliases, meta)
+        _write_single(path, tensors, aliases, meta)
         return path
     return _write_sharded(path, tensors, aliases, meta, max_shard_size)
+
+
+def _stale_shards(path: Path, keep: Sequence[Path] = ()) -> list[Path]:
+    """Shards of an earlier sharded save under ``path``'s name (``NAME-00001-of-00003.EXT``)."""
+    return [p for p in path.parent.glob(f"{path.stem}-*-of-*{path.suffix}") if p not in keep]
+
+
+@contextlib.contextmanager
+def _moved_aside(paths: Sequence[Path]) -> Iterator[None]:
+    """Move ``paths`` out of the way while the block writes their replacement; delete them after.
+
+    Why: a folder read prefers ``NAME.index.json`` to ``NAME.safetensors``, and a direct read of
+    ``NAME.safetensors`` ignores an index beside it, so whichever of the two an earlier save left
+    would be returned by a later read instead of what this save wrote. Moving the old one aside
+    (an atomic rename to a name no reader picks, ``...replaced~``) before writing means a read never
+    finds it under the asked name, a failed write puts it back, and a kill leaves it recoverable.
+    """
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for p in paths:
+            if p.is_file() or p.is_symlink():
+                aside = p.with_name(f"{p.name}.{os.getpid()}.replaced~")
+                os.replace(p, aside)
+                moved.append((p, aside))
+        yield
+    except BaseException:
+        for p, aside in moved:
+            if not p.exists():
+                with contextlib.suppress(OSError):
+                    os.replace(aside, p)
+        raise
+    for _, aside in moved:
+        aside.unlink(missing_ok=True)
+
+
+def _write_single(path: Path, tensors: dict, aliases: dict, meta: dict, *, dedupe_tied: bool = False) -> Path:
+    """One file at ``path``; an index (and its shards) of an earlier sharded save there removed."""
+    from torchsmith.checkpoint.sharded import shard_names
+
+    _, index_path = shard_names(path, 1)
+    with _moved_aside([index_path]):
+        _write_one(path, tensors, aliases, meta, dedupe_tied=dedupe_tied)
+    if not index_path.exists():
+        for old in _stale_shards(path):
+            old.unlink(missing_ok=True)
+    return path
 
 
 def _write_sharded(
     path: Path, tensors: dict, aliases: dict, meta: dict, max_shard_size: Any, *, dedupe_tied: bool = False
 ) -> Path:
-    from torchsmith.checkpoint.sharded import parse_size, shard_names
+    """Shards plus an index (written last), or one file at ``path`` when everything fits in one shard.
+
+    One file when it fits, as transformers' ``save_pretrained`` does: a ``-00001-of-00001`` shard
+    and an index for a small model would sit beside an older ``NAME`` file that reads still return.
+    Returns the index's path, or ``path`` for one file.
+    """
+    from torchsmith.checkpoint.sharded import parse_size
 
     limit = parse_size(max_shard_size)
+    if sum(t.numel() * t.element_size() for t in tensors.values()) <= limit:
+        return _write_single(path, tensors, aliases, meta, dedupe_tied=dedupe_tied)
+    with _moved_aside([path]):  # an older single file under the asked name: never read instead
+        return _write_shards(path, tensors, aliases, meta, limit, dedupe_tied=dedupe_tied)
+
+
+def _write_shards(
+    path: Path, tensors: dict, aliases: dict, meta: dict, limit: int, *, dedupe_tied: bool = False
+) -> Path:
+    from torchsmith.checkpoint.sharded import shard_names
+
     groups: list[list[str]] = [[]]
     size = 0
     for name, t in tensors.items():
@@ -317,9 +384,8 @@ def _write_sharded(
     with atomic_write(index_path, "w") as f:
         json.dump(index, f, indent=2)
     # Shards of an earlier save with a different count would confuse a reader browsing the folder.
-    for old in path.parent.glob(f"{path.stem}-*-of-*{path.suffix}"):
-        if old not in shards:
-            old.unlink(missing_ok=True)
+    for old in _stale_shards(path, keep=shards):
+        old.unlink(missing_ok=True)
     if not all(s.exists() for s in shards):  # pragma: no cover - defensive
         raise CheckpointError(f"{index_path}: a shard vanished while saving")
     return index_path

@@ -1,22 +1,33 @@
 """Check a checkpoint's integrity: structure, zip CRCs and the SHA-256 recorded per tensor.
 
+A folder holding several model files (``accelerate``'s ``save_state``: ``model.safetensors`` and
+``model_1.safetensors``, ``optimizer.bin``...; a Trainer checkpoint) is checked file by file: a
+damaged second file fails the folder, not only a damaged first one.
+
 >>> verify_checkpoint("model.safetensors")["ok"]                # doctest: +SKIP
 True
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
+from pathlib import Path
 from typing import Any
 
-from torchsmith.checkpoint._refs import FileMaps
+from torchsmith.checkpoint._raw import RawCheckpoint
+from torchsmith.checkpoint._refs import FileMaps, TensorRef
 from torchsmith.checkpoint.formats import open_raw, sniff
 from torchsmith.checkpoint.load import checksum_mismatches, damaged_message
 from torchsmith.checkpoint.read import select_tensors
 from torchsmith.errors import CheckpointError
 
-__all__ = ["verify_checkpoint"]
+__all__ = ["check_integrity", "folder_model_files", "verify_checkpoint"]
+
+# Files in a folder that are checked as checkpoints of their own (``.pkl``, accelerate's random
+# states, holds NumPy objects rather than tensors and is left out).
+_MODEL_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -24,11 +35,109 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     ``checks`` lists what was verified: ``structure`` (every tensor lies inside the file),
     ``crc32`` (torch zips: every record's CRC), ``sha256`` (files saved by torchsmith: every
-    tensor's bytes). Raises :class:`~torchsmith.errors.CheckpointError` naming the damaged tensors.
+    tensor's bytes), ``tied`` (copies of tied tensors written under each name hold equal bytes).
+    Raises :class:`~torchsmith.errors.CheckpointError` naming the damaged file and tensors.
     A file without recorded checksums passes with ``sha256`` absent from ``checks``.
+
+    A folder with several model files (see :func:`folder_model_files`) is verified file by file;
+    the result then has format ``folder`` and a ``files`` list with each file's own result.
     """
+    path = Path(path)
+    files = folder_model_files(path) if path.is_dir() else None
+    if not files:
+        return _verify_one(path)
+    results = []
+    for f in files:
+        try:
+            results.append(_verify_one(f))
+        except CheckpointError as e:
+            text = str(e)
+            where = "" if str(f) in text else f"{f}: "
+            raise CheckpointError(f"{path}: file {f.name!r} of {len(files)} fails: {where}{text}") from None
+    checks = sorted({c for r in results for c in r["checks"]})
+    return {
+        "path": str(path),
+        "format": "folder",
+        "tensors": sum(r["tensors"] for r in results),
+        "checks": checks,
+        "ok": True,
+        "files": results,
+    }
+
+
+def folder_model_files(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoint files of ``folder`` when it holds more than one, else ``[]``.
+
+    Every ``*.index.json`` (its shards are checked through it) and every ``.safetensors .bin .pt
+    .pth .ckpt`` file that no index names. A torch.distributed.checkpoint folder is one checkpoint.
+    """
+    folder = Path(folder)
+    if (folder / ".metadata").is_file():
+        return []
+    indexes = sorted(p for p in folder.glob("*.index.json") if p.is_file())
+    sharded: set[str] = set()
+    for index in indexes:
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            sharded |= {str(v) for v in weight_map.values()} if isinstance(weight_map, dict) else set()
+        except (ValueError, OSError, UnicodeDecodeError, AttributeError):
+            pass  # an unreadable index fails when it is verified itself
+    singles = sorted(
+        p for p in folder.iterdir() if p.suffix in _MODEL_EXTENSIONS and p.is_file() and p.name not in sharded
+    )
+    files = [*indexes, *singles]
+    return files if len(files) > 1 else []
+
+
+def _verify_one(path: Path) -> dict[str, Any]:
     raw = open_raw(path)
-    refs, _, _, _ = select_tensors(raw)
+    refs = _tensors_or_none(raw)
+    checks = check_integrity(raw, refs or {})
+    result = {
+        "path": str(raw.path),
+        "format": raw.format,
+        "tensors": len(refs or {}),
+        "checks": checks,
+        "ok": True,
+    }
+    if refs is None:
+        result["note"] = "holds no tensors (a scheduler or training state?); its structure was checked"
+    elif "sha256" not in checks:
+        result["note"] = (
+            "no per-tensor checksums recorded (not saved by torchsmith.save); re-save to add them"
+        )
+    return result
+
+
+def _tensors_or_none(raw: RawCheckpoint) -> dict[str, TensorRef] | None:
+    """The file's tensors; None for a file that holds no tensor at all (a scheduler's state)."""
+    try:
+        return select_tensors(raw)[0]
+    except CheckpointError as e:
+        if raw.format == "dcp" or _holds_tensor(raw.obj) or "no tensors" not in str(e):
+            raise
+        return None
+
+
+def _holds_tensor(obj: Any, depth: int = 0) -> bool:
+    """Whether a tensor appears anywhere in ``obj``'s plain containers (bounded walk)."""
+    if isinstance(obj, TensorRef):
+        return True
+    if depth > 8:
+        return True  # too deep to tell: treat as holding tensors, so the refusal stands
+    if isinstance(obj, dict):
+        return any(_holds_tensor(v, depth + 1) for v in list(obj.values())[:10_000])
+    if isinstance(obj, list | tuple):
+        return any(_holds_tensor(v, depth + 1) for v in obj[:10_000])
+    return False
+
+
+def check_integrity(raw: RawCheckpoint, refs: dict[str, TensorRef]) -> list[str]:
+    """Check ``raw``'s structure, CRCs, recorded SHA-256 and tied copies; return the checks made.
+
+    Raises :class:`~torchsmith.errors.CheckpointError` naming the damaged file and tensor. Used by
+    ``verify`` and by ``convert`` (which refuses to copy a damaged file unless asked).
+    """
     checks = ["structure"]
     for name, ref in refs.items():
         problem = ref.check_bounds()
@@ -61,14 +170,52 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
         load_dcp_tensors(raw)
         checks.append("readable")
+    maps = FileMaps(use_mmap=True)
     if "torchsmith.sha256" in raw.metadata:
-        bad = checksum_mismatches(refs, raw.metadata, FileMaps(use_mmap=True))
+        bad = checksum_mismatches(refs, raw.metadata, maps)
         if bad:
             raise CheckpointError(damaged_message(raw.path, bad))
         checks.append("sha256")
-    result = {"path": str(raw.path), "format": raw.format, "tensors": len(refs), "checks": checks, "ok": True}
-    if "sha256" not in checks:
-        result["note"] = (
-            "no per-tensor checksums recorded (not saved by torchsmith.save); re-save to add them"
+    if _check_tied_copies(raw, maps):
+        checks.append("tied")
+    return checks
+
+
+def _check_tied_copies(raw: RawCheckpoint, maps: FileMaps) -> bool:
+    """Refuse a safetensors file whose tied copies (``torchsmith.tied``) hold different bytes.
+
+    Returns whether there were tied copies to check.
+    Why: torchsmith reads one copy for every tied name while plain ``safetensors`` reads each
+    name's own bytes; if the copies differ, the two readers return different weights from one file.
+    """
+    text = raw.metadata.get("torchsmith.tied")
+    if raw.format != "safetensors" or not text:
+        return False  # sharded files: each shard's own copies are checked when the shard is read
+    from torchsmith.checkpoint.safetensors_io import read_header
+
+    try:
+        tied = json.loads(text)
+    except ValueError:
+        raise CheckpointError(f"{raw.path}: damaged: its torchsmith.tied metadata is not JSON") from None
+    if not isinstance(tied, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tied.items()
+    ):
+        raise CheckpointError(
+            f"{raw.path}: damaged: its torchsmith.tied metadata is not an object of name -> name strings"
         )
-    return result
+    header, data_start = read_header(raw.path)
+    buf = maps.buffer(str(raw.path))
+    for alias, target in tied.items():
+        a, t = header.get(alias), header.get(target)
+        if not (isinstance(a, dict) and isinstance(t, dict)) or (a["dtype"], a["shape"]) != (
+            t["dtype"],
+            t["shape"],
+        ):
+            continue  # the reader ties only names that exist with one dtype and shape (read_safetensors)
+        (a0, a1), (t0, t1) = a["data_offsets"], t["data_offsets"]
+        if buf[data_start + a0 : data_start + a1] != buf[data_start + t0 : data_start + t1]:
+            raise CheckpointError(
+                f"{raw.path}: damaged: tied tensor {alias!r} holds other bytes than {target!r}, the copy "
+                "it is recorded as tied to (torchsmith and plain safetensors would read different weights)"
+            )
+    return True
