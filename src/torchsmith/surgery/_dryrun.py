@@ -2,15 +2,19 @@
 
 Surgery needs facts only a forward pass reveals: which module first consumes the input, the width of
 the features entering the classifier, the shapes (channels, stride) at chosen layers, which
-parameters are ever used, which function produced the output. On the meta device the pass costs no
-compute and no memory, and the model's real tensors are never touched (``torch.func.functional_call``
-swaps in meta copies). Models that cannot run on meta (code that creates CPU tensors in ``forward``)
-fall back to a real pass under ``no_grad`` with buffers restored afterwards.
+parameters are ever used, which function produced the output. The pass never runs on the user's
+modules: it runs on a structural copy (``_copy.meta_copy``: every parameter, buffer and cached tensor
+replaced by a meta tensor of the same shape, shared modules still shared), so it costs no compute and
+no memory and leaves the model bit-identical. Models that cannot run on meta (code that creates CPU
+tensors in ``forward``) fall back to a real pass under ``no_grad`` on a copy that shares only the
+parameters; only a model that cannot be copied at all runs itself, with its buffers restored, and
+``DryRun.note`` says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from torchsmith.errors import SurgeryError
+from torchsmith.surgery._copy import meta_copy, real_copy
 
 __all__ = ["DryRun", "default_sample", "dry_run", "guess_input_shape", "is_dry_run"]
 
@@ -50,6 +55,7 @@ class DryRun:
     strides: dict[str, float | None] = field(default_factory=dict)  # path -> downsampling of its output
     graph: dict[tuple[int, int], tuple] = field(default_factory=dict)  # node -> input-derived parents
     input_keys: set[tuple[int, int]] = field(default_factory=set)
+    note: str | None = None  # set when the pass could not run on a copy of the model
 
     def output_nodes(self) -> list[tuple[int, int]]:
         """Graph nodes of the tensors in the model's output, in order."""
@@ -101,10 +107,11 @@ def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
     arch = get_provenance(model).get("arch") or {}
     name = arch.get("name")
     if name and ":" not in name:
+        # The zoo is looked up, never imported: a model with a zoo name was built by the zoo, so it
+        # is loaded already (importing it here made surgery and zoo import each other).
+        registry = sys.modules.get("torchsmith.zoo.registry")
         try:
-            from torchsmith.zoo import get_entry
-
-            return tuple(get_entry(name).input_shape)
+            return tuple(registry.get_entry(name).input_shape)  # type: ignore[union-attr]
         except Exception:
             pass
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
@@ -389,23 +396,33 @@ def dry_run(
     )
 
 
+def _copy_for(model: nn.Module, device: str) -> tuple[nn.Module, str | None]:
+    """The module the pass runs on: a structural copy, never the user's model (see ``_copy``).
+
+    Returns ``(module, note)``; the note says when no copy could be made and the model itself ran.
+    """
+    try:
+        return (meta_copy(model) if device == "meta" else real_copy(model)), None
+    except Exception as e:  # an attribute deepcopy refuses (a lock, a generator, a C++ handle)
+        if device == "meta":
+            raise
+        return model, (
+            f"the model could not be copied ({type(e).__name__}: {e}); the sample pass ran on the "
+            "model itself, with its buffers restored afterwards"
+        )
+
+
 def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
-    named_params = list(model.named_parameters(remove_duplicate=False))
-    named_buffers = list(model.named_buffers(remove_duplicate=False))
+    work, note = _copy_for(model, device)
+    named_params = list(work.named_parameters(remove_duplicate=False))
+    named_buffers = list(work.named_buffers(remove_duplicate=False))
+    param_ids = _names_by_id((v, k) for k, v in named_params)
     if device == "meta":
-        swap = {k: torch.empty_like(v, device="meta") for k, v in named_params + named_buffers}
-        # Tied weights must stay tied: same source tensor -> same meta tensor.
-        by_src: dict[int, torch.Tensor] = {}
-        for k, v in named_params + named_buffers:
-            swap[k] = by_src.setdefault(id(v), swap[k])
-        param_ids = _names_by_id((swap[k], k) for k, _ in named_params)
         inputs = _make_inputs(
             input_shape if example_inputs is None else example_inputs, "meta", _float_dtype(model)
         )
     else:
-        swap = None
-        param_ids = _names_by_id((v, k) for k, v in named_params)
-        real_dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        real_dev = next((p.device for p in work.parameters()), torch.device("cpu"))
         if example_inputs is None:
             # A random sample, not zeros: data-dependent branches (`if h.mean() > 0`) must see
             # typical data, or a layer behind one looks unused (seeded: the same run every time).
@@ -415,10 +432,10 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
         else:
             inputs = _make_inputs(example_inputs, "real")
 
-    result = DryRun(output=None, device=device, input_shape=input_shape)
+    result = DryRun(output=None, device=device, input_shape=input_shape, note=note)
     recorder = _Recorder(param_ids, _tensors(inputs)) if record else None
     handles = []
-    mods = list(model.named_modules(remove_duplicate=False))
+    mods = list(work.named_modules(remove_duplicate=False))
     seen_ids: dict[int, str] = {}
 
     def pre_hook(path):
@@ -448,27 +465,23 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
         handles.append(m.register_forward_pre_hook(pre_hook(path)))
         handles.append(m.register_forward_hook(post_hook(path)))
 
-    modes = {id(m): m.training for _, m in mods}
-    saved = None
-    if device == "real":
-        saved = {k: v.detach().clone() for k, v in named_buffers}
+    # Only when no copy could be made does the pass touch the model: then modes and buffers are
+    # put back afterwards (hooks are removed in every case).
+    modes = {id(m): m.training for _, m in mods} if work is model else {}
+    saved = {k: v.detach().clone() for k, v in named_buffers} if work is model else None
     _ACTIVE[0] += 1
     try:
         if train is not None:
-            model.train(train)
+            work.train(train)
         with torch.no_grad(), recorder if recorder is not None else contextlib.nullcontext():
-            if swap is not None:
-                from torch.func import functional_call
-
-                out = functional_call(model, swap, inputs, strict=False, tie_weights=False)
-            else:
-                out = model(*inputs)
+            out = work(*inputs)
     finally:
         _ACTIVE[0] -= 1
         for h in handles:
             h.remove()
         for _, m in mods:
-            m.training = modes[id(m)]
+            if id(m) in modes:
+                m.training = modes[id(m)]
         if saved is not None:
             bufs = dict(named_buffers)
             with torch.no_grad():
