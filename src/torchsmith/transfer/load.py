@@ -64,7 +64,8 @@ def resolve_source(
     if isinstance(source, nn.Module):
         check_state_dict_intact(source, "source")
         inner = unwrap_model(source)
-        return dict(inner.state_dict()), f"{type(inner).__name__} module", inner, notes
+        sd = inner.state_dict()
+        return _keep_metadata(dict(sd), sd), f"{type(inner).__name__} module", inner, notes
     if isinstance(source, (str, os.PathLike)):
         from torchsmith.checkpoint import read_checkpoint
 
@@ -101,6 +102,29 @@ def resolve_source(
     )
 
 
+def source_metadata(sd: Any) -> dict[str, Any] | None:
+    """The module versions a state_dict carries (torch's ``_metadata``), or ``None``.
+
+    ``Module.state_dict()`` records ``{module_prefix: {"version": n}}``; a module whose saved layout
+    changed between versions (torchvision's MNASNet, batch norm's ``num_batches_tracked``) reads it
+    in ``_load_from_state_dict`` -- MNASNet refuses a load without it.
+    """
+    meta = getattr(sd, "_metadata", None)
+    return meta if isinstance(meta, Mapping) else None
+
+
+def _keep_metadata(tensors: dict[str, Any], sd: Any) -> dict[str, Any]:
+    """``tensors`` as an OrderedDict that keeps ``sd``'s ``_metadata`` (a plain dict cannot hold it)."""
+    from collections import OrderedDict
+
+    meta = source_metadata(sd)
+    if meta is None:
+        return tensors
+    out: OrderedDict = OrderedDict(tensors)
+    out._metadata = meta  # type: ignore[attr-defined]
+    return out
+
+
 def _flatten_source(sd: Mapping, where: str, notes: list[str]) -> dict[str, Any]:
     import torch
 
@@ -119,7 +143,7 @@ def _flatten_source(sd: Mapping, where: str, notes: list[str]) -> dict[str, Any]
             f"{where}: holds no tensors (entries: {', '.join(map(str, list(sd)[:8])) or 'none'}); "
             "expected a state_dict {name: tensor}"
         )
-    return {str(k): v for k, v in tensors.items()}
+    return _keep_metadata({str(k): v for k, v in tensors.items()}, sd)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -554,10 +578,13 @@ def load_weights(
         _check_partial(report, target, pairing.order, allow_partial, min_fraction)
     if dry_run:
         return report
+    versions = _module_versions(target, tgt_sd, pairing.pairs, src_sd, match == "name", report.notes)
     if match == "structure" and src_module is not None:
-        _apply_checked(target, tgt_sd, new_values, src_module, report, example_input, pairing.structure)
+        _apply_checked(
+            target, tgt_sd, new_values, src_module, report, example_input, pairing.structure, versions
+        )
     else:
-        _apply(target, tgt_sd, new_values)
+        _apply(target, tgt_sd, new_values, versions)
         if match == "structure":
             notes.append("not checked numerically: the source is a state_dict, not a model")
     report.applied = True
@@ -817,6 +844,7 @@ def _apply_checked(
     report: TransferReport,
     example_input: Any,
     sm: Any = None,
+    versions: Any = None,
 ) -> None:
     """A structure port is kept only if the two models agree on an input (WRONG = 0).
 
@@ -834,11 +862,11 @@ def _apply_checked(
     owned = _owned_tensors(target, tgt_sd, new_values)
     if owned is None:
         old_values = {k: tgt_sd[k].detach().clone() for k in new_values}
-        _apply(target, tgt_sd, new_values)
+        _apply(target, tgt_sd, new_values, versions)
         try:
             result = check_port(target, src_module, report, example_input, source_run=run, idle=idle)
         except TransferError:
-            _apply(target, tgt_sd, old_values)
+            _apply(target, tgt_sd, old_values, versions)
             raise
     else:
         values = {
@@ -883,11 +911,70 @@ def _owned_tensors(target: Any, tgt_sd: dict[str, Any], keys: Iterable[str]) -> 
     return out
 
 
-def _apply(target: Any, tgt_sd: dict[str, Any], new_values: dict[str, Any]) -> None:
+def _module_versions(
+    target: Any, tgt_sd: Any, pairs: Mapping[str, str], src_sd: Any, by_name: bool, notes: list[str]
+) -> dict[str, Any] | None:
+    """The ``_metadata`` (module versions) the load hands to ``load_state_dict``.
+
+    By name, each model module takes the version its source module recorded (a module's
+    ``_load_from_state_dict`` converts an older layout by it, as torch's own load does); modules
+    the source says nothing about keep the model's own version, and a source without any versions
+    (a safetensors file) is read as written by the model's code -- noted where a module of the
+    model's own library reads its version. A structure port builds every value in the model's own
+    layout, so the model's versions apply.
+    """
+    from collections import OrderedDict
+
+    own = source_metadata(tgt_sd)
+    if own is None:
+        return None
+    out: OrderedDict = OrderedDict((k, dict(v)) for k, v in own.items())
+    src_meta = source_metadata(src_sd)
+    if not by_name:
+        return out
+    if src_meta is None:
+        modules = dict(target.named_modules())
+        readers = [path for path in own if path in modules and _reads_version(modules[path])]
+        if readers:
+            notes.append(
+                "the source records no module versions (torch's _metadata); read as written by the "
+                "model's code (the model's own versions for "
+                + ", ".join(f"{p or '(root)'} ({type(modules[p]).__name__})" for p in readers[:3])
+                + ")"
+            )
+        return out
+    # model module path -> source module path, from the paired keys' common tail
+    src_path: dict[str, str] = {}
+    for t_key, s_key in pairs.items():
+        t_parts, s_parts = t_key.split("."), s_key.split(".")
+        n = 0
+        while n < min(len(t_parts), len(s_parts)) and t_parts[-1 - n] == s_parts[-1 - n]:
+            n += 1
+        for cut in range(1, n + 1):  # every module on the key's path, down from its owner
+            t_mod = ".".join(t_parts[: len(t_parts) - cut])
+            src_path.setdefault(t_mod, ".".join(s_parts[: len(s_parts) - cut]))
+    for path in out:
+        version = src_meta.get(src_path[path]) if path in src_path else None
+        if isinstance(version, Mapping):
+            out[path] = dict(version)
+    return out
+
+
+def _reads_version(module: Any) -> bool:
+    """True when ``module`` has a load of its own library (not torch.nn's) that may read its version."""
+    loader = type(module)._load_from_state_dict
+    return not getattr(loader, "__module__", "").startswith("torch.")
+
+
+def _apply(target: Any, tgt_sd: dict[str, Any], new_values: dict[str, Any], versions: Any = None) -> None:
+    from collections import OrderedDict
+
     import torch
 
     meta = any(tgt_sd[k].device.type == "meta" for k in new_values)
-    values = {k: v.detach().to(dtype=tgt_sd[k].dtype) for k, v in new_values.items()}
+    values: Any = OrderedDict((k, v.detach().to(dtype=tgt_sd[k].dtype)) for k, v in new_values.items())
+    if versions is not None:
+        values._metadata = versions
     result = target.load_state_dict(values, strict=False, assign=meta)
     if result.unexpected_keys:  # pragma: no cover - keys come from the model's own state_dict
         raise TransferError(f"load_state_dict rejected keys {result.unexpected_keys[:5]}")

@@ -71,6 +71,16 @@ class TransferReport:
         return {e["key"] for e in self.loaded} | {e["key"] for e in self.adapted}
 
     @property
+    def missing_keys(self) -> list[str]:
+        """Model keys nothing was loaded into, as torch's ``load_state_dict`` names them."""
+        return [e["key"] for e in self.missing]
+
+    @property
+    def unexpected_keys(self) -> list[str]:
+        """Source keys nothing in the model took, as torch's ``load_state_dict`` names them."""
+        return [e["key"] for e in self.unexpected]
+
+    @property
     def ok(self) -> bool:
         """True when the whole model came from the source and the source was used up."""
         return not (self.skipped_shape or self.missing or self.unexpected) and bool(
@@ -121,6 +131,8 @@ class TransferReport:
             "params_total": self.params_total,
             "params_from_source": self.params_from_source,
             "counts": self.counts(),
+            "missing_keys": self.missing_keys,
+            "unexpected_keys": self.unexpected_keys,
             "loaded": clean(self.loaded),
             "adapted": clean(self.adapted),
             "skipped_shape": clean(self.skipped_shape),
