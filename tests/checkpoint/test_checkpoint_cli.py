@@ -113,8 +113,9 @@ def test_diff(files, tmp_path, capsys):
     del changed["fc1.bias"]
     changed["fc2.weight"] = changed["fc2.weight"].double()
     torch.save(changed, tmp_path / "changed.pt")
-    res = json.loads(run_cli(capsys, "diff", d / "saved.safetensors", tmp_path / "changed.pt", "--json")[1])
-    assert not res["identical"]
+    code, out, _ = run_cli(capsys, "diff", d / "saved.safetensors", tmp_path / "changed.pt", "--json")
+    res = json.loads(out)
+    assert code == 1 and not res["identical"] and not res["values_equal"]  # exit 1 on a difference, as cmp
     assert res["only_in_a"] == ["fc1.bias"] and res["only_in_b"] == ["extra"]
     assert res["max_abs_diff"]["fc2.bias"] == pytest.approx(0.5)
     assert res["dtype_differs"] == [{"key": "fc2.weight", "a": "float32", "b": "float64"}]

@@ -25,6 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rename keys (re.sub on the keys as written in SRC, before --strip-wrappers); repeatable",
     )
     parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="leave out this entry of the weights (a sparse/quantized tensor, a non-tensor; a name or "
+        "glob as written in SRC); without it such entries are refused by name; repeatable",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="convert even when SRC fails its recorded checksums or CRCs (what 'verify' reports)",
+    )
+    parser.add_argument(
+        "--allow-expand",
+        action="store_true",
+        help="allow a result far larger than SRC (broadcast/stride-0 views materialised in full)",
+    )
+    parser.add_argument(
         "--dedupe-tied",
         action="store_true",
         help="store tied tensors once (smaller; plain safetensors.load_file then misses their other names)",
@@ -34,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from torchsmith.checkpoint.convert import convert_checkpoint
 
+    notes: list[str] = []
     out = convert_checkpoint(
         args.src,
         args.dst,
@@ -42,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
         strip_wrappers=args.strip_wrappers,
         rename=args.rename,
         dedupe_tied=args.dedupe_tied,
+        skip=args.skip,
+        ignore_checksums=args.force,
+        allow_expand=args.allow_expand,
+        notes=notes,
     )
     print(f"wrote {out}")
+    for note in notes:
+        print(f"note: {note}")
     return 0

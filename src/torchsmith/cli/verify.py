@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "verify a checkpoint's integrity (structure, CRC-32, per-tensor SHA-256)"
+HELP = "verify a checkpoint's integrity (structure, CRC-32, per-tensor SHA-256; every model file of a folder)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +20,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        checks = ", ".join(result["checks"])
-        print(f"{result['path']}: ok ({result['format']}, {result['tensors']} tensors; checked {checks})")
-        if result.get("note"):
-            print(f"note: {result['note']}")
+        for one in result.get("files", [result]):  # a folder of several model files: one line each
+            checks = ", ".join(one["checks"])
+            print(f"{one['path']}: ok ({one['format']}, {one['tensors']} tensors; checked {checks})")
+            if one.get("note"):
+                print(f"note: {one['note']}")
+        if "files" in result:
+            print(f"{result['path']}: ok ({len(result['files'])} files, {result['tensors']} tensors)")
     return 0
