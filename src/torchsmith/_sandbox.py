@@ -17,6 +17,17 @@ rebuild, recipes, ``create_model``):
   :class:`~torchsmith.errors.SpecError` naming what was being built, even if the constructor
   catches the exception (it is raised again when the block ends).
 
+The guard applies to what the spec, recipe or file asks for, never to the libraries' own import-time
+work: importing torch starts a program of its own (a CUDA library probe runs ``ldconfig``), and a
+fresh interpreter whose first model build imports torch or torchvision inside the sandbox was refused
+for it. So :func:`sandbox` imports torch (and its ``hub``/``serialization``, so their functions are
+guarded) before the guard starts, :func:`preload` imports the library a name needs (``torchvision:``,
+``timm:``, ``hf:``) beforehand, and a refusal is dropped when it happens while an *installed* module
+(the standard library, site-packages or torchsmith itself) is being imported for the first time
+inside the block: that module body is code on this machine, not something the data chose. A module a
+spec imports by path (``allow_imports``) from anywhere else is still guarded, and so is everything a
+constructor does after its imports.
+
 The explicit pretrained-weights path goes around this on purpose: it simply does not enter
 :func:`sandbox`. ::
 
@@ -28,24 +39,29 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
 import sys
+import sysconfig
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from types import FrameType, TracebackType
 from typing import Any
 
 from torchsmith.errors import SpecError
 
-__all__ = ["check_kwargs", "kwarg_problem", "sandbox", "sandboxed"]
+__all__ = ["check_kwargs", "kwarg_problem", "preload", "sandbox", "sandboxed"]
 
 _WEIGHTS = re.compile(r"^(weights|pretrained)", re.IGNORECASE)
 _PLACES = re.compile(r"checkpoint|_path$|^path$|url|file|_dir$|^dir$|cache|repo|hub", re.IGNORECASE)
 _MAX_DEPTH = 16
 
-# (where, violations) of the innermost active sandbox in this thread/task; None outside one.
-_ACTIVE: contextvars.ContextVar[tuple[str, list[str]] | None] = contextvars.ContextVar(
+# (where, violations, frame that entered) of the innermost active sandbox in this thread/task.
+_ACTIVE: contextvars.ContextVar[tuple[str, list[str], FrameType | None] | None] = contextvars.ContextVar(
     "torchsmith_sandbox", default=None
 )
+# The library each model namespace needs, imported before the guard starts (see preload).
+_LIBRARIES = {"torchvision:": ("torchvision.models",), "timm:": ("timm",), "hf:": ("transformers",)}
 _LOCK = threading.Lock()
 _PATCHED: dict[tuple[Any, str], Any] = {}
 _DEPTH = [0]
@@ -113,11 +129,47 @@ def check_kwargs(kwargs: Mapping[str, Any], where: str, *, types: bool = True) -
             raise SpecError(f"{where}.{key}: {why}" if where else why)
 
 
+def _installed_roots() -> tuple[str, ...]:
+    roots = {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}  # torchsmith's own folder
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            roots.add(os.path.abspath(path))
+    for path in sys.path:  # site-packages folders of a venv or a --user install
+        if path and os.path.basename(path) in ("site-packages", "dist-packages"):
+            roots.add(os.path.abspath(path))
+    return tuple(sorted(r.rstrip(os.sep) + os.sep for r in roots))
+
+
+_ROOTS: list[tuple[str, ...]] = []
+
+
+def _importing_installed_module(entered: FrameType | None) -> bool:
+    """Whether the current event comes from an installed module's body running at its first import.
+
+    Only frames above the one that entered the sandbox count (the caller's own ``<module>`` frame,
+    a script's top level, is below it), and only modules whose file lies in the standard library,
+    site-packages or torchsmith: a module a spec imports from the working folder is still guarded.
+    """
+    if not _ROOTS:
+        _ROOTS.append(_installed_roots())
+    roots = _ROOTS[0]
+    frame = sys._getframe(2)
+    while frame is not None and frame is not entered:
+        code = frame.f_code
+        if code.co_name == "<module>" and os.path.abspath(code.co_filename).startswith(roots):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _refuse(what: str) -> None:
     state = _ACTIVE.get()
     if state is None:
         return
-    where, violations = state
+    where, violations, entered = state
+    if _importing_installed_module(entered):
+        return
     msg = (
         f"{where}: building this model tried to {what}; a model built from a spec, recipe or "
         "checkpoint never downloads, unpickles or runs programs (build it with random weights and "
@@ -153,6 +205,24 @@ def _guard(owner: Any, name: str, what: str) -> None:
     setattr(owner, name, guarded)
 
 
+def preload(name: str | None = None) -> None:
+    """Import torch, and the library model ``name`` needs, before a sandbox starts guarding.
+
+    ``name`` is a model name such as ``"timm:resnet18"`` (a zoo name needs only torch); an unknown
+    or missing library is left for the build to report.
+    """
+    # torch's import starts a program (never inside the guard); hub/serialization are imported here
+    # so that _install finds and guards their functions.
+    import torch.hub
+    import torch.serialization  # noqa: F401
+
+    for prefix, modules in _LIBRARIES.items():
+        if isinstance(name, str) and name.startswith(prefix):
+            for module in modules:
+                with contextlib.suppress(ImportError):  # the build names a missing library itself
+                    __import__(module)
+
+
 def _install() -> None:
     if not _HOOKED[0]:
         sys.addaudithook(_audit)  # permanent, but inert outside a sandbox
@@ -182,33 +252,44 @@ def _uninstall() -> None:
     _PATCHED.clear()
 
 
-@contextlib.contextmanager
-def sandbox(where: str) -> Iterator[None]:
+class sandbox:  # used as a function: ``with sandbox(where):``
     """Refuse downloads, unpickling and new processes while the block builds a model from data.
 
     ``where`` names what is being built (a spec path and field, a checkpoint's recorded model); it
     starts every error message. Sandboxes nest: the innermost ``where`` names the failure. A refusal
-    the constructor swallowed is raised again when the block ends.
+    the constructor swallowed is raised again when the block ends. torch is imported before the
+    guard starts, and installed modules imported for the first time inside the block may do their
+    import-time work (see the module docstring).
     """
-    with _LOCK:
-        if _DEPTH[0] == 0:
-            _install()
-        _DEPTH[0] += 1
-    violations: list[str] = []
-    token = _ACTIVE.set((where, violations))
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._violations: list[str] = []
+        self._token: contextvars.Token | None = None
+
+    def __enter__(self) -> None:
+        preload()
+        with _LOCK:
+            if _DEPTH[0] == 0:
+                _install()
+            _DEPTH[0] += 1
+        # The frame of the ``with`` statement: frames below it (the caller's) never excuse an event.
+        self._token = _ACTIVE.set((self.where, self._violations, sys._getframe(1)))
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
         with _LOCK:
             _DEPTH[0] -= 1
             if _DEPTH[0] == 0:
                 _uninstall()
-    if violations:
-        outer = _ACTIVE.get()
-        if outer is not None:
-            outer[1].extend(violations)
-        raise SpecError(violations[0])
+        if self._violations:
+            outer = _ACTIVE.get()
+            if outer is not None:
+                outer[1].extend(self._violations)
+            raise SpecError(self._violations[0])
 
 
 def sandboxed() -> bool:

@@ -130,3 +130,55 @@ def test_harmless_kwargs_pass_and_activation_checkpointing_flags_are_fine():
     with sandbox("x"):
         torch.nn.Linear(2, 2)  # nothing refused
     assert torch.load is not None and not hasattr(torch.load, "__wrapped__")  # guards are removed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "import subprocess\nsubprocess.run(['true'])",
+        "import os\nos.system('true')",
+        "import urllib.request\ntry:\n    urllib.request.urlopen('http://127.0.0.1:9/x', timeout=0.1)\n"
+        "except OSError:\n    pass",
+    ],
+)
+def test_import_time_work_of_a_module_the_spec_names_is_still_guarded(tmp_path, monkeypatch, body):
+    """Installed libraries may do import-time work inside the sandbox; a module the data imports may not."""
+    import sys
+
+    name = f"sec_planted_{abs(hash(body)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(f"{body}\nimport torch.nn as nn\nLayer = nn.Linear\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:  # a module outside the standard library and site-packages: its import is guarded
+        with pytest.raises(SpecError, match="tried to"), sandbox("spec planted"):
+            __import__(name)
+    finally:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_installed_library_imported_inside_the_sandbox_is_not_the_models_doing(tmp_path, monkeypatch, depth):
+    """An installed module's import-time program (torch's CUDA probe) is excused; the constructor's is not.
+
+    The folder stands in for site-packages; ``depth`` nests the program start in helper calls and
+    further imports, as torch -> torch.cuda -> cuda.pathfinder -> ctypes.util does.
+    """
+    import sys
+
+    from torchsmith import _sandbox
+
+    monkeypatch.setattr(_sandbox, "_ROOTS", [(*_sandbox._installed_roots(), str(tmp_path) + "/")])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lib = f"sec_installed_lib_{depth}"
+    (tmp_path / f"{lib}_0.py").write_text("import subprocess\nsubprocess.run(['true'], check=True)\n")
+    for i in range(1, depth + 1):  # each level imports the one below from inside a function
+        (tmp_path / f"{lib}_{i}.py").write_text(f"def _probe():\n    import {lib}_{i - 1}\n_probe()\n")
+    try:
+        with sandbox("installed import"):
+            __import__(f"{lib}_{depth}")
+        with pytest.raises(SpecError, match="start a program"), sandbox("after the import"):
+            import subprocess
+
+            subprocess.run(["true"], check=False)
+    finally:
+        for i in range(depth + 1):
+            sys.modules.pop(f"{lib}_{i}", None)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torchsmith._provenance import set_provenance
-from torchsmith._sandbox import check_kwargs, sandbox
+from torchsmith._sandbox import check_kwargs, preload, sandbox
 from torchsmith.errors import InputError, close_matches
 from torchsmith.zoo import _entries
 from torchsmith.zoo._entries import ModelEntry, register_model
@@ -135,6 +135,7 @@ def create_model(name: str, *, progress: bool = True, **kwargs: Any) -> Any:
     if _wants_weights(kwargs):  # the caller asked by name: the one explicit way to pretrained weights
         return _create_pretrained(name, kwargs, progress)
     kwargs = {k: v for k, v in kwargs.items() if not (k in _WEIGHT_KWARGS and v in (None, False))}
+    preload(name)  # torch and the library the name needs are imported before the guard starts
     with sandbox(f"model {name!r}"):  # building never downloads or unpickles (see torchsmith._sandbox)
         model = _create(name, kwargs)
     set_provenance(model, arch={"name": name, "kwargs": kwargs})
