@@ -112,25 +112,51 @@ def _human(n: int) -> str:
 
 
 def _describe(value: Any) -> str:
+    """What an entry that is not a dense tensor is, for messages (``a sparse COO tensor``, ``an int``)."""
+    kind = getattr(value, "kind", None)  # the reader's RefusedTensor: "sparse COO", "quantized qint8"
+    if isinstance(kind, str):
+        return f"a {kind} tensor"
     qualname = getattr(value, "qualname", None) or getattr(value, "_qualname", None)
     if isinstance(qualname, str):
-        kind = {
+        kinds = {
             "_rebuild_sparse_tensor": "a sparse COO tensor",
             "_rebuild_sparse_csr": "a sparse CSR tensor",
             "_rebuild_qtensor": "a quantized tensor",
             "_rebuild_nested_tensor": "a nested tensor",
         }
-        return kind.get(qualname.rpartition(".")[2], f"an object built by {qualname}")
+        return kinds.get(qualname.rpartition(".")[2], f"an object built by {qualname}")
     layout = getattr(value, "layout", None)
     if layout is not None and hasattr(value, "is_quantized"):
         if value.is_quantized:
             return f"a quantized tensor ({value.dtype})"
         return f"a {str(layout).removeprefix('torch.')} tensor"
-    return f"a {type(value).__name__}"
+    article = "an" if type(value).__name__[:1] in "aeiou" else "a"
+    return f"{article} {type(value).__name__}"
 
 
-def _weights_dict(raw: Any, container: str | None, tensor_keys: set[str]) -> dict | None:
-    """The dictionary of ``raw.obj`` that the weights were taken from, or None (rescued models...)."""
+def _tensor_like(value: Any) -> bool:
+    from torchsmith.checkpoint._refs import TensorRef
+
+    return isinstance(value, TensorRef) or isinstance(getattr(value, "kind", None), str)
+
+
+def _weights_dicts(obj: Any) -> list[dict]:
+    """Dictionaries of ``obj`` that can hold the weights: the top level and its container entries."""
+    from torchsmith.checkpoint.read import CONTAINER_KEYS
+
+    if not isinstance(obj, dict):
+        return []
+    found = [obj]
+    for key in CONTAINER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, dict):
+            found.append(inner)
+            found.extend(v for k in CONTAINER_KEYS if isinstance(v := inner.get(k), dict))
+    return found
+
+
+def _entries_left_out(raw: Any, tensors: dict[str, Any], container: str | None) -> dict[str, str]:
+    """Entries of the dictionary the weights came from that are not dense tensors (name -> what)."""
     obj = raw.obj
     if container is not None and isinstance(obj, dict):
         if container in obj:
@@ -139,36 +165,11 @@ def _weights_dict(raw: Any, container: str | None, tensor_keys: set[str]) -> dic
             head, _, tail = container.partition(".")
             obj = obj.get(head)
             obj = obj.get(tail) if isinstance(obj, dict) else None
-    if not isinstance(obj, dict):
-        return None
-    names = {str(k) for k in obj}
-    return obj if tensor_keys and tensor_keys <= names else None
-
-
-def _left_out(src: Path, trust_pickle: bool) -> tuple[dict[str, str], Any, Any]:
-    """Entries of the weights' own dictionary that are not plain tensors (name -> what they are).
-
-    Also returns the raw checkpoint and its tensor refs (None when the restricted reader refuses the
-    file and ``read_checkpoint`` will decide, e.g. with ``trust_pickle``).
-    """
-    from torchsmith.checkpoint.formats import open_raw
-    from torchsmith.checkpoint.read import select_tensors
-
-    raw = open_raw(src)
-    if raw.format == "dcp":
-        return {}, raw, None
-    try:
-        refs, container, _, _ = select_tensors(raw)
-    except CheckpointError:
-        if trust_pickle:
-            return {}, raw, None
-        raise
+    if not isinstance(obj, dict) or not set(tensors) <= {str(k) for k in obj}:
+        return {}  # weights rescued from a model object or nested dictionaries: nothing else in there
     from torchsmith.checkpoint._refs import TensorRef
 
-    weights = _weights_dict(raw, container, set(refs))
-    if weights is None:
-        return {}, raw, refs
-    return {str(k): _describe(v) for k, v in weights.items() if not isinstance(v, TensorRef)}, raw, refs
+    return {str(k): _describe(v) for k, v in obj.items() if not isinstance(v, TensorRef)}
 
 
 def _unwritable(state_dict: dict[str, Any]) -> dict[str, str]:
@@ -186,20 +187,133 @@ def _unwritable(state_dict: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _apply_skip(left: dict[str, str], skip: Sequence[str], where: Any, dst: Path) -> list[str]:
-    """Names in ``left`` that ``skip`` covers; refuse any other, and any skip pattern matching nothing."""
+def _skip_patterns(skip: Sequence[str] | str) -> list[str]:
     patterns = [skip] if isinstance(skip, str) else list(skip)
-    refused = {k: d for k, d in left.items() if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
-    if refused:
-        shown = "; ".join(f"{k!r} ({d})" for k, d in list(refused.items())[:5])
-        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
-        first = next(iter(refused))
-        raise CheckpointError(
-            f"{where}: convert cannot write {len(refused)} entr{'y' if len(refused) == 1 else 'ies'} of the "
-            f"weights to {dst.name}: {shown}{more}; nothing was written. Leave them out explicitly with "
-            f"skip=[{first!r}] (--skip {first!r}), or keep a torch file that holds them"
-        )
-    return sorted(left)
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    if bad:
+        raise InputError(f"skip: expected entry names or glob patterns (non-empty strings), got {bad[0]!r}")
+    return patterns
+
+
+def _skipped(name: str, patterns: list[str]) -> bool:
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _without_skipped(raw: Any, patterns: list[str]) -> tuple[Any, dict[str, str]]:
+    """``raw`` with the tensor-like entries ``patterns`` name removed from its weight dictionaries.
+
+    The reader refuses a file holding a sparse or quantized tensor (it never leaves one out on its
+    own); the user's explicit ``skip`` removes it before the reader looks, so the refusal still
+    applies to every entry not named.
+    """
+    import dataclasses
+
+    from torchsmith.checkpoint._refs import TensorRef
+
+    if not patterns:
+        return raw, {}
+    removed: dict[str, str] = {}
+    replaced: dict[int, dict] = {}
+
+    def without(d: dict) -> dict:
+        if id(d) not in replaced:
+            kept = {}
+            for k, v in d.items():
+                if _skipped(str(k), patterns) and (_tensor_like(v) or not isinstance(v, dict)):
+                    removed[str(k)] = "a tensor" if isinstance(v, TensorRef) else _describe(v)
+                else:
+                    kept[k] = v
+            replaced[id(d)] = kept
+        return replaced[id(d)]
+
+    obj = raw.obj
+    if not isinstance(obj, dict):
+        return raw, {}
+    inner_dicts = {id(d) for d in _weights_dicts(obj)}
+    new_obj = {}
+    for k, v in without(obj).items():
+        if isinstance(v, dict) and id(v) in inner_dicts:
+            v = {ik: (without(iv) if isinstance(iv, dict) and id(iv) in inner_dicts else iv)
+                 for ik, iv in without(v).items()}  # fmt: skip
+        new_obj[k] = v
+    return dataclasses.replace(raw, obj=new_obj), removed
+
+
+def _refuse_left(left: dict[str, str], where: Any, dst: Path) -> None:
+    if not left:
+        return
+    shown = "; ".join(f"{k!r} ({d})" for k, d in list(left.items())[:5])
+    more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+    first = next(iter(left))
+    raise CheckpointError(
+        f"{where}: convert cannot write {len(left)} entr{'y' if len(left) == 1 else 'ies'} of the weights "
+        f"to {dst.name}: {shown}{more}; nothing was written. Leave them out explicitly with "
+        f"skip=[{first!r}] (--skip {first!r}), or keep a torch file that holds them"
+    )
+
+
+def _tensor_like_left(raw: Any, patterns: list[str]) -> dict[str, str]:
+    """Sparse/quantized entries (the reader's refused tensors) in the weight dictionaries, not skipped."""
+    left: dict[str, str] = {}
+    for d in _weights_dicts(raw.obj):
+        for k, v in d.items():
+            if isinstance(getattr(v, "kind", None), str) and not _skipped(str(k), patterns):
+                left.setdefault(str(k), _describe(v))
+    return left
+
+
+def _read_weights(
+    src: Path, trust_pickle: bool, patterns: list[str], ignore_checksums: bool, allow_expand: bool, dst: Path
+) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """(checkpoint, state dict, entries left out by ``skip``), every refusal checked before any write.
+
+    Order: the file's structure and the reader's safety rules (``select_tensors``), entries that
+    cannot be written, checksums and CRCs, the expansion budget from shapes alone; only then are
+    tensors materialised.
+    """
+    from torchsmith.checkpoint._refs import FileMaps, materialize
+    from torchsmith.checkpoint.formats import open_raw
+    from torchsmith.checkpoint.read import Checkpoint, select_tensors
+
+    raw = open_raw(src)
+    if raw.format == "dcp":  # tensors are loaded by torch's own dcp reader: nothing can be skipped
+        ckpt = read_checkpoint(src, trust_pickle=trust_pickle)
+        check_expansion(ckpt.state_dict, input_bytes([raw.path]), what="convert", where=raw.path,
+                        allow_expand=allow_expand)  # fmt: skip
+        return ckpt, ckpt.state_dict, {}
+    _refuse_left(_tensor_like_left(raw, patterns), raw.path, dst)
+    filtered, skipped = _without_skipped(raw, patterns)
+    try:
+        refs, container, others, notes = select_tensors(filtered)
+    except CheckpointError as e:
+        if trust_pickle and type(e).__name__ != "DangerousPickle":  # trust never covers a named danger
+            ckpt = read_checkpoint(src, trust_pickle=True)  # the user's explicit trust: torch.load
+            return ckpt, ckpt.state_dict, {}
+        raise
+    left = {
+        k: d for k, d in _entries_left_out(filtered, refs, container).items() if not _skipped(k, patterns)
+    }
+    _refuse_left(left, raw.path, dst)
+    if not ignore_checksums:
+        from torchsmith.checkpoint.verify import check_integrity
+
+        try:
+            check_integrity(raw, refs)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{e}; convert refused to copy it (verify reports the same): pass ignore_checksums=True "
+                "(--force) to convert it anyway"
+            ) from None
+    source_bytes = input_bytes(raw.files or [raw.path])
+    check_expansion(refs, source_bytes, what="convert", where=raw.path, allow_expand=allow_expand)
+    problems = [(k, r.check_bounds()) for k, r in refs.items()]
+    problems = [(k, b) for k, b in problems if b]
+    if problems:
+        raise CheckpointError(f"{raw.path}: damaged: tensor {problems[0][0]!r} {problems[0][1]}")
+    maps = FileMaps(use_mmap=True)
+    state_dict = {k: materialize(r, maps) for k, r in refs.items()}
+    ckpt = Checkpoint(raw.path, raw.format, state_dict, container, others, raw.metadata, raw.notes + notes)
+    return ckpt, state_dict, skipped
 
 
 def convert_checkpoint(
@@ -251,33 +365,23 @@ def convert_checkpoint(
         raise InputError(
             f"convert: destination {dst} is a directory; give a file name such as model.safetensors"
         )
-    left, raw, refs = _left_out(Path(src), trust_pickle)
-    if not ignore_checksums and refs is not None:
-        from torchsmith.checkpoint.verify import check_integrity
-
-        try:
-            check_integrity(raw, refs)
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"{e}; convert refused to copy it (verify reports the same): pass ignore_checksums=True "
-                "(--force) to convert it anyway"
-            ) from None
-    source_bytes = input_bytes(raw.files or [raw.path])
-    if refs is not None:  # before anything is materialised: the budget needs only shapes
-        check_expansion(refs, source_bytes, what="convert", where=raw.path, allow_expand=allow_expand)
-    ckpt = read_checkpoint(src, trust_pickle=trust_pickle)
-    left.update(_unwritable(ckpt.state_dict))
-    skipped = _apply_skip(left, skip, raw.path, dst)
-    kept = {k: v for k, v in ckpt.state_dict.items() if k not in skipped}
+    patterns = _skip_patterns(skip)
+    ckpt, state_dict, skipped = _read_weights(
+        Path(src), trust_pickle, patterns, ignore_checksums, allow_expand, dst
+    )
+    unwritable = _unwritable(state_dict)  # what a trusted torch.load returned beyond dense tensors
+    _refuse_left({k: d for k, d in unwritable.items() if not _skipped(k, patterns)}, ckpt.path, dst)
+    skipped.update({k: unwritable[k] for k in unwritable})
+    kept = {k: v for k, v in state_dict.items() if k not in skipped}
     if not kept:
-        raise CheckpointError(f"{raw.path}: nothing to convert: every entry of the weights was skipped")
+        raise CheckpointError(
+            f"{ckpt.path}: nothing to convert: no tensor is left once skipped entries are out"
+        )
     state_dict = edit_keys(kept, rename=rename, strip_wrappers=strip_wrappers)
-    check_expansion(state_dict, source_bytes, what="convert", where=raw.path, allow_expand=allow_expand)
     if notes is not None:
         if skipped:
-            notes.append(
-                f"left out (skip): {', '.join(skipped[:10])}" + (" ..." if len(skipped) > 10 else "")
-            )
+            names = sorted(skipped)
+            notes.append(f"left out (skip): {', '.join(names[:10])}" + (" ..." if len(names) > 10 else ""))
         if ckpt.container_key is not None and ckpt.other_keys:
             others = ", ".join(list(ckpt.other_keys)[:10])
             notes.append(
