@@ -34,12 +34,13 @@ def test_unknown_class_is_reported_unknown(tmp_path):
     ["cProfile.run", "timeit.timeit", "pydoc.pipepager", "torch.fx.graph_module._exec_with_source"],
 )
 def test_gadgets_are_dangerous_and_refused(tmp_path, qualname):
+    danger = {"name": qualname, "class": "dangerous", "danger": "code execution"}
     f = tmp_path / "g.pkl"
     f.write_bytes(named_call_pickle(qualname, "print(1)"))
     with pytest.raises(CheckpointError, match="treat the whole file as hostile") as e:
         inspect_checkpoint(f)
     assert e.value.safety["verdict"] == "dangerous"
-    assert {"name": qualname, "class": "dangerous"} in e.value.safety["calls"]
+    assert danger in e.value.safety["calls"]
 
 
 def test_os_system_message_does_not_bless_torch_load(tmp_path):
@@ -66,4 +67,4 @@ def test_cli_explains_a_refused_file_in_text_and_json(tmp_path, capsys):
     assert main(["inspect", str(f), "--json"]) == 2
     obj = json.loads(capsys.readouterr().out)
     assert obj["exit_code"] == 2 and obj["details"]["safety"]["verdict"] == "dangerous"
-    assert {"name": "posix.system", "class": "dangerous"} in obj["details"]["safety"]["calls"]
+    assert {"name": "posix.system", "class": "dangerous", "danger": "process"} in obj["details"]["safety"]["calls"]

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["numpy_global"]
+from torchsmith.checkpoint._values import StandInCall
+
+__all__ = ["CONSTRUCTORS", "numpy_global"]
 
 # numpy moved numpy.core to numpy._core in 2.0; pickles name either.
 _MODULES = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
@@ -75,12 +77,18 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> Any:
 
 
 def _refused(qualname: str, args: tuple) -> Any:
-    from torchsmith.checkpoint.pickle_reader import StandInCall
-
     return StandInCall(qualname, args)
 
 
 _CONSTRUCTORS = {"_reconstruct": _reconstruct, "scalar": _scalar, "_frombuffer": _frombuffer}
+
+# Every numpy global the reader honours, by the qualified name a pickle uses (the globals table
+# in ``_globals`` takes them from here).
+CONSTRUCTORS: dict[str, Any] = {
+    "numpy.dtype": _dtype,
+    "numpy.ndarray": _NDARRAY,
+    **{f"{m}.{n}": fn for m in _MODULES for n, fn in _CONSTRUCTORS.items()},
+}
 
 
 def numpy_global(module: str, name: str) -> Any | None:

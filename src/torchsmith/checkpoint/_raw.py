@@ -29,6 +29,7 @@ class RawCheckpoint:
     stand_ins: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
     globals_named: set[str] = field(default_factory=set)  # every global a pickle names (safety verdict)
+    budget: Any = None  # the read's ReadBudget (pickle readers); materialising charges the same one
 
 
 # format name -> reader(path) -> RawCheckpoint

@@ -8,9 +8,11 @@ objects without importing torch; ``inspect`` and ``verify`` work on them directl
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import mmap
 import os
+import stat
 from dataclasses import dataclass, field
 
 # dtype name (as torch spells it after "torch.") -> bytes per element
@@ -48,9 +50,47 @@ DTYPE_TO_ST = {v: k for k, v in ST_TO_DTYPE.items()}
 FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16"}
 
 
-@dataclass(eq=False)
+def open_regular(path: str | os.PathLike) -> int:
+    """Open ``path`` for reading and return the descriptor, only when it is a regular file.
+
+    Opened non-blocking first (a FIFO would otherwise block the ``open`` itself), then checked with
+    ``fstat`` on the descriptor (no race with a rename between a check and the open): a FIFO, a
+    device, a socket or a directory is refused with a :class:`~torchsmith.errors.CheckpointError`.
+    """
+    from torchsmith.errors import CheckpointError
+
+    try:
+        fd = os.open(
+            path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+        )
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.EISDIR):
+            raise CheckpointError(f"{path}: not a regular file; a checkpoint is a regular file") from None
+        raise CheckpointError(f"{path}: cannot open: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CheckpointError(
+            f"{path}: not a regular file (a FIFO, device, socket or directory); checkpoints are regular files"
+        )
+    os.set_blocking(fd, True)
+    return fd
+
+
+def file_identity(fd: int) -> tuple[int, int]:
+    """``(device, inode)`` of an open file: the archive a storage record was read from."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+@dataclass(frozen=True, eq=False, slots=True)
 class StorageRef:
-    """Bytes in ``file`` from ``offset``; ``location`` is where they were saved (``cuda:0``)."""
+    """Bytes in ``file`` from ``offset``; ``location`` is where they were saved (``cuda:0``).
+
+    Frozen: only the reader that opened ``file`` makes one, from the archive's own member table,
+    and no pickle opcode can change it. ``ident`` is the ``(device, inode)`` of the archive as it
+    was opened; :class:`FileMaps` maps only that same regular file.
+    """
 
     file: str
     offset: int
@@ -58,11 +98,16 @@ class StorageRef:
     dtype: str
     location: str = "cpu"
     key: str = ""
+    ident: tuple[int, int] | None = None
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class TensorRef:
-    """A tensor inside a checkpoint file: ``storage`` plus element ``offset``, ``shape`` and ``stride``."""
+    """A tensor inside a checkpoint file: ``storage`` plus element ``offset``, ``shape`` and ``stride``.
+
+    Frozen (a new record is made with :func:`dataclasses.replace`), so nothing read later can point
+    it at other bytes.
+    """
 
     storage: StorageRef | None
     dtype: str
@@ -142,10 +187,17 @@ class FileMaps:
         self._maps: dict[str, object] = {}
         self._storages: dict[int, object] = {}
 
-    def buffer(self, file: str):
+    def buffer(self, file: str, ident: tuple[int, int] | None = None):
+        """The bytes of regular file ``file`` (mapped or read); when ``ident`` is given, the file
+        must still be that ``(device, inode)``: a path swapped since the archive was read is refused."""
         buf = self._maps.get(file)
         if buf is None:
-            with open(file, "rb") as f:
+            fd = open_regular(file)
+            with open(fd, "rb") as f:
+                if ident is not None and file_identity(fd) != tuple(ident):
+                    from torchsmith.errors import CheckpointError
+
+                    raise CheckpointError(f"{file}: the file was replaced while it was being read")
                 if self.use_mmap and os.fstat(f.fileno()).st_size > 0:
                     buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
                     if self.populate:
@@ -174,7 +226,13 @@ class FileMaps:
         if count == 0:
             flat = torch.empty(0, dtype=dtype)
         else:
-            buf = self.buffer(ref.file)
+            buf = self.buffer(ref.file, ref.ident)
+            if ref.offset < 0 or ref.offset + count * itemsize > len(buf):
+                from torchsmith.errors import CheckpointError
+
+                raise CheckpointError(
+                    f"{ref.file}: storage {ref.key!r} lies outside the file: the file is damaged"
+                )
             flat = torch.frombuffer(buf, dtype=torch.uint8, count=count * itemsize, offset=ref.offset)
             if flat.data_ptr() % ALIGNMENT:
                 # Data not 64-byte aligned (other writers' safetensors, legacy torch files): copied into

@@ -20,12 +20,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 
 from torchsmith.checkpoint._raw import READERS, RawCheckpoint
+from torchsmith.checkpoint._refs import open_regular
 from torchsmith.errors import CheckpointError
 
-__all__ = ["FORMATS", "RawCheckpoint", "open_raw", "resolve_dir", "sniff"]
+__all__ = ["FORMATS", "RawCheckpoint", "SeveralModelFiles", "model_files", "open_raw", "resolve_dir", "sniff"]
 
 FORMATS = ("torch-zip", "torch-legacy", "pickle", "safetensors", "sharded", "dcp")
 
@@ -67,21 +69,65 @@ def _reader(fmt: str):
     return READERS[fmt]
 
 
+class SeveralModelFiles(CheckpointError):
+    """A folder holding several model files and no index (accelerate ``save_state``): ``files`` lists them."""
+
+    def __init__(self, message: str, files: list[Path]) -> None:
+        super().__init__(message)
+        self.files = files
+
+
+# Files a training folder holds beside its weights (accelerate save_state, HF Trainer): not models.
+_NOT_MODELS = ("optimizer", "scheduler", "sampler", "scaler", "random_states", "custom_checkpoint",
+               "rng_state", "training_args", "trainer_state")  # fmt: skip
+_NUMBERED_MODEL = re.compile(r"(model|pytorch_model)_\d+\.(safetensors|bin)")
+
+
+def model_files(path: Path) -> list[Path]:
+    """The weight files directly in folder ``path`` (optimizer, scheduler, RNG files left out), sorted."""
+    found = {
+        p
+        for ext in ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.ckpt")
+        for p in path.glob(ext)
+        if p.is_file() and not p.name.startswith(_NOT_MODELS)
+    }
+    return sorted(found)
+
+
+def _several(path: Path, files: list[Path]) -> SeveralModelFiles:
+    names = ", ".join(p.name for p in files[:8]) + (" ..." if len(files) > 8 else "")
+    return SeveralModelFiles(
+        f"{path}: a folder with {len(files)} model files ({names}) and no index: say which one to read "
+        f"(e.g. {path / files[0].name}); 'torchsmith inspect {path}' lists them all",
+        files,
+    )
+
+
 def resolve_dir(path: Path) -> tuple[Path, str]:
-    """For a directory: the file or folder to read and its format; CheckpointError if it is none."""
+    """For a directory: the file or folder to read and its format; CheckpointError if it is none.
+
+    A folder with several model files and no index (accelerate ``save_state`` writes
+    ``model.safetensors`` and ``model_1.safetensors``) raises :class:`SeveralModelFiles`: which
+    one is meant cannot be guessed.
+    """
     if (path / ".metadata").is_file():
         return path, "dcp"
-    for name in _DIR_FILES:
+    for name in _DIR_FILES[:2]:
         if (path / name).is_file():
-            return path / name, "sharded" if name.endswith(".index.json") else ""
+            return path / name, "sharded"
+    singles = model_files(path)
+    if any(_NUMBERED_MODEL.fullmatch(p.name) for p in singles):
+        raise _several(path, singles)
+    for name in _DIR_FILES[2:]:
+        if (path / name).is_file():
+            return path / name, ""
     indexes = sorted(path.glob("*.index.json"))
     if len(indexes) == 1:
         return indexes[0], "sharded"
-    singles = sorted(
-        p for ext in ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.ckpt") for p in path.glob(ext)
-    )
     if len(singles) == 1:
         return singles[0], ""
+    if len(singles) > 1:
+        raise _several(path, singles)
     found = ", ".join(sorted(p.name for p in path.iterdir())[:6]) or "nothing"
     raise CheckpointError(
         f"{path}: directory is not a checkpoint: expected an *.index.json (sharded), a .metadata file "
@@ -101,10 +147,12 @@ def _sniff(path: Path) -> tuple[str, CheckpointError | None]:
         return (fmt, None) if fmt else _sniff(target)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: the file is empty (0 bytes); expected a checkpoint")
-    with open(path, "rb") as f:
+    # Only a regular file is opened (a FIFO or device would block or never end): checked on the
+    # open descriptor, so a path swapped after a check cannot slip through.
+    with open(open_regular(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise CheckpointError(f"{path}: the file is empty (0 bytes); expected a checkpoint")
         head = f.read(512)
     # Strongest evidence first: a safetensors header is checked whole (its length fits the file, it
     # is a JSON object, every tensor's offsets lie inside the file), so a header length such as
@@ -126,11 +174,13 @@ def _sniff(path: Path) -> tuple[str, CheckpointError | None]:
         raise st_error
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
+        if size > 64 << 20:
+            raise CheckpointError(f"{path}: a {size}-byte JSON file; an index.json is far smaller")
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(open_regular(path), encoding="utf-8") as f:
                 index = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: starts like JSON but is not valid JSON: {e}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise CheckpointError(f"{path}: starts like JSON but is not valid JSON: {e}"[:300]) from None
         if isinstance(index, dict) and isinstance(index.get("weight_map"), dict):
             return "sharded", None
         raise CheckpointError(f"{path}: a JSON file without a 'weight_map'; expected a sharded index.json")

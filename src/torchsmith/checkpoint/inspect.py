@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from torchsmith.checkpoint.formats import open_raw
+from torchsmith.checkpoint.formats import SeveralModelFiles, open_raw, sniff
 from torchsmith.checkpoint.keys import wrapper_prefix
-from torchsmith.checkpoint.read import safety_verdict, select_tensors
+from torchsmith.checkpoint.pickle_reader import DangerousPickle
+from torchsmith.checkpoint.read import NoTensors, safety_verdict, select_tensors
 from torchsmith.errors import CheckpointError
 
 __all__ = ["BUFFER_NAMES", "inspect_checkpoint"]
@@ -37,11 +39,21 @@ def inspect_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -
     with every global the pickles name classified ``known-safe`` (on the reader's allowlist),
     ``unknown`` (not run by torchsmith, but ``torch.load`` would run it) or ``dangerous``.
     """
-    raw = open_raw(path)
+    try:
+        raw = open_raw(path)
+    except DangerousPickle as e:
+        # Refused, and still explained: the verdict comes from the same table the reader obeyed.
+        e.safety = safety_verdict(e.globals_named)  # type: ignore[attr-defined]
+        e.details = {"path": str(path), "format": _format_or_none(path), "safety": e.safety}  # type: ignore[attr-defined]
+        raise
+    except SeveralModelFiles as e:
+        return _folder(Path(path), e.files, trust_pickle)
     try:
         refs, container, others, notes = select_tensors(raw)
+    except NoTensors as e:
+        return _tensorless(raw, e)
     except CheckpointError as e:
-        if not trust_pickle:
+        if isinstance(e, DangerousPickle) or not trust_pickle:
             # A refused file is still explained: the error names the dangerous calls, and its
             # details carry the full verdict (printed by the CLI, and under "details" by --json).
             e.safety = safety_verdict(raw)  # type: ignore[attr-defined]
@@ -89,6 +101,62 @@ def inspect_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -
         "classes": sorted(raw.stand_ins),
         "safety": safety_verdict(raw),
     }
+
+
+def _format_or_none(path: Any) -> str | None:
+    try:
+        return sniff(path)
+    except CheckpointError:
+        return None
+
+
+def _empty(raw: Any) -> dict[str, Any]:
+    return {
+        "path": str(raw.path), "format": raw.format, "files": [str(raw.path)], "container_key": None,
+        "other_keys": {}, "tensors": 0, "parameters": 0, "elements": 0, "bytes": 0, "dtypes": {},
+        "prefixes": {}, "keys": [], "entries": [], "metadata": dict(raw.metadata), "notes": list(raw.notes),
+        "classes": sorted(raw.stand_ins), "safety": safety_verdict(raw),
+    }  # fmt: skip
+
+
+def _tensorless(raw: Any, e: NoTensors) -> dict[str, Any]:
+    """A checkpoint without tensors (a scheduler state, a training state): described, not refused."""
+    info = _empty(raw)
+    info["other_keys"] = dict(e.keys)
+    info["notes"].append(f"no tensors: a checkpoint of {len(e.keys)} entries ({', '.join(list(e.keys)[:6])})")
+    return info
+
+
+def _folder(path: Path, files: list[Path], trust_pickle: bool) -> dict[str, Any]:
+    """A folder with several model files (accelerate save_state): every file described, all listed."""
+    parts = []
+    for f in files:
+        try:
+            parts.append(inspect_checkpoint(f, trust_pickle=trust_pickle))
+        except CheckpointError as e:
+            parts.append({"path": str(f), "error": str(e)})
+    ok = [p for p in parts if "error" not in p]
+    entries = [{**e, "name": f"{Path(p['path']).name}:{e['name']}"} for p in ok for e in p["entries"]]
+    dtypes: Counter = Counter()
+    for p in ok:
+        dtypes.update(p["dtypes"])
+    others = sorted({q.name for q in path.iterdir() if q.is_file()} - {f.name for f in files})
+    worst = [p["safety"]["verdict"] for p in ok]
+    verdict = "dangerous" if "dangerous" in worst else "unknown" if "unknown" in worst else "known-safe"
+    notes = [f"{len(files)} model files, each read on its own; pass one file to read its weights"]
+    notes += [f"{Path(p['path']).name}: {p['error']}" for p in parts if "error" in p]
+    if others:
+        notes.append(f"also in the folder: {', '.join(others[:10])}")
+    return {
+        "path": str(path), "format": "folder", "files": [str(f) for f in files], "container_key": None,
+        "other_keys": {}, "tensors": sum(p["tensors"] for p in ok),
+        "parameters": sum(p["parameters"] for p in ok), "elements": sum(p["elements"] for p in ok),
+        "bytes": sum(p["bytes"] for p in ok), "dtypes": dict(dtypes), "prefixes": {},
+        "keys": [e["name"] for e in entries], "entries": entries, "metadata": {}, "notes": notes,
+        "classes": sorted({c for p in ok for c in p["classes"]}),
+        "safety": {"verdict": verdict, "calls": [c for p in ok for c in p["safety"]["calls"]]},
+        "parts": parts,
+    }  # fmt: skip
 
 
 def _from_tensors(raw: Any, ckpt: Any) -> dict[str, Any]:

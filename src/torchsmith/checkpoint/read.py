@@ -14,21 +14,30 @@ path)``, seed trap 2) is recognised. Tensors are memory-mapped views of the file
 
 from __future__ import annotations
 
+import collections
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchsmith.checkpoint._refs import FileMaps, TensorRef, materialize
-from torchsmith.checkpoint.formats import RawCheckpoint, open_raw
-from torchsmith.checkpoint.pickle_reader import (
+from torchsmith.checkpoint._budget import ReadBudget
+from torchsmith.checkpoint._globals import GlobalVerdict, classify
+from torchsmith.checkpoint._refs import ALIGNMENT, FileMaps, TensorRef, materialize
+from torchsmith.checkpoint._values import (
     BoundMethodRef,
+    RefusedTensor,
     StandIn,
     StandInCall,
+    materialised_nbytes,
+)
+from torchsmith.checkpoint.formats import RawCheckpoint, open_raw
+from torchsmith.checkpoint.pickle_reader import (
+    DangerousPickle,
+    _dangerous_message,
     find_modules,
     module_state,
 )
-from torchsmith.errors import CheckpointError
+from torchsmith.errors import CheckpointError, InputError
 
 __all__ = ["CONTAINER_KEYS", "Checkpoint", "read_checkpoint", "read_state_dict", "select_tensors"]
 
@@ -37,24 +46,6 @@ CONTAINER_KEYS = (
     "state_dict", "model_state_dict", "model_state", "model", "module", "net", "network",
     "weights", "params", "ema", "model_ema", "state_dict_ema", "ema_state_dict", "teacher", "student",
 )  # fmt: skip
-
-# Globals whose call in a pickle means "run code": reported by name, never executed.
-_DANGEROUS_MODULES = ("os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy",
-                      "pty", "ctypes", "webbrowser", "code", "codeop", "pickle", "_pickle", "marshal",
-                      "types", "cProfile", "profile", "timeit", "pydoc", "pdb", "bdb", "trace",
-                      "multiprocessing", "asyncio", "threading", "_thread", "signal", "tempfile",
-                      "urllib", "http", "ftplib", "smtplib", "requests", "httpx", "dill", "cloudpickle",
-                      "joblib", "numpy.f2py", "numpy.testing", "distutils", "setuptools", "pip",
-                      "zipimport", "pkgutil", "operator", "glob", "fileinput", "linecache",
-                      "logging.config", "shelve",
-                      "dbm", "sqlite3", "venv", "ensurepip", "idlelib", "tkinter", "turtle",
-                      "torch.hub", "torch.fx", "torch.jit", "torch._dynamo", "torch._inductor",
-                      "torch.utils.cpp_extension", "torch.package", "torch.serialization.load",
-                      "torch.cuda._utils", "torch._C._jit", "torch.testing", "torch.distributed.rpc",
-                      "torch.multiprocessing", "torch.utils.data.datapipes")  # fmt: skip
-_DANGEROUS_BUILTINS = {"eval", "exec", "compile", "__import__", "open", "input", "breakpoint", "globals",
-                       "locals", "vars", "getattr", "setattr", "delattr", "__build_class__", "help",
-                       "memoryview", "exit", "quit", "copyright", "credits", "license"}  # fmt: skip
 
 
 @dataclass
@@ -76,34 +67,31 @@ class Checkpoint:
 
 
 def is_dangerous(qualname: str) -> bool:
-    """Whether calling global ``qualname`` from a pickle can run code, reach files or the network."""
-    module, _, name = qualname.rpartition(".")
-    if module in ("builtins", "__builtin__"):
-        return name in _DANGEROUS_BUILTINS
-    return any(module == m or module.startswith(m + ".") for m in _DANGEROUS_MODULES)
+    """Whether global ``qualname`` is dangerous by the one globals table (:mod:`._globals`)."""
+    return classify(qualname).verdict == "dangerous"
 
 
-def safety_verdict(raw: RawCheckpoint) -> dict[str, Any]:
+def safety_verdict(raw: RawCheckpoint | set[str], fmt: str = "") -> dict[str, Any]:
     """Every global the file's pickles name, each ``known-safe``, ``unknown`` or ``dangerous``.
 
-    ``verdict`` is ``dangerous`` when any is, ``unknown`` when any name is not on the reader's
-    allowlist (torchsmith did not run it, but ``torch.load(weights_only=False)`` would), else
-    ``known-safe``; files without pickles (safetensors) are ``known-safe`` with no calls.
+    The classes come from the same table the reader obeys (:func:`._globals.classify`):
+    ``known-safe`` is built by the reader, ``unknown`` is read as an inert stand-in (torchsmith did
+    not run it, but ``torch.load(weights_only=False)`` would), ``dangerous`` (with its ``danger``
+    class: code execution, nested load, file, network, process) makes the reader refuse the file.
+    ``verdict`` is the worst class; files without pickles (safetensors) are ``known-safe``.
     """
-    from torchsmith.checkpoint.pickle_reader import is_known_safe
-
-    names = set(raw.globals_named) | set(raw.stand_ins) | set(raw.calls)
-    allowed_dcp = _dcp_allowed() if raw.format == "dcp" else frozenset()
+    if isinstance(raw, RawCheckpoint):
+        names = set(raw.globals_named) | set(raw.stand_ins) | set(raw.calls)
+        fmt = raw.format
+    else:
+        names = set(raw)
+    allowed_dcp = _dcp_allowed() if fmt == "dcp" else frozenset()
     calls = []
     for q in sorted(names):
-        kind = (
-            "dangerous"
-            if is_dangerous(q)
-            else "known-safe"
-            if is_known_safe(q) or q in allowed_dcp
-            else "unknown"
-        )
-        calls.append({"name": q, "class": kind})
+        v = classify(q)
+        if v.verdict == "unknown" and q in allowed_dcp:
+            v = GlobalVerdict(q, "known-safe")
+        calls.append(v.as_dict())
     kinds = {c["class"] for c in calls}
     verdict = "dangerous" if "dangerous" in kinds else "unknown" if "unknown" in kinds else "known-safe"
     return {"verdict": verdict, "calls": calls}
@@ -115,14 +103,29 @@ def _dcp_allowed() -> frozenset:
     return DCP_METADATA_CLASSES
 
 
-def _dangerous(calls: list[str]) -> list[str]:
-    return sorted({q for q in calls if is_dangerous(q)})
+def _dangerous(names: Any) -> dict[str, str]:
+    out = {}
+    for q in names:
+        v = classify(q)
+        if v.verdict == "dangerous":
+            out[q] = v.danger or "code execution"
+    return out
+
+
+class NoTensors(CheckpointError):
+    """A checkpoint that holds no tensors at all (a scheduler or optimizer-free state): ``keys`` lists it."""
+
+    def __init__(self, message: str, keys: dict[str, str]) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 def describe_value(v: Any) -> str:
     """A short description of a non-tensor checkpoint entry, for ``other_keys`` and ``inspect``."""
     if isinstance(v, TensorRef):
         return f"tensor {v.dtype}{list(v.shape)}"
+    if isinstance(v, RefusedTensor):
+        return f"{v.kind} tensor{list(v.shape) if v.shape else ''} (not read)"
     if isinstance(v, bool | int | float):
         return f"{type(v).__name__} {v}"
     if isinstance(v, str):
@@ -148,7 +151,7 @@ def _tensor_dict(d: dict) -> dict[str, TensorRef] | None:
     """``d`` as a state dict when it is one (string keys, tensor values), else None."""
     if not d:
         return None
-    tensors = {str(k): v for k, v in d.items() if isinstance(v, TensorRef)}
+    tensors = {str(k): v for k, v in d.items() if isinstance(v, TensorRef | RefusedTensor)}
     if not tensors or len(tensors) * 2 < len(d):
         return None
     return tensors
@@ -169,24 +172,37 @@ def _flatten(
     for k, v in d.items():
         if len(seen) + len(out) > _MAX_FLAT_ENTRIES:
             raise CheckpointError(f"more than {_MAX_FLAT_ENTRIES} nested entries; not a checkpoint")
-        if isinstance(v, TensorRef):
+        if isinstance(v, TensorRef | RefusedTensor):
             out[f"{prefix}{k}"] = v
         elif isinstance(v, dict) and depth < 4:
             _flatten(v, f"{prefix}{k}.", out, depth + 1, seen)
 
 
 def select_tensors(raw: RawCheckpoint) -> tuple[dict[str, TensorRef], str | None, dict[str, str], list[str]]:
-    """Find the weights in ``raw``: ``(tensors, container_key, other_keys, notes)``. Needs no torch."""
+    """Find the weights in ``raw``: ``(tensors, container_key, other_keys, notes)``. Needs no torch.
+
+    A file naming a dangerous global is refused (:class:`DangerousPickle`); a sparse, quantized or
+    other tensor the reader does not read densely is refused naming its key and kind, never left out.
+    """
+    bad = _dangerous([*raw.globals_named, *raw.calls, *raw.stand_ins])  # named at all, not only called
+    if bad:
+        raise DangerousPickle(_dangerous_message(str(raw.path), bad), set(raw.globals_named), bad)
+    tensors, container, others, notes = _select(raw)
+    refused = [(k, v) for k, v in tensors.items() if isinstance(v, RefusedTensor)]
+    if refused:
+        k, v = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise CheckpointError(
+            f"{raw.path}: tensor {k!r} is a {v.kind} tensor{more}: torchsmith reads dense tensors only and "
+            "does not leave entries out; convert it first (tensor.to_dense() / tensor.dequantize()) or "
+            "read the file with torch.load(weights_only=True)"
+        )
+    return tensors, container, others, notes
+
+
+def _select(raw: RawCheckpoint) -> tuple[dict[str, Any], str | None, dict[str, str], list[str]]:
     path, obj = raw.path, raw.obj
     notes: list[str] = []
-    bad = _dangerous([*raw.calls, *raw.stand_ins])  # named at all, not only called
-    if bad:
-        raise CheckpointError(
-            f"{path}: refused: unpickling this file would call {', '.join(bad[:5])} (it can run "
-            "arbitrary code); nothing was executed. A training script never writes such a call: treat "
-            "the whole file as hostile (no torch.load, pickle or other unpickling tool), whatever else "
-            "it holds; 'torchsmith inspect' lists every call it names"
-        )
     if isinstance(obj, BoundMethodRef):
         owner = obj.obj
         if obj.name == "state_dict" and module_state(owner) is not None:
@@ -204,7 +220,7 @@ def select_tensors(raw: RawCheckpoint) -> tuple[dict[str, TensorRef], str | None
         tensors, classes = find_modules(obj)
         notes.append(_rescue_note(obj, classes))
         return tensors, None, {}, notes
-    if isinstance(obj, TensorRef):
+    if isinstance(obj, TensorRef | RefusedTensor):
         raise CheckpointError(f"{path}: holds a single tensor {describe_value(obj)}, not a state dict")
     if not isinstance(obj, dict):
         raise CheckpointError(
@@ -244,9 +260,11 @@ def select_tensors(raw: RawCheckpoint) -> tuple[dict[str, TensorRef], str | None
         notes.append("no standard container key found; took every tensor in nested dictionaries")
         return flat, None, {}, notes
     keys = ", ".join(repr(str(k)) for k in list(obj)[:8])
-    raise CheckpointError(
-        f"{path}: no tensors found: a dictionary with keys {keys}; expected a state dict or a container "
-        f"key such as {', '.join(CONTAINER_KEYS[:5])}"
+    raise NoTensors(
+        f"{path}: no tensors found: a dictionary with keys {keys} (a tensor-less checkpoint, e.g. a "
+        "scheduler or training state); expected a state dict or a container key such as "
+        f"{', '.join(CONTAINER_KEYS[:5])}",
+        {str(k): describe_value(v) for k, v in obj.items()},
     )
 
 
@@ -273,26 +291,42 @@ def read_checkpoint(
     trust_pickle: bool = False,
     map_location: Any = "cpu",
     mmap: bool = True,
+    device: Any = None,
 ) -> Checkpoint:
     """Read the weights in ``path`` (any format), plus what else the file held.
 
     Safe by default: pickles are read with a restricted reader that imports nothing and runs
     nothing; whole-model pickles are rescued as tensors. ``trust_pickle=True`` falls back to
     ``torch.load(weights_only=False)`` only when the restricted reader cannot find the weights.
-    Tensors saved on a GPU are read onto ``map_location`` (the CPU by default). With ``mmap`` the
-    tensors are copy-on-write views of the file, so reading costs no memory until they are used.
+    ``map_location`` takes every form ``torch.load`` does: a device string or ``torch.device``, a
+    dict mapping saved locations to new ones (``{"cuda:1": "cuda:0"}``), or a callable
+    ``(storage, location) -> storage or None``; ``device=`` is the safetensors/timm spelling of a
+    single device. Tensors saved on a GPU are read onto the CPU unless mapped elsewhere. With
+    ``mmap`` the tensors are copy-on-write views of the file, so reading costs no memory until they
+    are used. When the file's state dict carries module versions (``_metadata``, as
+    ``Module.state_dict()`` writes it), the returned state dict has the same ``_metadata``.
 
     >>> sd = read_checkpoint("resnet.pth").state_dict               # doctest: +SKIP
     """
+    if device is not None:
+        if map_location not in ("cpu", None) and map_location != device:
+            raise InputError(
+                f"read_checkpoint: both map_location={map_location!r} and device={device!r}; give one"
+            )
+        map_location = f"cuda:{device}" if type(device) is int else device
+    _check_map_location(map_location)
     raw = open_raw(path)
     if raw.format == "dcp":
         from torchsmith.checkpoint.dcp import load_dcp_tensors
 
         tensors = load_dcp_tensors(raw, trust_pickle=trust_pickle)
+        tensors = {k: _to_device(v, _target(map_location, "cpu", v)) for k, v in tensors.items()}
         return Checkpoint(raw.path, raw.format, tensors, None, {}, raw.metadata, list(raw.notes))
     try:
         refs, container, others, notes = select_tensors(raw)
-    except CheckpointError:
+    except CheckpointError as e:
+        if isinstance(e, DangerousPickle):
+            raise
         if trust_pickle and raw.format in ("torch-zip", "torch-legacy", "pickle"):
             return _read_trusted(raw, map_location)
         raise
@@ -300,11 +334,105 @@ def read_checkpoint(
     bounds = [(k, b) for k, b in bounds if b]
     if bounds:
         raise CheckpointError(f"{raw.path}: damaged: tensor {bounds[0][0]!r} {bounds[0][1]}")
+    budget = raw.budget if isinstance(raw.budget, ReadBudget) else ReadBudget(where=str(raw.path))
     maps = FileMaps(use_mmap=mmap)
-    state_dict = {k: materialize(r, maps) for k, r in refs.items()}
-    if map_location not in (None, "cpu"):
-        state_dict = {k: v.to(map_location) for k, v in state_dict.items()}
+    if not mmap:
+        budget.charge_bytes(_file_size(raw.path), "reading the file into memory (mmap=False)")
+    copied: set[int] = set()
+    state_dict: dict[str, Any] = {}
+    for k, r in refs.items():
+        st = r.storage
+        if st is not None and st.offset % ALIGNMENT and id(st) not in copied:
+            copied.add(id(st))  # unaligned data is copied once per storage (see FileMaps.storage_tensor)
+            budget.charge_bytes(st.nbytes, f"aligning tensor {k!r}")
+        t = materialize(r, maps)
+        target = _target(map_location, st.location if st is not None else "cpu", t)
+        if target is not None and str(target) != "cpu":
+            budget.charge_bytes(materialised_nbytes(r), f"moving tensor {k!r} to {target}")
+            t = _to_device(t, target)
+        state_dict[k] = t
+    versions = _module_versions(raw.obj, container)
+    if versions is not None:
+        state_dict = collections.OrderedDict(state_dict)
+        state_dict._metadata = versions  # type: ignore[attr-defined]
     return Checkpoint(raw.path, raw.format, state_dict, container, others, raw.metadata, raw.notes + notes)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _check_map_location(m: Any) -> None:
+    if m is None or isinstance(m, str | dict) or callable(m):
+        if isinstance(m, dict) and not all(
+            (isinstance(k, str) and isinstance(v, str)) or _is_device(v) for k, v in m.items()
+        ):
+            raise InputError(
+                f"map_location: a dict must map saved location strings to devices, got {m!r:.80}"
+            )
+        return
+    if _is_device(m):
+        return
+    raise InputError(
+        f"map_location: expected a device string, a torch.device, a dict of locations or a callable "
+        f"(as torch.load takes), got a {type(m).__name__}"
+    )
+
+
+def _is_device(v: Any) -> bool:
+    return type(v).__name__ == "device" and type(v).__module__ == "torch"
+
+
+def _target(map_location: Any, location: str, tensor: Any) -> Any:
+    """The device a tensor saved on ``location`` goes to, as torch.load's ``map_location`` says."""
+    if map_location is None:
+        return "cpu"
+    if isinstance(map_location, str) or _is_device(map_location):
+        return map_location
+    if isinstance(map_location, dict):
+        return map_location.get(location, "cpu" if location.startswith("cuda") else location) or "cpu"
+    import torch
+
+    # torch calls it with the storage on the CPU and the saved location; None means "the default".
+    try:
+        out = map_location(tensor.untyped_storage(), location)
+    except Exception as e:
+        raise InputError(
+            f"map_location callable failed for location {location!r}: {type(e).__name__}: {e}"
+        ) from None
+    if out is None:
+        return "cpu"
+    if isinstance(out, torch.UntypedStorage | torch.TypedStorage):
+        return out.device
+    raise InputError(f"map_location callable returned a {type(out).__name__}, not a storage or None")
+
+
+def _to_device(t: Any, target: Any) -> Any:
+    if target is None or str(target) == "cpu":
+        return t
+    try:
+        return t.to(target)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise CheckpointError(f"cannot move a tensor to {target}: {e}"[:300]) from None
+
+
+def _module_versions(obj: Any, container: str | None) -> Any:
+    """The ``_metadata`` (module versions) of the dict the weights came from, checked, or None."""
+    src = obj
+    for part in container.split(".") if container else []:
+        src = src.get(part) if isinstance(src, dict) else None
+    meta = getattr(src, "_metadata", None) if isinstance(src, collections.OrderedDict) else None
+    if not isinstance(meta, dict) or len(meta) > 1_000_000:
+        return None
+    out = collections.OrderedDict()
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, dict):
+            return None
+        out[k] = {str(a): b for a, b in v.items() if isinstance(b, int | str | float | bool | type(None))}
+    return out
 
 
 def _read_trusted(raw: RawCheckpoint, map_location: Any) -> Checkpoint:
@@ -334,10 +462,16 @@ def read_state_dict(
     trust_pickle: bool = False,
     map_location: Any = "cpu",
     mmap: bool = True,
+    device: Any = None,
 ) -> dict[str, Any]:
     """The state dict in ``path`` (any format, container unwrapped): see :func:`read_checkpoint`.
+
+    ``device`` (a string, an int GPU index or a ``torch.device``) is accepted as safetensors and
+    timm spell it; it is the same as ``map_location``.
 
     >>> import torchsmith
     >>> sd = torchsmith.read_state_dict("model.pth")               # doctest: +SKIP
     """
-    return read_checkpoint(path, trust_pickle=trust_pickle, map_location=map_location, mmap=mmap).state_dict
+    return read_checkpoint(
+        path, trust_pickle=trust_pickle, map_location=map_location, mmap=mmap, device=device
+    ).state_dict

@@ -26,11 +26,15 @@ def run(args: argparse.Namespace) -> int:
         if safety and not args.json:
             # Refused, but still explained: every global the pickles name, and what each would do.
             print(f"{args.checkpoint}: refused; safety {safety['verdict']}")
-            print(format_table(["global", "class"], [(c["name"], c["class"]) for c in safety["calls"]]))
+            rows = [(c["name"], c["class"], c.get("danger", "")) for c in safety["calls"]]
+            print(format_table(["global", "class", "danger"], rows))
         raise
     if args.json:
         print_json(info)
         return 0
+    for part in info.get("parts", []):
+        if "error" in part:
+            print(f"{part['path']}: refused: {part['error']}")
     lines = [
         f"{info['path']}: {info['format']}"
         + (f" ({len(info['files'])} files)" if len(info["files"]) > 1 else ""),
