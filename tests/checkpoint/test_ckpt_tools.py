@@ -373,15 +373,18 @@ def _unwritable_entries() -> dict[str, object]:
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch deprecates making quantized tensors; files still hold them
-        q = torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.qint8)
-    return {
-        "sparse": torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, 2.0]), (2, 2)),
-        "csr": torch.eye(3).to_sparse_csr(),
-        "quantized": q,
-        "epoch": 3,
-        "name": "resnet",
-    }
+        warnings.simplefilter(
+            "ignore"
+        )  # quantized creation is deprecated, CSR is beta; files still hold them
+        return {
+            "sparse": torch.sparse_coo_tensor(
+                torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, 2.0]), (2, 2)
+            ),
+            "csr": torch.eye(3).to_sparse_csr(),
+            "quantized": torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.qint8),
+            "epoch": 3,
+            "name": "resnet",
+        }
 
 
 @pytest.mark.parametrize("entry", ["sparse", "csr", "quantized", "epoch", "name"])
@@ -592,3 +595,43 @@ def test_load_model_on_a_missing_device_is_input_error(saved_mlp):
 def test_load_model_device_cuda(saved_mlp):
     loaded = torchsmith.load_model(saved_mlp[0], device="cuda")
     assert {p.device.type for p in loaded.parameters()} == {"cuda"}
+
+
+# --- real files from transformers' save_pretrained --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=32))
+    d = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(d / "single")
+    model.save_pretrained(d / "sharded", max_shard_size="20KB")
+    return d
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+@pytest.mark.parametrize("ext", ["safetensors", "bin"])
+def test_transformers_files_through_verify_convert_diff(hf_gpt2, tmp_path, capsys, layout, ext):
+    src = hf_gpt2 / layout
+    code, out, err = run_cli(capsys, "verify", src, "--json")
+    assert code == 0 and json.loads(out)["format"] == ("safetensors" if layout == "single" else "sharded"), (
+        err
+    )
+    out_dir = tmp_path / "out"
+    dst = out_dir / f"model.{ext}"
+    out_dir.mkdir()
+    (out_dir / f"model.{ext}").write_bytes(b"stale bytes of an older file")
+    code, _, err = run_cli(capsys, "convert", src, dst, "--max-shard-size", "10MB")  # fits: one file
+    assert code == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == [dst.name]
+    code, out, _ = run_cli(capsys, "diff", src, out_dir, "--json")
+    assert code == 0 and json.loads(out)["identical"]
+    code, _, err = run_cli(capsys, "convert", src, dst, "--max-shard-size", "20KB")  # shards replace it
+    assert code == 0 and not dst.exists(), err
+    code, out, _ = run_cli(capsys, "diff", src, out_dir, "--json")
+    assert code == 0 and json.loads(out)["b"]["format"] == "sharded"
+    code, out, _ = run_cli(capsys, "verify", out_dir, "--json")
+    assert code == 0 and "sha256" in json.loads(out)["checks"]
