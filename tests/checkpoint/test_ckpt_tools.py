@@ -258,9 +258,13 @@ SHA_VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", list(SHA_VARIANTS))
-@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+@pytest.mark.parametrize("ext", ["safetensors", "pt", "sharded"])
 def test_verify_checksum_table_of_the_wrong_type_is_damaged(tmp_path, capsys, variant, ext):
-    path = save(torchsmith.create_model("mlp"), tmp_path / f"m.{ext}")
+    if ext == "sharded":  # the table of one shard of several
+        index = save(torchsmith.create_model("mlp"), tmp_path / "m.safetensors", max_shard_size="100KB")
+        path, ext = sorted(tmp_path.glob("m-*-of-*.safetensors"))[-1], "safetensors"
+    else:
+        index = path = save(torchsmith.create_model("mlp"), tmp_path / f"m.{ext}")
 
     def change(meta):
         names = list(json.loads(meta["torchsmith.sha256"]))
@@ -271,13 +275,33 @@ def test_verify_checksum_table_of_the_wrong_type_is_damaged(tmp_path, capsys, va
         meta["torchsmith.sha256"] = value
 
     (_rewrite_safetensors_metadata if ext == "safetensors" else _rewrite_zip_metadata)(path, change)
-    code, _, err = run_cli(capsys, "verify", path)
+    code, _, err = run_cli(capsys, "verify", index)
     assert code == 2 and "damaged" in err and "internal error" not in err, err
     assert err.count("\n") == 1
-    code, _, err = run_cli(capsys, "convert", path, tmp_path / "out.safetensors")
+    with pytest.raises(CheckpointError, match="damaged"):
+        torchsmith.load_model(index)
+    code, _, err = run_cli(capsys, "convert", index, tmp_path / "out.safetensors")
     assert code == 2 and "--force" in err, err
-    code, _, err = run_cli(capsys, "convert", path, tmp_path / "out.safetensors", "--force")
+    code, _, err = run_cli(capsys, "convert", index, tmp_path / "out.safetensors", "--force")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("where", ["safetensors header", "index", "index metadata", "index weight_map"])
+def test_json_nested_beyond_the_stack_is_a_clean_refusal(tmp_path, capsys, where):
+    deep = "[" * 100_000 + "]" * 100_000
+    if where == "safetensors header":
+        path = tmp_path / "m.safetensors"
+        text = ('{"a":' + deep + "}").encode()
+        path.write_bytes(struct.pack("<Q", len(text)) + text)
+    else:
+        path = tmp_path / "m.safetensors.index.json"
+        body = {"index": deep, "index metadata": '{"weight_map": {"a": "b"}, "metadata": ' + deep + "}",
+                "index weight_map": '{"weight_map": {"a": ' + deep + "}}"}[where]  # fmt: skip
+        path.write_text(body)
+    for cmd in (["verify"], ["inspect"], ["diff", path], ["convert"]):
+        argv = [cmd[0], *cmd[1:], path] + ([tmp_path / "o.safetensors"] if cmd[0] == "convert" else [])
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and "internal error" not in err and "m.safetensors" in err, (cmd, err)
 
 
 @pytest.mark.parametrize("tied", ['["a"]', '{"fc1.weight": 5}', '{"fc1.weight": ["x"]}', "{", '"s"'])

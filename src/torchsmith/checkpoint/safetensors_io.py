@@ -51,7 +51,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         text = f.read(n)
     try:
         header = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # nesting deeper than Python's stack
         raise CheckpointError(f"{path}: damaged safetensors header (not valid JSON: {e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(
