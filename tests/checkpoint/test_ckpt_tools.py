@@ -8,6 +8,7 @@ and ``load_model(device=)``. Every file is real (torch.save, safetensors, torchs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import zipfile
@@ -380,6 +381,52 @@ def test_verify_checks_every_model_file_of_a_folder(tmp_path, capsys, kind, dama
         )  # Linear(4,3); Linear(3,2)+BatchNorm1d; AdamW step, exp_avg(_sq) x 2
     else:
         assert code == 2 and names[damaged] in err and "damaged" in err, err
+
+
+@dataclasses.dataclass
+class TrainingArgs:
+    """Stands for transformers' TrainingArguments, which a Trainer pickles into training_args.bin."""
+
+    output_dir: str = "out"
+    learning_rate: float = 1e-3
+
+
+@pytest.mark.parametrize("damaged", [None, "model.safetensors", "optimizer.pt", "rng_state.pth"])
+def test_verify_a_trainer_checkpoint_folder(tmp_path, capsys, damaged):
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    model = torch.nn.Linear(4, 3)
+    save(model.state_dict(), folder / "model.safetensors")
+    opt = torch.optim.SGD(model.parameters(), momentum=0.9)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    torch.save(opt.state_dict(), folder / "optimizer.pt")
+    torch.save({"cpu": torch.get_rng_state(), "python": 3}, folder / "rng_state.pth")
+    torch.save(TrainingArgs(), folder / "training_args.bin")  # an object, no tensors: not weights
+    (folder / "trainer_state.json").write_text("{}")
+    if damaged:
+        path = folder / damaged
+        data = bytearray(path.read_bytes())
+        if damaged.endswith(".safetensors"):
+            data[-2] ^= 0x10
+        else:
+            with zipfile.ZipFile(path) as zf:
+                info = next(i for i in zf.infolist() if "/data/" in i.filename)
+            name_len, extra_len = struct.unpack(
+                "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+            )
+            data[info.header_offset + 30 + name_len + extra_len] ^= 0x10  # first byte of a tensor record
+        path.write_bytes(bytes(data))
+    code, out, err = run_cli(capsys, "verify", folder, "--json")
+    if damaged is None:
+        assert code == 0, err
+        files = {f["path"].split("/")[-1]: f for f in json.loads(out)["files"]}
+        assert set(files) == {"model.safetensors", "optimizer.pt", "rng_state.pth", "training_args.bin"}
+        assert (
+            files["training_args.bin"]["tensors"] == 0 and "not weights" in files["training_args.bin"]["note"]
+        )
+    else:
+        assert code == 2 and damaged in err and "damaged" in err, err
 
 
 def test_verify_one_model_file_folder_is_that_file(tmp_path, capsys):

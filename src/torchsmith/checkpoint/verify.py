@@ -101,7 +101,9 @@ def _verify_one(path: Path) -> dict[str, Any]:
         "ok": True,
     }
     if refs is None:
-        result["note"] = "holds no tensors (a scheduler or training state?); its structure was checked"
+        result["note"] = (
+            "holds no tensors (a scheduler or training state?): not weights; its structure was checked"
+        )
     elif "sha256" not in checks:
         result["note"] = (
             "no per-tensor checksums recorded (not saved by torchsmith.save); re-save to add them"
@@ -114,14 +116,17 @@ def _tensors_or_none(raw: RawCheckpoint) -> dict[str, TensorRef] | None:
     try:
         return select_tensors(raw)[0]
     except CheckpointError as e:
-        if raw.format == "dcp" or _holds_tensor(raw.obj) or "no tensors" not in str(e):
+        # Refusals stand for hostile files and for files with tensors the reader will not describe;
+        # a file without any tensor (a scheduler's state, a Trainer's pickled arguments) is not
+        # weights, and verify checks its structure and CRCs only.
+        if raw.format == "dcp" or type(e).__name__ == "DangerousPickle" or _holds_tensor(raw.obj):
             raise
         return None
 
 
 def _holds_tensor(obj: Any, depth: int = 0) -> bool:
     """Whether a tensor appears anywhere in ``obj``'s plain containers (bounded walk)."""
-    if isinstance(obj, TensorRef):
+    if isinstance(obj, TensorRef) or isinstance(getattr(obj, "kind", None), str):  # incl. refused tensors
         return True
     if depth > 8:
         return True  # too deep to tell: treat as holding tensors, so the refusal stands
