@@ -67,4 +67,5 @@ def test_cli_explains_a_refused_file_in_text_and_json(tmp_path, capsys):
     assert main(["inspect", str(f), "--json"]) == 2
     obj = json.loads(capsys.readouterr().out)
     assert obj["exit_code"] == 2 and obj["details"]["safety"]["verdict"] == "dangerous"
-    assert {"name": "posix.system", "class": "dangerous", "danger": "process"} in obj["details"]["safety"]["calls"]
+    entry = {"name": "posix.system", "class": "dangerous", "danger": "process"}
+    assert entry in obj["details"]["safety"]["calls"]

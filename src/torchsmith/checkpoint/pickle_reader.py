@@ -28,6 +28,7 @@ allocating call is charged to the read's :class:`~torchsmith.checkpoint._budget.
 from __future__ import annotations
 
 import _compat_pickle
+import codecs
 import collections
 import io
 import pickle
@@ -69,6 +70,10 @@ __all__ = [
     "read_pickle",
     "storage_from_pid",
 ]
+
+# The codecs text opcodes decode with, looked up now: a lazy lookup during a read would import.
+for _codec in ("raw_unicode_escape", "latin1", "ascii", "utf-8"):
+    codecs.lookup(_codec)
 
 # A text opcode's line (GLOBAL module and name, INT, PERSID...) is at most this long.
 _MAX_LINE = 1 << 16
