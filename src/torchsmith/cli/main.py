@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "torchsmith.cli.doctor",
     "load": "torchsmith.cli.load",
     "weights": "torchsmith.cli.weights",
+    "export": "torchsmith.cli.export",
 }
 
 
