@@ -26,6 +26,14 @@ import torch.nn as nn
 
 from torchsmith.errors import SurgeryError
 from torchsmith.surgery._common import carry_hooks, on_plain_model, place_like, record
+from torchsmith.surgery._declared import (
+    Declared,
+    Transaction,
+    check_keep,
+    copy_kept_rows,
+    declared_heads,
+    new_class_layer,
+)
 from torchsmith.surgery._dryrun import dry_run, shape_of
 from torchsmith.surgery.paths import _as_module, _opaque, get_module
 from torchsmith.surgery.report import SurgeryReport, snapshot
@@ -181,6 +189,9 @@ def set_num_classes(
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
         raise SurgeryError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+    declared = declared_heads(model) if head is None and aux_heads is None else None
+    if declared is not None:
+        return _set_declared(model, declared, num_classes, keep, input_shape, example_inputs)
     if head is None:
         path, run = _locate(model, input_shape, example_inputs)
         if path is None:
@@ -254,6 +265,66 @@ def _swap_head(model: nn.Module, path: str, num_classes: int, keep: Sequence[int
     carry_hooks(old, new)
     setattr(get_module(model, parent_path), name, new)
     return old_n
+
+
+def _set_declared(
+    model: nn.Module, decl: Declared, n: int, keep: Any, input_shape: Any, example_inputs: Any
+) -> SurgeryReport:
+    """Change the class count the way the model's library does (see ``_declared``); the changed
+    model must pass a sample forward pass, or every replaced module is put back."""
+    paths = [layer.path for layer in decl.layers]
+    where = ", ".join(repr(p) for p in paths) or decl.library
+    if n == 0 and not decl.allow_zero:
+        raise SurgeryError(
+            f"set_num_classes(0): {type(model).__name__} ({decl.library}) has no form without classes; "
+            f"its class layers are {where}: replace them with replace_module to remove them"
+        )
+    keep = check_keep(keep, decl.num_classes, n, where)
+    olds = {p: get_module(model, p) for p in paths}
+    before = snapshot(model)
+    tx = Transaction(model)
+    try:
+        if decl.apply is not None:
+            ref = next(iter(olds.values()), model).weight if olds else next(iter(model.parameters()))
+            existing = {id(m) for m in model.modules()}
+            with torch.device(ref.device):
+                decl.apply(model, n)
+            for m in model.modules():
+                if id(m) not in existing and ref.is_floating_point():
+                    m.to(dtype=ref.dtype)  # the library builds in the default dtype
+            for p, old in olds.items():
+                new = get_module(model, p) if n else None
+                if keep and new is not None:
+                    copy_kept_rows(old, new, keep)
+                for name in ("weight", "bias"):
+                    t = getattr(new, name, None) if new is not None else None
+                    if isinstance(t, nn.Parameter) and getattr(old, name, None) is not None:
+                        t.requires_grad_(getattr(old, name).requires_grad)
+        else:
+            for layer in decl.layers:
+                old = olds[layer.path]
+                new = new_class_layer(old, layer, decl.num_classes, n, keep)
+                carry_hooks(old, new)
+                parent, _, name = layer.path.rpartition(".")
+                setattr(get_module(model, parent), name, new)
+            for owner, attr in decl.attrs:
+                setattr(get_module(model, owner), attr, n)
+        if input_shape is None and example_inputs is None:
+            example_inputs = decl.sample
+        dry_run(model, input_shape, example_inputs, train=False, record=False)
+    except Exception as e:
+        tx.rollback()
+        raise SurgeryError(
+            f"set_num_classes: changing {where} of {type(model).__name__} ({decl.library}) to {n} classes "
+            f"failed ({type(e).__name__}: {e}); the model is unchanged"
+        ) from None
+    report = SurgeryReport.diff("set_num_classes", before, model)
+    report.notes.append(
+        f"{decl.library}: {where} {decl.num_classes} -> {n} classes"
+        + (f", kept old rows {keep}" if keep else "")
+    )
+    record(model, report, {"op": "set_num_classes", "num_classes": n, "head": None, "keep": keep})
+    return report
 
 
 class _ApplyHead:
