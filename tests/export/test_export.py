@@ -15,6 +15,7 @@ import torchsmith
 from torchsmith.cli.main import main
 from torchsmith.errors import InputError
 from torchsmith.export import ExportError, export
+from torchsmith.zoo import register_model
 
 onnx = pytest.importorskip("onnx")  # the [export] extra (in dev)
 ort = pytest.importorskip("onnxruntime")
@@ -163,3 +164,26 @@ def test_saved_model_keeps_provenance_and_the_cli_reports_json(tmp_path, capsys)
     # bad input: exit 2 with a message, no traceback
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@register_model("test_export_mlp", input_shape=(1, 1, 8, 8), overwrite=True)
+def _export_mlp(num_classes: int = 10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def test_a_training_checkpoint_exports_with_its_classes_and_preprocessing(tmp_path):
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"name": "test_export_mlp"},
+        "data": {"kind": "digits", "channels": 1, "batch_size": 64, "val_fraction": 0.2},
+        "optimizer": {"name": "Adam", "lr": 0.01},
+        "train": {"epochs": 1, "progress": False, "threads": 1},
+    }
+    torchsmith.train(recipe, out=tmp_path / "run", log=None)
+    out = tmp_path / "digits.onnx"
+    report = export(tmp_path / "run" / "best.pt", out, dynamic_batch=True)
+    assert report.ok and report.inputs["x"]["shape"] == ["batch", 1, 8, 8]
+    meta = _onnx_meta(out)
+    assert meta["torchsmith.classes"] == [str(i) for i in range(10)]
+    assert meta["torchsmith.preprocessing"]["channels"] == 1

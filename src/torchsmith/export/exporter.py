@@ -302,10 +302,10 @@ def _export_onnx(
     model: Any, example: tuple, names: list[str], out_names: list[str], dynamic: bool,
     opset: int | None, tmp: Path, meta: dict,
 ) -> None:  # fmt: skip
+    _require_onnx()
     import onnx
     import torch
 
-    _require_onnx()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     if params > _ONNX_LIMIT:
         raise ExportError(
