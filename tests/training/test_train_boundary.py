@@ -141,7 +141,9 @@ def test_a_label_the_model_has_no_output_for_exits_2_and_keeps_the_old_run(tmp_p
     labels[5] = 7  # a label beyond the model's 3 outputs
     bad = _csv_run(tmp_path / "bad", labels)
     capsys.readouterr()
-    assert main(["train", _write(tmp_path / "bad.yaml", bad), "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(["train", _write(tmp_path / "bad.yaml", bad), "--out", str(out), "--quiet", "--overwrite"]) == 2
+    )
     err = capsys.readouterr().err
     assert "labels.csv" in err and "'7'" in err and "img005.png" in err and "3 outputs" in err
     assert "internal error" not in err and "IndexError" not in err

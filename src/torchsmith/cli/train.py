@@ -14,7 +14,16 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="recipe file (YAML); default: the built-in digits recipe")
-    p.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: a new runs/<recipe name>, runs/<recipe name>-2, ...); a folder "
+        "that holds files is refused unless --resume or --overwrite",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (its files are removed once the new run is set up)",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -32,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a recipe field by dotted key, e.g. --set train.epochs=3 (repeatable)",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the recipe, its data and its model without training or writing anything "
+        "(exit 0: ready to run; exit 2: what is wrong, with FILE:LINE)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--quiet",
@@ -48,12 +63,27 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(resume, str) and args.recipe is None and resume.endswith((".yaml", ".yml")):
         args.recipe, resume = resume, True  # `train --resume recipe.yaml`: the flag took the recipe
     overrides = list(args.overrides)
+    if args.check:
+        from torchsmith.training import check_recipe
+
+        summary = check_recipe(args.recipe, overrides=overrides, log=_notices_only if args.quiet else _log)
+        if args.json:
+            print_json(summary)
+        else:
+            print(
+                f"recipe OK: {summary['recipe']}: {summary['train_samples']} training / "
+                f"{summary['val_samples']} validation samples, {summary['classes']} classes, "
+                f"{summary['parameters']:,} parameters, {summary['steps_per_epoch']} steps per epoch, "
+                f"{summary['optimizer']} on {summary['loss']}"
+            )
+        return 0
     if args.quiet:
         overrides.append("train.progress=false")
     result = train(
         args.recipe,
         out=args.out,
         resume=resume,
+        overwrite=args.overwrite,
         overrides=overrides,
         log=_notices_only if args.quiet else _log,
     )
@@ -94,7 +124,7 @@ def _log(line: str) -> None:
 
 
 # Lines --quiet still prints: where a run continues from, and what a resume cleaned up.
-_NOTICES = ("resumed from ", "elastic restart", "removed ", "stopped: ")
+_NOTICES = ("resumed from ", "elastic restart", "removed ", "completed ", "overwrite: ", "stopped: ")
 
 
 def _notices_only(line: str) -> None:

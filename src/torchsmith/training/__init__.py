@@ -5,7 +5,7 @@
 >>> torchsmith.evaluate(None, result.checkpoint)["val_acc"]                          # doctest: +SKIP
 """
 
-from torchsmith.training.api import TrainResult, evaluate, predict, train
+from torchsmith.training.api import TrainResult, check_recipe, evaluate, predict, train
 from torchsmith.training.callbacks import Callback, CheckpointInfo
 from torchsmith.training.recipe import Recipe, default_recipe_path, load_recipe
 
@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointInfo",
     "Recipe",
     "TrainResult",
+    "check_recipe",
     "default_recipe_path",
     "evaluate",
     "load_recipe",

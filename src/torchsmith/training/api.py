@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchsmith.errors import CheckpointError, InputError
-from torchsmith.training.recipe import Recipe, load_recipe
+from torchsmith.errors import CheckpointError, InputError, RecipeError
+from torchsmith.training.recipe import Recipe, load_recipe, locate
 
-__all__ = ["TrainResult", "evaluate", "predict", "train"]
+__all__ = ["TrainResult", "check_recipe", "evaluate", "predict", "train"]
 
 
 @dataclass
@@ -75,13 +75,18 @@ def train(
     overrides: Iterable[str] = (),
     log: Callable[[str], None] | None = _stderr,
     callbacks: Iterable[Any] = (),
+    overwrite: bool = False,
 ) -> TrainResult:
     """Run a training recipe from start (or from its last checkpoint with ``resume=True``) to the end.
 
     ``recipe`` is a YAML path, a mapping, or None for the packaged default (digits finetune).
-    Output goes to ``out`` (default ``runs/<recipe name>``): ``last.pt``, ``best.pt``,
-    ``metrics.jsonl``, ``curves.png``, ``recipe.yaml`` and the final model. The recipe is validated
-    completely before anything is built, so a typo costs a second, not a run.
+    Output goes to ``out``: ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``curves.png``,
+    ``recipe.yaml`` and the final model. A run never replaces another: without ``out`` each run gets
+    a new folder (``runs/<recipe name>``, then ``runs/<recipe name>-2``, ...; a resume continues the
+    newest), and an ``out`` that already holds files is refused (``InputError``) unless ``resume``
+    continues it or ``overwrite=True`` replaces it (the earlier run's files are removed when the
+    new run is set up, before its first step). The recipe is validated completely before anything
+    is built, so a typo costs a second, not a run.
 
     Under ``torchrun`` every process calls this and they train together; rank 0 writes the files.
     ``resume="auto"`` resumes when ``out/last.pt`` exists and starts afresh otherwise (what a
@@ -97,10 +102,23 @@ def train(
     from torchsmith.training.loop import Trainer, plot_curves
 
     r = load_recipe(recipe, overrides)
-    out_dir = Path(out) if out is not None else Path("runs") / r["name"]
-    if resume == "auto":
-        resume = (out_dir / "last.pt").is_file()
     ctx = dist_.setup(r)
+    try:
+        # Rank 0 chooses and every rank takes its choice: a slow rank could otherwise see the
+        # folder rank 0 just made and pick the next number.
+        choice: Any = None
+        if ctx.is_main:
+            try:
+                choice = _choose_out(r["name"], out, resume, overwrite)
+            except InputError as e:
+                choice = e  # every rank raises it, none waits for a choice that never comes
+        choice = dist_.gather_objects(choice, ctx)[0]
+        if isinstance(choice, InputError):
+            raise choice
+        out_dir, resume = choice
+    except BaseException:
+        dist_.teardown(ctx)
+        raise
     log = log or (lambda s: None)
     if ctx.enabled and ctx.local_rank == 0 and not ctx.is_main:
         # Multi-node: torchrun's c10d rendezvous orders nodes itself (not by --node_rank), so the
@@ -112,13 +130,11 @@ def train(
     threads = torch.get_num_threads()
     trainer = None
     try:
-        if not resume and dist_.elastic_restart() and (out_dir / "last.pt").is_file():
-            resume = True
-            if ctx.is_main:
-                log("elastic restart: resuming from the last complete checkpoint")
+        if resume and dist_.elastic_restart() and ctx.is_main:
+            log("elastic restart: resuming from the last complete checkpoint")
         start = time.perf_counter()
         trainer = Trainer(r, out_dir, ctx, log=log, callbacks=callbacks)
-        trainer.setup(resume=resume)
+        trainer.setup(resume=resume, overwrite=overwrite)
         if ctx.is_main and dist_.elastic_restart() and not trainer.resumed_from:
             log("elastic restart: no complete checkpoint yet, starting from the beginning")
         trainer.fit()  # writes recipe.yaml with the run's first checkpoint
@@ -173,6 +189,10 @@ def train(
     except Exception as e:
         if ctx.enabled:
             dist_.raise_clean(e)  # a peer lost or a collective timed out: one line, what to do
+        if isinstance(e, RecipeError):  # found while building: FILE:LINE of the field, like spec errors
+            located = locate(e, r)
+            if located is not e:
+                raise located from None
         raise
     finally:
         if trainer is not None:
@@ -185,6 +205,97 @@ def train(
             trainer = None
             gc.collect()
         dist_.teardown(ctx)
+
+
+def check_recipe(
+    recipe: str | os.PathLike | dict | Recipe | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    log: Callable[[str], None] | None = _stderr,
+) -> dict:
+    """Validate a recipe, its data and its model without training (``torchsmith train --check``).
+
+    Everything a run does before its first step, in one process: the recipe (fields, names, paths),
+    the datasets (every image opened and checked, labels against the model's outputs), the model
+    built (``auto`` sizes resolved; pretrained weights give their structure but are neither fetched
+    nor read), one sample through it, the loss, optimizer and scheduler. Nothing is written.
+    Returns a summary; a problem raises the error the run would have met (``InputError``: exit 2).
+    """
+    import tempfile
+
+    import torch
+
+    from torchsmith.training import distributed as dist_
+    from torchsmith.training.loop import Trainer
+
+    r = load_recipe(recipe, overrides)
+    ctx = dist_.DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    threads = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory(prefix="torchsmith-check-") as tmp:
+            t = Trainer(r, Path(tmp), ctx, log=log)
+            t._seed()
+            t._setup_data()
+            t._setup_model(weights=False)
+            t._setup_loaders()
+            t._setup_optimization()
+            summary = {
+                "recipe": r.source or "(mapping)",
+                "name": r["name"],
+                "train_samples": len(t.train_ds),
+                "val_samples": len(t.val_ds) if t.val_ds is not None else 0,
+                "classes": len(t.train_ds.classes),
+                "parameters": sum(p.numel() for p in t.raw_model.parameters()),
+                "steps_per_epoch": t.steps_per_epoch,
+                "optimizer": r["optimizer"]["name"],
+                "loss": r["loss"]["name"],
+                "scheduler": r["scheduler"]["name"],
+            }
+    except RecipeError as e:
+        located = locate(e, r)
+        if located is not e:
+            raise located from None
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    return summary
+
+
+def _choose_out(
+    name: str, out: str | os.PathLike | None, resume: bool | str, overwrite: bool
+) -> tuple[Path, bool | str]:
+    """The run folder and the resume decision (``auto`` and elastic restarts settled here)."""
+    from torchsmith.training import distributed as dist_
+    from torchsmith.training.run_folder import (
+        BEFORE_FIRST_CHECKPOINT,
+        check_out_folder,
+        latest_run_folder,
+        new_run_folder,
+    )
+
+    restarted = dist_.elastic_restart()
+    if out is None:
+        base = Path("runs") / name
+        latest = latest_run_folder(base)
+        if resume is True or (isinstance(resume, str) and resume != "auto"):
+            out_dir = latest or base  # resume: the newest run of this recipe
+        elif (resume == "auto" or restarted) and latest is not None and (latest / "last.pt").is_file():
+            out_dir = latest
+        elif overwrite:
+            out_dir = base
+        else:
+            out_dir = new_run_folder(base)
+    else:
+        out_dir = Path(out)
+    allow: tuple[str, ...] = ()
+    if resume == "auto" or (not resume and restarted):
+        # torchrun --max-restarts: the restarted command continues when there is a checkpoint.
+        resume = (out_dir / "last.pt").is_file()
+        if not resume and restarted:
+            return out_dir, False  # the first attempt died before its first checkpoint: start again
+        allow = BEFORE_FIRST_CHECKPOINT  # a kill before the first checkpoint left only these
+    check_out_folder(out_dir, resume=bool(resume), overwrite=overwrite, allow=allow)
+    return out_dir, resume
 
 
 def _log_paths(recipe: dict, out_dir: Path) -> dict:
@@ -236,7 +347,11 @@ def _save_and_reload(
 
 
 def _model_from_checkpoint(
-    path: str | os.PathLike, recipe: dict | None, device: Any
+    path: str | os.PathLike,
+    recipe: dict | None,
+    device: Any,
+    log: Callable[[str], None] | None = None,
+    data: str | os.PathLike | None = None,
 ) -> tuple[Any, dict, Recipe]:
     from torchsmith.training.build import build_model
     from torchsmith.training.checkpointing import checkpoint_model_state, load_checkpoint
@@ -244,9 +359,12 @@ def _model_from_checkpoint(
     state = load_checkpoint(path, map_location=device)
     state["model"] = checkpoint_model_state(path, state)  # in last.pt, or in its DCP folder
     if recipe is None:
-        recipe = load_recipe(json.loads(state["recipe"]))
-    elif not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)
+        recipe = _stored_recipe(path, state, data)
+        _check_stored_paths(recipe, path, ("model.spec",), log)
+    else:
+        if not isinstance(recipe, Recipe):
+            recipe = load_recipe(recipe)
+        _fill_auto_sizes(recipe, _raw_stored_recipe(path, state))
     # The checkpoint holds every tensor: the recipe's pretrained weights are neither fetched nor read.
     model = build_model(recipe, weights=False).to(device)
     try:
@@ -258,15 +376,153 @@ def _model_from_checkpoint(
     return model, state, recipe
 
 
+def _raw_stored_recipe(path: str | os.PathLike, state: dict) -> dict:
+    try:
+        raw = json.loads(state["recipe"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path}: its stored recipe cannot be read ({type(e).__name__})"
+        ) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise CheckpointError(f"checkpoint {path}: its stored recipe is not a mapping with a model section")
+    return raw
+
+
+def _stored_recipe(path: str | os.PathLike, state: dict, data: str | os.PathLike | None = None) -> Recipe:
+    """The recipe a checkpoint carries, validated like any recipe (a refusal names the checkpoint).
+
+    ``data`` (``--data FOLDER``) replaces the data paths it names before anything looks at them.
+    """
+    raw = _raw_stored_recipe(path, state)
+    if data is not None and isinstance(raw.get("data"), dict):
+        if raw["data"].get("kind", "digits") == "digits" and raw["data"].get("image_size") is None:
+            raw["data"]["image_size"] = 8  # what the model saw: the 8x8 digits
+        raw["data"] = {
+            **{k: v for k, v in raw["data"].items() if k not in ("csv", "list", "val_list", "val_root")},
+            "kind": "image_folder",
+            "root": str(data),
+        }
+    try:
+        return load_recipe(raw)
+    except InputError as e:  # names a field and a path, never a file's content
+        raise CheckpointError(
+            f"checkpoint {path}: its stored recipe is not usable here: {e}; pass a RECIPE (or --data)"
+        ) from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path}: its stored recipe cannot be read ({type(e).__name__})"
+        ) from None
+
+
+# The recipe fields that name files and folders, with what each must be.
+_PATH_FIELDS = {
+    "data.root": "folder",
+    "data.val_root": "folder",
+    "data.csv": "file",
+    "data.list": "file",
+    "data.val_list": "file",
+    "model.spec": "file",
+}
+
+
+def _stored_paths(recipe: dict, fields: Iterable[str]) -> list[tuple[str, str]]:
+    out = []
+    for name in fields:
+        section, key = name.split(".")
+        value = (recipe.get(section) or {}).get(key)
+        if name == "model.spec" and isinstance(value, str) and "\n" in value:
+            continue  # inline spec text, not a path
+        if isinstance(value, str):
+            out.append((name, value))
+    return out
+
+
+def _check_stored_paths(
+    recipe: dict, checkpoint: str | os.PathLike, fields: Iterable[str], log: Callable[[str], None] | None
+) -> None:
+    """A checkpoint's stored recipe is data: before anything it names is read, say which files and
+    folders those are, and refuse anything but a regular file (bounded in size) or a folder.
+
+    A downloaded checkpoint can name any path: a device or FIFO would be read until killed, and
+    another user's file must not end up quoted in an error message.
+    """
+    import stat
+
+    from torchsmith.training.data import MAX_TEXT_FILE_BYTES
+
+    named = _stored_paths(recipe, fields)
+    if not named:
+        return
+    if log is not None:
+        log(
+            f"checkpoint {checkpoint}: its stored recipe names "
+            + ", ".join(f"{f}={p}" for f, p in named)
+            + " (pass --data or a RECIPE to use other data)"
+        )
+    for name, p in named:
+        want, where = _PATH_FIELDS[name], f"checkpoint {checkpoint}: its stored recipe's {name} {p}"
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise InputError(
+                f"{where}: {e.strerror or 'cannot be read'}; pass --data (or a RECIPE) to say where "
+                "the data is"
+            ) from None
+        ok = stat.S_ISDIR(st.st_mode) if want == "folder" else stat.S_ISREG(st.st_mode)
+        if not ok:
+            raise InputError(
+                f"{where} is not a {want} (a device, FIFO or socket is never read); pass --data "
+                "(or a RECIPE) to say where the data is"
+            )
+        if want == "file" and st.st_size > MAX_TEXT_FILE_BYTES:
+            raise InputError(
+                f"{where} has {st.st_size:,} bytes, more than the {MAX_TEXT_FILE_BYTES:,} allowed"
+            )
+
+
+def _fill_auto_sizes(recipe: dict, stored: dict) -> None:
+    """``auto`` sizes of a recipe given with a checkpoint: the numbers the run resolved, which its
+    stored recipe holds (the checkpoint's tensors have those sizes), not the data's again."""
+    kwargs, old = recipe["model"]["kwargs"], stored["model"].get("kwargs") or {}
+    for key in ("num_classes", "in_channels", "in_features"):
+        if kwargs.get(key) == "auto" and isinstance(old.get(key), int):
+            kwargs[key] = old[key]
+    old_ops = stored.get("surgery") or []
+    for i, op in enumerate(recipe.get("surgery") or []):
+        was = old_ops[i] if i < len(old_ops) and isinstance(old_ops[i], dict) else {}
+        if (
+            isinstance(op, dict)
+            and op.get("num_classes") == "auto"
+            and isinstance(was.get("num_classes"), int)
+        ):
+            op["num_classes"] = was["num_classes"]
+
+
+def _data_override(recipe: dict, folder: str | os.PathLike, classes: list[str]) -> Any:
+    """``--data FOLDER``: every image under FOLDER's class sub-folders, prepared like the recipe's
+    validation data, labelled by the checkpoint's class names."""
+    from torchsmith.training.data import _image_folder, build_transforms, recipe_transforms
+
+    d = recipe["data"]
+    ds = _image_folder(str(folder), d, recipe["seed"], classes=classes or None)
+    tf = build_transforms(recipe_transforms(recipe)["val_transforms"], "data.val_transforms")
+    return ds.subset(list(range(len(ds))), tf)
+
+
 def evaluate(
     recipe: str | os.PathLike | dict | Recipe | None,
     checkpoint: str | os.PathLike,
     *,
     overrides: Iterable[str] = (),
+    data: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = _stderr,
 ) -> dict:
     """Evaluate ``checkpoint`` on the recipe's validation data; returns loss, accuracy, top-k, samples.
 
-    ``recipe`` None uses the recipe stored in the checkpoint.
+    ``recipe`` None uses the recipe stored in the checkpoint. That recipe is data from the file:
+    the files and folders it names are listed (``log``) before they are read, and only a regular
+    file (of bounded size) or a folder is read; a refusal never quotes their content. ``data``
+    (a folder with one sub-folder per class) evaluates on its images instead.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -277,8 +533,26 @@ def evaluate(
 
     r = load_recipe(recipe, overrides) if recipe is not None else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, state, r = _model_from_checkpoint(checkpoint, r, device)
-    _, val = build_datasets(r)
+    model, state, r = _model_from_checkpoint(checkpoint, r, device, log, data=data)
+    if recipe is None and overrides:
+        r = load_recipe(r, overrides)
+    if data is not None:
+        val = _data_override(r, data, list(state.get("classes") or []))
+    elif recipe is None:
+        _check_stored_paths(r, checkpoint, [f for f in _PATH_FIELDS if f != "model.spec"], log)
+        try:
+            _, val = build_datasets(r)
+        except InputError:
+            # The messages would quote the files (CSV headers, list lines, image names) that a
+            # checkpoint from elsewhere chose: say which fields, not what the files hold.
+            fields = ", ".join(f for f, _ in _stored_paths(r, _PATH_FIELDS)) or "data.kind"
+            raise InputError(
+                f"checkpoint {checkpoint}: the data its stored recipe names ({fields}) cannot be used "
+                "as its validation data (the details would quote those files); pass --data FOLDER or "
+                "a RECIPE"
+            ) from None
+    else:
+        _, val = build_datasets(r)
     if val is None or not len(val):
         raise InputError("recipe field 'data.val_fraction': the recipe has no validation data to evaluate on")
     loader = DataLoader(
@@ -306,6 +580,7 @@ def predict(
     inputs: Sequence[str | os.PathLike] | Any,
     *,
     top_k: int = 1,
+    log: Callable[[str], None] | None = _stderr,
 ) -> list[dict]:
     """Classify image files (or a batch tensor) with a training checkpoint or a saved model.
 
@@ -333,7 +608,7 @@ def predict(
     else:
         from torchsmith.training.losses import build_loss
 
-        model, state, r = _model_from_checkpoint(checkpoint, None, device)
+        model, state, r = _model_from_checkpoint(checkpoint, None, device, log)
         classes = list(state.get("classes") or [])
         crit = build_loss(r["loss"]["name"], r["loss"]["args"], r["loss"]["adapter"])
     names = None

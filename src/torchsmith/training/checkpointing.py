@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,14 +196,23 @@ def write_files(
     name cannot change it.
 
     A crash at any moment leaves every name with its old or its new content, whole; the renames
-    are durable when this returns. That is :func:`torchsmith._io.atomic_path` for several files,
+    are durable when this returns. The temporary files of one call share a name token
+    (``.NAME.PID.TOKEN.ckpt.tmp``) and are all fsynced before the first rename: a kill between
+    renames leaves finished temp files that :func:`finish_interrupted_writes` renames on resume.
+
+    That is :func:`torchsmith._io.atomic_path` for several files,
     with one fsync of the folder and the files' own fsyncs side by side rather than one by one.
     """
     import shutil
 
-    from torchsmith._io import _hold_large_file, _tmp_name, fsync_dir
+    from torchsmith._io import _hold_large_file, fsync_dir
 
     folder = Path(folder)
+    token = uuid.uuid4().hex[:8]
+
+    def _tmp_name(path: Path) -> Path:
+        return path.with_name(f".{path.name}.{os.getpid()}.{token}.ckpt.tmp")
+
     folder.mkdir(parents=True, exist_ok=True)
     links = links or {}
     tmps: dict[str, Path] = {}
@@ -256,6 +267,53 @@ def write_files(
 
 
 _HOLD_FROM = 16 << 20
+
+_BATCH_TMP = re.compile(r"\.(.+)\.(\d+)\.([0-9a-f]{8})\.ckpt\.tmp")
+
+
+def finish_interrupted_writes(folder: str | os.PathLike, first: str = "last.pt") -> list[str]:
+    """Complete what a kill left of :func:`write_files` calls in ``folder``; returns what was done.
+
+    One call's temp files share a token and are all whole (fsynced) before its first rename, and
+    ``first`` (``last.pt``) is renamed first. So when ``first``'s temp file is gone, the kill came
+    between renames: each temp file left is finished, newer than its name, and is renamed over it
+    now (``best.pt``, ``recipe.yaml``, the metrics files), in the order :func:`write_files` used.
+    When ``first``'s temp file is still there the renames never started: the old names are the
+    consistent set and the temp files (possibly half-written) are removed. Temp files of live
+    processes are left alone.
+    """
+    from torchsmith._io import _process_alive, fsync_dir
+
+    folder = Path(folder)
+    groups: dict[tuple[int, str], list[tuple[str, Path]]] = {}
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        m = _BATCH_TMP.fullmatch(p.name)
+        if m is None or p.is_symlink() or not p.is_file():
+            continue
+        pid = int(m.group(2))
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        groups.setdefault((pid, m.group(3)), []).append((m.group(1), p))
+    done: list[str] = []
+    for items in groups.values():
+        names = {name for name, _ in items}
+        if first in names:
+            for _, tmp in items:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                done.append(f"removed {tmp}, left by an interrupted write")
+            continue
+        items.sort(key=lambda it: _RENAME_ORDER.get(it[0], len(_RENAME_ORDER)))
+        for name, tmp in items:
+            os.replace(tmp, folder / name)
+            done.append(f"completed the interrupted write of {folder / name}")
+    if groups:
+        fsync_dir(folder)
+    return done
+
+
+# write_files' rename order as RunState uses it: last.pt, its link best.pt, then the text files.
+_RENAME_ORDER = {"last.pt": 0, "best.pt": 1, "recipe.yaml": 2, "metrics.jsonl": 3, "metrics.csv": 4}
 
 
 def _close_all(fds: list[int]) -> None:

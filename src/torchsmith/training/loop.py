@@ -116,14 +116,18 @@ class Trainer(RunState):
         self.stop_reason = self.stop_reason or reason
 
     # ------------------------------------------------------------------ set-up
-    def setup(self, resume: bool | str = False) -> None:
-        """Seed, build data, model, loaders, optimizer; then resume from ``resume`` (a path or True)."""
+    def setup(self, resume: bool | str = False, overwrite: bool = False) -> None:
+        """Seed, build data, model, loaders, optimizer; then resume from ``resume`` (a path or True).
+
+        ``overwrite``: a fresh start removes the files an earlier run left in ``out_dir`` (only
+        after everything above was built, so a recipe that fails to set up removes nothing).
+        """
         self._seed()
         self._setup_data()
         self._setup_model(weights=not resume)
         self._setup_loaders()
         self._setup_optimization()
-        self._resume_or_start(resume)
+        self._resume_or_start(resume, overwrite)
 
     def _seed(self) -> None:
         import random
@@ -263,7 +267,7 @@ class Trainer(RunState):
         if t["compile"]:
             self.model = torch.compile(self.model)
 
-    def _resume_or_start(self, resume: bool | str) -> None:
+    def _resume_or_start(self, resume: bool | str, overwrite: bool = False) -> None:
         ckpt = self.out_dir / "last.pt"
         if resume:
             path = Path(resume) if isinstance(resume, (str, Path)) else ckpt
@@ -273,14 +277,15 @@ class Trainer(RunState):
                     "or pass the run's --out folder)"
                 )
             if self.ctx.is_main:
-                self._remove_stale_tmp_files()
+                self._finish_interrupted_writes()
             self._load(path)
             if self.ctx.is_main:
                 # A kill between last.pt's rename and theirs leaves them a checkpoint behind, and a
                 # resume of a finished run writes no checkpoint that would catch them up.
                 self._write_log_files()
-        elif ckpt.exists() and self.ctx.is_main:
-            self.log(f"note: {ckpt} exists and will be replaced (use --resume to continue that run)")
+        elif overwrite and self.ctx.is_main:
+            self._remove_earlier_run()
+        dist_.barrier(self.ctx)
 
     def _check_labels(self) -> None:
         """Refuse labels the model has no output for, now rather than as an IndexError at step one."""

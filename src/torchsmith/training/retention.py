@@ -8,8 +8,9 @@ validation's metrics or an epoch's record; lower is better for a ``*loss``, high
 a checkpoint has a score when a validation ran at its step (every epoch end, and the
 ``train.val_every_steps`` steps that are also checkpoint steps). Anything else in ``checkpoints/``
 with that name pattern (left by a run killed between the two writes) is removed, and a resume
-removes a killed link's temporary file and makes the link of the checkpoint it resumed from when the
-kill came first. Which files are kept, with their scores, is part of the checkpoint, so a resumed
+removes a killed link's temporary file, makes the link of the checkpoint it resumed from when the
+kill came first, and prunes what the checkpoint no longer keeps when the kill came before the pruning.
+Which files are kept, with their scores, is part of the checkpoint, so a resumed
 run keeps the same set.
 """
 
@@ -28,7 +29,7 @@ from torchsmith.training.callbacks import Callback, CheckpointInfo
 
 __all__ = ["CheckpointRetention"]
 
-_NAME = re.compile(r"epoch-\d{4,}-step-\d{8,}\.pt")
+_NAME = re.compile(r"epoch-\d{4,}-step-(\d{8,})\.pt")
 
 
 class CheckpointRetention(Callback):
@@ -65,11 +66,17 @@ class CheckpointRetention(Callback):
         # A kill between last.pt's rename and the link of its name here leaves a kept entry with no
         # file, and no later checkpoint makes it: give the resumed checkpoint its name now.
         resumed = trainer.resumed_from
-        if resumed and self.entries and self.entries[-1]["step"] == trainer.step:
+        if not resumed:
+            return
+        if self.entries and self.entries[-1]["step"] == trainer.step:
             name = self.entries[-1]["file"]
             if not (folder / name).exists() and Path(resumed["checkpoint"]).is_file():
                 _link(Path(resumed["checkpoint"]), folder / name)
                 fsync_dir(folder)
+        # A kill between that link and the pruning after it leaves a file the checkpoint no longer
+        # keeps, and after the run's last checkpoint no later one prunes it: prune now. Files of
+        # steps after the resumed one are left (resuming an older checkpoint deletes nothing newer).
+        _prune(folder, {e["file"] for e in self.entries}, up_to_step=trainer.step)
 
     def on_checkpoint(self, trainer: Any, info: CheckpointInfo) -> None:
         score = None
@@ -112,11 +119,21 @@ def _link_and_prune(out_dir: Path, name: str, keep: set[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if name in keep:
         _link(Path(out_dir) / "last.pt", folder / name)
-    for p in folder.iterdir():
-        if _NAME.fullmatch(p.name) and p.name not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-    fsync_dir(folder)
+    _prune(folder, keep)
+
+
+def _prune(folder: Path, keep: set[str], up_to_step: int | None = None) -> None:
+    """Remove the checkpoint files of ``folder`` that ``keep`` does not name (up to a step)."""
+    removed = False
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        m = _NAME.fullmatch(p.name)
+        if m is None or p.name in keep or (up_to_step is not None and int(m.group(1)) > up_to_step):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed = True
+    if removed or up_to_step is None:
+        fsync_dir(folder)
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -31,24 +31,39 @@ __all__ = ["RunState"]
 class RunState:
     """Mixin of :class:`~torchsmith.training.loop.Trainer`: checkpoints out and in."""
 
-    def _remove_stale_tmp_files(self) -> None:
-        """Delete what a kill during an atomic write of this run's files left (torchsmith's own names)."""
+    def _finish_interrupted_writes(self) -> None:
+        """Complete the renames of a checkpoint write a kill interrupted, remove unfinished temp files.
+
+        See :func:`~torchsmith.training.checkpointing.finish_interrupted_writes`: ``best.pt``,
+        ``recipe.yaml`` and the metrics files whose temp files were finished get their names.
+        """
         from torchsmith._io import stale_tmp_files
 
-        names = (
-            "last.pt",
-            "best.pt",
-            "metrics.jsonl",
-            "metrics.csv",
-            "recipe.yaml",
-            "curves.png",
-            "model.safetensors",
-        )
-        for name in names:
+        for line in ckpt_.finish_interrupted_writes(self.out_dir):
+            self.log(line)
+        # Single-file atomic writes (the metrics rewrite after a resume, the final model, the plot):
+        # a temp file of one of those is never known to be whole.
+        names = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "recipe.yaml", "curves.png")
+        for name in (*names, "model.safetensors"):
             for tmp in stale_tmp_files(self.out_dir / name):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
                 self.log(f"removed {tmp}, left by an interrupted write")
+
+    def _remove_earlier_run(self) -> None:
+        """``overwrite``: delete what an earlier run left in the folder (its files only)."""
+        from torchsmith.training.run_folder import run_outputs
+
+        gone = run_outputs(self.out_dir)
+        for p in gone:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        if gone:
+            names = ", ".join(p.name for p in gone)
+            self.log(f"overwrite: removed the earlier run's {names} from {self.out_dir}")
 
     def _model_state(self) -> tuple[dict, dict]:
         if self.ctx.enabled and self.recipe["distributed"]["strategy"] == "fsdp":
