@@ -39,7 +39,9 @@ def test_train_eval_predict_commands(tmp_path, capsys):
         Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8), mode="L").save(f)
         files.append(str(f))
     assert main(["predict", "--checkpoint", str(out / "last.pt"), "--top-k", "3", "--json", *files]) == 0
-    preds = json.loads(capsys.readouterr().out)
+    printed = json.loads(capsys.readouterr().out)  # one object, the predictions a list inside
+    assert printed["checkpoint"] == str(out / "last.pt") and printed["top_k"] == 3
+    preds = printed["predictions"]
     assert [p["input"] for p in preds] == files
     assert all(len(p["top"]) == 3 and 0 <= p["probability"] <= 1 for p in preds)
     right = sum(p["class"] == str(d.target[i]) for p, i in zip(preds, (1500, 1501, 1502, 1503)))

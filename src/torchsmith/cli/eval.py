@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a recipe field (repeatable)",
     )
+    p.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="evaluate on this image folder (one sub-folder per class) instead of the recipe's data",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -27,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from torchsmith.cli._output import format_table, print_json
     from torchsmith.training import evaluate
 
-    metrics = evaluate(args.recipe, args.checkpoint, overrides=args.overrides)
+    metrics = evaluate(args.recipe, args.checkpoint, overrides=args.overrides, data=args.data)
     if args.json:
         print_json(metrics)
         return 0

@@ -15,7 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a checkpoint written by torchsmith train, or a pretrained model saved by torchsmith.save",
     )
     p.add_argument("--top-k", type=int, default=1, help="also list the k most likely classes")
-    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"checkpoint", "top_k", "predictions": [one per input]}',
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     results = predict(args.checkpoint, args.inputs, top_k=args.top_k)
     if args.json:
-        print_json(results)
+        # One object, as every --json command prints: the predictions are a list inside it.
+        print_json({"checkpoint": args.checkpoint, "top_k": args.top_k, "predictions": results})
         return 0
     rows = []
     for r in results:

@@ -42,6 +42,48 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
+# Pillow's own default decompression-bomb limit (Image.MAX_IMAGE_PIXELS, ~89.5 megapixels; Pillow
+# only warns below twice that). Checked from the header, before a pixel is decoded; change it with
+# TORCHSMITH_MAX_IMAGE_PIXELS or set_max_image_pixels().
+MAX_IMAGE_PIXELS = 89_478_485
+# A label or list file larger than this is refused before it is read.
+MAX_TEXT_FILE_BYTES = 256 << 20
+
+
+def max_image_pixels() -> int:
+    """The pixel-count limit images are checked against (``TORCHSMITH_MAX_IMAGE_PIXELS`` overrides)."""
+    value = os.environ.get("TORCHSMITH_MAX_IMAGE_PIXELS")
+    if value is None or value == "":
+        return MAX_IMAGE_PIXELS
+    try:
+        n = int(value)
+    except ValueError:
+        raise InputError(
+            f"environment variable TORCHSMITH_MAX_IMAGE_PIXELS={value!r}: expected a whole number of pixels"
+        ) from None
+    if n < 1:
+        raise InputError(f"environment variable TORCHSMITH_MAX_IMAGE_PIXELS={value!r}: must be at least 1")
+    return n
+
+
+def regular_file(path: str | os.PathLike, what: str, *, max_bytes: int | None = None) -> int:
+    """Refuse anything but a regular file (a device, FIFO, socket or folder is never opened) and,
+    with ``max_bytes``, a larger one; returns its size. ``what`` names it in the message."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path}: file not found") from None
+    except OSError as e:
+        raise InputError(f"{what} {path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise InputError(f"{what} {path}: is {kind}; expected a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise InputError(f"{what} {path}: {st.st_size:,} bytes, more than the {max_bytes:,} allowed")
+    return st.st_size
+
 
 # --------------------------------------------------------------------------- transforms
 def _parse_transform(item: Any, where: str) -> tuple[str, dict]:
@@ -281,18 +323,70 @@ class _FileLoader:
 
     def __call__(self, path: str) -> Any:
         import torch
-        from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.v2 import functional as F
 
-        try:
-            with Image.open(path) as im:
-                im = im.convert(self.mode)
-        except (OSError, UnidentifiedImageError) as e:
-            raise InputError(f"image {path}: cannot be read: {e}") from None
+        im = read_image(path, self.mode)
         x = F.to_dtype(F.to_image(im), torch.float32, scale=True)
         if self.size is not None:
             x = F.resize(x, list(self.size), antialias=True)
         return x
+
+
+def read_image(path: str | os.PathLike, mode: str) -> Any:
+    """Open an image file as a PIL image in ``mode`` ("L" or "RGB"), safely.
+
+    Only a regular file is opened; its pixel count, read from the header, is checked against
+    :func:`max_image_pixels` before anything is decoded (a 140 kB PNG can hold 12000x12000 pixels);
+    every decode failure is an :class:`InputError` naming the file. Modes are converted by scaling:
+    16- and 32-bit integer images (``I;16``, ``I``) map their range onto 0..255 (``/257`` for
+    16-bit), float images (``F``) their 0..1 range, never clipped at 255.
+    """
+    import warnings
+
+    from PIL import Image
+
+    regular_file(path, "image")
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check would warn or raise with its own limit; ours comes first.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with im:
+            w, h = im.size
+            if w * h > limit:
+                raise InputError(
+                    f"image {path}: {w}x{h} = {w * h:,} pixels, more than the limit of {limit:,} "
+                    "(a decompression bomb, or set TORCHSMITH_MAX_IMAGE_PIXELS higher); not decoded"
+                )
+            return _convert_scaled(im, mode)
+    except InputError:
+        raise
+    except Exception as e:  # Pillow raises many kinds for damaged or hostile files
+        raise InputError(f"image {path}: cannot be decoded as an image ({type(e).__name__})") from None
+
+
+def _convert_scaled(im: Any, mode: str) -> Any:
+    """``im`` in ``mode``, with high bit-depth modes scaled to 8 bits rather than clipped."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im)
+        if im.mode == "F":
+            a8 = np.clip(np.nan_to_num(a.astype(np.float64)) * 255.0 + 0.5, 0, 255)
+        elif im.mode == "I":
+            # 32-bit integer images from 16-bit files (PNG mode I) hold 0..65535: scale by /257.
+            top = 65535 if a.size == 0 or a.max() <= 65535 else int(a.max())
+            a8 = np.clip(a.astype(np.float64), 0, top) * (255.0 / top) + 0.5
+        else:
+            a8 = a.astype(np.float64) / 257.0 + 0.5
+        im = Image.fromarray(a8.astype(np.uint8), mode="L")
+    return im.convert(mode)
 
 
 def _size(size: Any) -> tuple[int, int] | None:
@@ -321,10 +415,23 @@ def _digits(d: dict, seed: int) -> RecipeDataset:
 
 
 def _verify(path: str) -> str | None:
+    import warnings
+
     from PIL import Image
 
+    limit = max_image_pixels()
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with im:
+            w, h = im.size
+            if w * h > limit:
+                return f"{w}x{h} pixels, more than the limit of {limit:,} (TORCHSMITH_MAX_IMAGE_PIXELS)"
             im.verify()
     except Exception as e:  # PIL raises many kinds for damaged files
         return f"cannot be read ({type(e).__name__}: {e})"
@@ -372,6 +479,7 @@ def _image_folder(root: str, d: dict, seed: int, classes: list[str] | None = Non
 
 
 def _read_label_csv(path: str, image_col: str, label_col: str | int) -> tuple[dict[str, str], str]:
+    regular_file(path, "label file", max_bytes=MAX_TEXT_FILE_BYTES)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(_csv.reader(f))
@@ -413,6 +521,7 @@ def _read_label_csv(path: str, image_col: str, label_col: str | int) -> tuple[di
 
 
 def _csv_split(root: str, list_file: str, table: dict[str, str], d: dict) -> tuple[list, list, list]:
+    regular_file(list_file, "list file", max_bytes=MAX_TEXT_FILE_BYTES)
     try:
         lines = Path(list_file).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -573,8 +682,7 @@ def stack_images(paths: list[str], loader: Any, tf: Any) -> Any:
 
     images = []
     for p in paths:
-        if not os.path.isfile(p):
-            raise InputError(f"input {p}: file not found")
+        regular_file(p, "input")
         x = loader(p)
         images.append(tf(x) if tf is not None else x)
     return torch.stack(images)
