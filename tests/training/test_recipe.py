@@ -87,7 +87,7 @@ def test_bad_yaml_and_missing_recipe_file(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
-    with pytest.raises(RecipeError, match="line"):
+    with pytest.raises(RecipeError, match=r"bad\.yaml:\d+: not valid YAML"):  # FILE:LINE, as spec errors
         load_recipe(bad)
 
 

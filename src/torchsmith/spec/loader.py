@@ -24,11 +24,25 @@ from typing import Any
 
 from torchsmith.errors import SpecError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_VALUES", "Source", "Spec", "envelope", "format_path", "load_spec"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_NUMBER_CHARS",
+    "MAX_VALUES",
+    "Source",
+    "Spec",
+    "envelope",
+    "format_path",
+    "load_spec",
+    "read_yaml",
+]
 
 MAX_BYTES = 2_000_000  # a spec file larger than this is not a model description
 MAX_DEPTH = 64  # nesting of mappings/lists
 MAX_VALUES = 200_000  # values after alias expansion
+# A number written with more characters than this is refused before it is converted: Python's int()
+# of 100,000 digits raises its own ValueError (and takes quadratic time below its limit).
+MAX_NUMBER_CHARS = 400
 
 PathT = tuple  # of str (mapping keys) and int (list indices)
 
@@ -50,6 +64,7 @@ class Source:
 
     name: str | None = None
     lines: dict[PathT, int] = field(default_factory=dict)
+    what: str = "spec"  # what the document is, for messages: "spec" or "recipe"
 
     def line(self, path: PathT) -> int | None:
         """The line of ``path``, or of its nearest ancestor that has one."""
@@ -118,8 +133,8 @@ class _Counter:
             raise _fail(
                 self.source,
                 path,
-                f"the spec expands to more than {MAX_VALUES} values (YAML aliases multiply what they "
-                "copy); expected a model description, not a bomb",
+                f"the {self.source.what} expands to more than {MAX_VALUES} values (YAML aliases multiply "
+                f"what they copy); expected a {self.source.what}, not a bomb",
             )
 
 
@@ -149,11 +164,17 @@ def _key(value: Any, source: Source, path: PathT) -> str:
     raise _fail(source, path, f"found a {type(value).__name__} key; expected a string")
 
 
-def _flow_depth(text: str) -> int:
-    """Deepest nesting of [ and { outside quotes: a cheap check before the recursive YAML composer."""
+def _flow_depth(text: str, limit: int | None = None) -> int:
+    """Deepest nesting of [ and { outside quotes: a cheap check before the recursive YAML composer.
+
+    With ``limit``: the 1-based line where the nesting first goes deeper than ``limit`` (0: never).
+    """
     depth = deepest = 0
+    line = 1
     quote = ""
     for ch in text:
+        if ch == "\n":
+            line += 1
         if quote:
             if ch == quote:
                 quote = ""
@@ -162,16 +183,22 @@ def _flow_depth(text: str) -> int:
         elif ch in "[{":
             depth += 1
             deepest = max(deepest, depth)
+            if limit is not None and depth > limit:
+                return line
         elif ch in "]}":
             depth -= 1
-    return deepest
+    return deepest if limit is None else 0
 
 
 def _from_yaml(text: str, source: Source) -> Any:
     import yaml
 
-    if _flow_depth(text) > MAX_DEPTH:
-        raise _fail(source, (), f"the spec nests too deeply; expected at most {MAX_DEPTH} levels")
+    deep_line = _flow_depth(text, MAX_DEPTH)
+    if deep_line:
+        raise SpecError(
+            f"{source.name or '<spec>'}:{deep_line}: the {source.what} nests too deeply; expected at most "
+            f"{MAX_DEPTH} levels"
+        )
 
     global _LOADER
     if _LOADER is None:
@@ -181,8 +208,10 @@ def _from_yaml(text: str, source: Source) -> Any:
         try:
             node = loader.get_single_node()
         except RecursionError:
-            raise _fail(
-                source, (), f"the YAML nests too deeply; expected at most {MAX_DEPTH} levels"
+            line = getattr(loader, "line", None)  # where the reader was when the nesting ran out
+            where = f"{source.name or '<spec>'}" + (f":{line + 1}" if isinstance(line, int) else "")
+            raise SpecError(
+                f"{where}: the YAML nests too deeply; expected at most {MAX_DEPTH} levels"
             ) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
@@ -200,18 +229,31 @@ def _from_yaml(text: str, source: Source) -> Any:
             counter.tick(path)
             source.lines.setdefault(path, node.start_mark.line + 1)
             if depth > MAX_DEPTH:
-                raise _fail(source, path, f"the spec nests too deeply; expected at most {MAX_DEPTH} levels")
+                raise _fail(
+                    source, path, f"the {source.what} nests too deeply; expected at most {MAX_DEPTH} levels"
+                )
             if id(node) in active:
                 raise _fail(source, path, "a YAML alias refers to itself (a recursive structure)")
             if isinstance(node, yaml.ScalarNode):
+                if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
+                    raise _fail(
+                        source,
+                        path,
+                        f"a number written with {len(node.value):,} characters; expected at most "
+                        f"{MAX_NUMBER_CHARS} (quote it if it is text)",
+                    )
                 try:
                     value = loader.construct_object(node, deep=True)
                 except yaml.YAMLError as e:
                     raise _fail(source, path, f"cannot read this value: {getattr(e, 'problem', e)}") from None
+                except (ValueError, OverflowError) as e:  # a constructor's own limits
+                    raise _fail(source, path, f"cannot read this value ({type(e).__name__})") from None
                 return _scalar_ok(value, source, path)
             if node.tag not in ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"):
                 raise _fail(
-                    source, path, f"found the YAML tag {node.tag!r}; a spec takes plain mappings and lists"
+                    source,
+                    path,
+                    f"found the YAML tag {node.tag!r}; a {source.what} takes plain mappings and lists",
                 )
             active.add(id(node))
             try:
@@ -224,6 +266,10 @@ def _from_yaml(text: str, source: Source) -> Any:
                         if not isinstance(knode, yaml.ScalarNode):
                             raise _fail(
                                 source, path, "found a list or mapping used as a key; expected a string"
+                            )
+                        if knode.tag in _NUMBER_TAGS and len(knode.value) > MAX_NUMBER_CHARS:
+                            raise _fail(
+                                source, path, f"a key of {len(knode.value):,} digits; expected a string"
                             )
                         try:
                             raw_key = loader.construct_object(knode)
@@ -250,6 +296,9 @@ def _from_yaml(text: str, source: Source) -> Any:
         return convert(node, (), 0)
     finally:
         loader.dispose()
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 
 def _flatten(loader: Any, node: Any, flattened: dict, source: Source, path: PathT) -> int:
@@ -390,6 +439,55 @@ def _looks_like_path(text: str) -> bool:
     return bool(stripped) and ": " not in stripped and not stripped.endswith(":") and " " not in stripped
 
 
+def _read_text_file(path: Path, what: str) -> str:
+    """A spec or recipe file's text: a regular file of at most :data:`MAX_BYTES`, UTF-8."""
+    import stat
+
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecError(f"{path}: the {what} file is not a regular file (a folder, device or FIFO)")
+    if st.st_size > MAX_BYTES:
+        raise SpecError(f"{path}: the {what} file has {st.st_size:,} bytes; expected at most {MAX_BYTES:,}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)  # the file may grow after the stat
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
+    if len(data) > MAX_BYTES:
+        raise SpecError(f"{path}: the {what} file has more than {MAX_BYTES:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: the {what} file is not UTF-8 text (byte {e.start})") from None
+
+
+def read_yaml(path_or_text: str | os.PathLike, what: str = "recipe") -> tuple[Any, Source]:
+    """Read a YAML (or JSON) file, or text, with the spec reader's limits and line numbers.
+
+    What :func:`load_spec` does for specs, for any document (recipes): a regular file of at most
+    2 MB, no tags, no duplicate keys, at most 64 levels and 200,000 values, numbers of at most
+    :data:`MAX_NUMBER_CHARS` characters, each checked while parsing. Returns the plain value and a
+    :class:`Source` whose ``line(path)`` gives the line of each key. Errors are
+    :class:`~torchsmith.errors.SpecError` naming ``FILE:LINE``.
+
+    >>> data, source = read_yaml("train:\n  epochs: 3\n", what="recipe")
+    >>> data["train"]["epochs"], source.line(("train", "epochs"))
+    (3, 2)
+    """
+    if isinstance(path_or_text, os.PathLike):
+        path = Path(path_or_text)
+        text, name = _read_text_file(path, what), str(path)
+    else:
+        text, name = path_or_text, f"<{what}>"
+        if len(text.encode("utf-8", "replace")) > MAX_BYTES:
+            raise SpecError(f"{name}: longer than {MAX_BYTES:,} bytes")
+    source = Source(name, what=what)
+    return _from_yaml(text, source), source
+
+
 def load_spec(path_or_text: str | os.PathLike | dict) -> Spec:
     """Load a spec from a YAML/JSON file, YAML/JSON text, or a dict; returns a :class:`Spec` (a dict).
 
@@ -412,16 +510,7 @@ def load_spec(path_or_text: str | os.PathLike | dict) -> Spec:
         isinstance(path_or_text, str) and _looks_like_path(path_or_text)
     ):
         path = Path(path_or_text)
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            raise SpecError(f"{path}: cannot read the spec file: {e.strerror or e}") from None
-        if size > MAX_BYTES:
-            raise SpecError(f"{path}: the spec file has {size} bytes; expected at most {MAX_BYTES}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SpecError(f"{path}: cannot read the spec file as UTF-8 text: {e}") from None
+        text = _read_text_file(path, "spec")
         name = str(path)
     elif isinstance(path_or_text, str):
         text, name = path_or_text, "<spec>"

@@ -40,8 +40,9 @@ from collections.abc import Callable
 from typing import Any
 
 from torchsmith.errors import RecipeError, close_matches
+from torchsmith.training.names import canonical_name
 
-__all__ = ["SEED_LOSSES", "LossAdapter", "build_loss", "check_loss", "list_losses"]
+__all__ = ["SEED_LOSSES", "LossAdapter", "build_loss", "check_loss", "list_losses", "loss_name"]
 
 # The fifteen losses seed 004 §3.6 lists, in its order.
 SEED_LOSSES = (
@@ -96,14 +97,17 @@ def _check_args(kind: str, field: str, name: str, cls: Any, args: dict, skip: tu
             )
 
 
+def loss_name(name: str) -> str:
+    """The loss class name ``name`` means (case ignored: ``crossentropyloss`` is ``CrossEntropyLoss``)."""
+    classes = _loss_classes()
+    valid = f"the seed's losses: {', '.join(SEED_LOSSES)}; all: {', '.join(sorted(classes))}"
+    return canonical_name(name, classes, "loss.name", "loss", valid)
+
+
 def check_loss(name: str, args: dict) -> type:
     """Return the loss class for ``name``; :class:`RecipeError` naming ``loss.name``/``loss.args`` if bad."""
     classes = _loss_classes()
-    if name not in classes:
-        raise RecipeError(
-            f"recipe field 'loss.name': unknown loss {name!r}{close_matches(name, classes)}; "
-            f"the seed's losses: {', '.join(SEED_LOSSES)}; all: {', '.join(sorted(classes))}"
-        )
+    name = loss_name(name)
     _check_args("loss", "loss", name, classes[name], args)
     if "reduction" in args:
         valid = ("mean", "sum", "none", "batchmean") if name == "KLDivLoss" else ("mean", "sum", "none")
@@ -228,6 +232,7 @@ def _classification_adapter(name: str) -> tuple[Callable | None, Callable]:
 def build_loss(name: str, args: dict | None = None, adapter: str = "classification") -> LossAdapter:
     """Build loss ``name`` with ``args`` and the ``adapter`` that feeds it ("classification" or "none")."""
     args = dict(args or {})
+    name = loss_name(name)
     cls = check_loss(name, args)
     if name == "KLDivLoss":
         args.setdefault("reduction", "batchmean")

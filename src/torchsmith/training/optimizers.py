@@ -19,8 +19,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from torchsmith.errors import RecipeError, close_matches
+from torchsmith.errors import RecipeError
 from torchsmith.training.losses import _check_args
+from torchsmith.training.names import canonical_name
 
 __all__ = [
     "SEED_OPTIMIZERS",
@@ -30,6 +31,8 @@ __all__ = [
     "check_scheduler",
     "list_optimizers",
     "list_schedulers",
+    "optimizer_name",
+    "scheduler_name",
 ]
 
 # The eleven optimizers seed 004 §3.9 lists, in its order.
@@ -84,14 +87,28 @@ def list_schedulers() -> list[str]:
     return sorted(_scheduler_classes())
 
 
+def optimizer_name(name: str) -> str:
+    """The ``torch.optim`` class name ``name`` means (case ignored: ``adamw`` is ``AdamW``)."""
+    return canonical_name(name, _optimizer_classes(), "optimizer.name", "optimizer")
+
+
+def scheduler_name(name: str) -> str:
+    """The ``torch.optim.lr_scheduler`` class name ``name`` means (case ignored)."""
+    classes = _scheduler_classes()
+    unsupported = {n.casefold(): n for n in _UNSUPPORTED_SCHEDULERS}
+    if isinstance(name, str) and name not in classes and name.casefold() in unsupported:
+        raise RecipeError(
+            f"recipe field 'scheduler.name': unknown scheduler {name!r}; {unsupported[name.casefold()]} "
+            "needs Python callables or other schedulers and cannot be described in a recipe; valid choices: "
+            + ", ".join(sorted(classes))
+        )
+    return canonical_name(name, classes, "scheduler.name", "scheduler")
+
+
 def check_optimizer(name: str, args: dict) -> type:
     """Return the optimizer class; :class:`RecipeError` naming ``optimizer.name``/``.args`` if bad."""
     classes = _optimizer_classes()
-    if name not in classes:
-        raise RecipeError(
-            f"recipe field 'optimizer.name': unknown optimizer {name!r}{close_matches(name, classes)}; "
-            f"valid choices: {', '.join(sorted(classes))}"
-        )
+    name = optimizer_name(name)
     if "lr" in args:
         raise RecipeError("recipe field 'optimizer.args.lr': give the learning rate as 'optimizer.lr'")
     _check_args("optimizer", "optimizer", name, classes[name], args, skip=("params", "lr"))
@@ -101,16 +118,7 @@ def check_optimizer(name: str, args: dict) -> type:
 def check_scheduler(name: str, args: dict) -> type:
     """Return the scheduler class; :class:`RecipeError` naming ``scheduler.name``/``.args`` if bad."""
     classes = _scheduler_classes()
-    if name not in classes:
-        hint = (
-            f"; {name} needs Python callables or other schedulers and cannot be described in a recipe"
-            if name in _UNSUPPORTED_SCHEDULERS
-            else close_matches(name, classes)
-        )
-        raise RecipeError(
-            f"recipe field 'scheduler.name': unknown scheduler {name!r}{hint}; "
-            f"valid choices: {', '.join(sorted(classes))}"
-        )
+    name = scheduler_name(name)
     _check_args("scheduler", "scheduler", name, classes[name], args, skip=("optimizer",))
     return classes[name]
 
@@ -131,6 +139,7 @@ def build_optimizer(name: str, params: Any, *, lr: float, args: dict | None = No
     ``model`` (optional) lets ``SparseAdam`` check up front that every parameter gets sparse gradients.
     """
     args = dict(args or {})
+    name = optimizer_name(name)
     cls = check_optimizer(name, args)
     params = list(params)
     if not params:
@@ -172,6 +181,7 @@ def build_scheduler(
     ``PolynomialLR.total_iters`` default to the run's length in ``interval`` units.
     """
     args = dict(args or {})
+    name = scheduler_name(name)
     cls = check_scheduler(name, args)
     length = epochs * steps_per_epoch if interval == "step" else epochs
     if name == "OneCycleLR":

@@ -189,10 +189,20 @@ class Recipe(dict):
     ``base_dir`` is the folder relative paths were resolved against; ``source`` the file (or None).
     """
 
-    def __init__(self, data: Mapping, *, source: str | None = None, base_dir: Path | None = None):
+    def __init__(
+        self,
+        data: Mapping,
+        *,
+        source: str | None = None,
+        base_dir: Path | None = None,
+        lines: Any = None,
+        overridden: tuple[str, ...] = (),
+    ):
         super().__init__(data)
         self.source = source
         self.base_dir = base_dir or Path.cwd()
+        self.lines = lines  # the file's line of each key (a spec.loader.Source), for FILE:LINE errors
+        self.overridden = overridden  # dotted keys set by --set (not in the file)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self))
@@ -328,27 +338,71 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
-def _read_file(path: Path) -> dict:
-    import yaml
+def _read_file(path: Path) -> tuple[dict, Any]:
+    """The recipe file's mapping and its :class:`~torchsmith.spec.loader.Source` (line of each key).
+
+    Read by the spec reader (:func:`torchsmith.spec.loader.read_yaml`): a regular file of bounded
+    size; nesting, value count and number lengths checked while parsing; no tags, no duplicate keys.
+    """
+    from torchsmith.errors import SpecError
+    from torchsmith.spec.loader import read_yaml
 
     if not path.exists():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(f"recipe file {path}: cannot be read: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"recipe file {path}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        data, source = read_yaml(path, what="recipe")
+    except SpecError as e:
+        raise RecipeError(str(e)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(
-            f"recipe file {path}: expected a mapping at the top level, got {type(data).__name__}"
+            f"{path}:1: recipe file: expected a mapping at the top level, got {type(data).__name__}"
         )
-    return data
+    return data, source
+
+
+_FIELD = re.compile(r"recipe field '([^']+)'")
+
+
+def _field_path(name: str) -> tuple:
+    """``surgery[0].num_classes`` -> ``("surgery", 0, "num_classes")``."""
+    out: list = []
+    for part in name.split("."):
+        m = re.fullmatch(r"([^\[]*)((?:\[\d+\])*)", part)
+        if m is None:
+            out.append(part)
+            continue
+        if m.group(1):
+            out.append(m.group(1))
+        out += [int(i) for i in re.findall(r"\[(\d+)\]", m.group(2))]
+    return tuple(out)
+
+
+def locate(error: Exception, recipe: Any) -> Exception:
+    """``error`` with ``FILE:LINE:`` in front when it names a recipe field the file holds.
+
+    Spec errors carry their place this way; a recipe error names ``recipe field 'a.b'``, and the
+    recipe's :class:`~torchsmith.spec.loader.Source` knows the line of ``a.b`` (or of its nearest
+    section). A field set by ``--set`` is not in the file and keeps its message as it is.
+    """
+    source = getattr(recipe, "lines", None)
+    message = str(error)
+    m = _FIELD.search(message)
+    if source is None or source.name is None or m is None or message.startswith(source.name):
+        return error
+    name = m.group(1)
+    if any(name == k or name.startswith(k + ".") for k in getattr(recipe, "overridden", ())):
+        return error
+    path = _field_path(name)
+    line = source.line(path)
+    if line is None:
+        return error
+    try:
+        new = type(error)(f"{source.name}:{line}: {message}")
+    except Exception:  # pragma: no cover - an exception class with another signature
+        return error
+    return new
 
 
 def load_recipe(
@@ -364,13 +418,15 @@ def load_recipe(
     against ``base_dir`` (default: the current folder), those in a file against the file's folder.
     """
     source = None
+    lines: Any = None
+    overridden: tuple[str, ...] = ()
     if isinstance(recipe, Recipe):
         base = Path(base_dir) if base_dir else recipe.base_dir
-        source = recipe.source
+        source, lines, overridden = recipe.source, recipe.lines, recipe.overridden
         data = copy.deepcopy(dict(recipe))
     elif recipe is None or isinstance(recipe, (str, os.PathLike)):
         path = Path(recipe) if recipe is not None else default_recipe_path()
-        data = _read_file(path)
+        data, lines = _read_file(path)
         source = str(path)
         base = Path(base_dir) if base_dir else path.resolve().parent
     elif isinstance(recipe, Mapping):
@@ -378,11 +434,17 @@ def load_recipe(
         base = Path(base_dir) if base_dir else Path.cwd()
     else:
         raise RecipeError(f"recipe: expected a file path or a mapping, got {type(recipe).__name__}")
-    apply_overrides(data, overrides)
-    checked = _validate(SCHEMA, data, "")
-    _resolve_paths(SCHEMA, checked, base, "")
-    _check_semantics(checked)
-    return Recipe(checked, source=source, base_dir=base)
+    overrides = list(overrides)
+    overridden += tuple(item.split("=", 1)[0].strip() for item in overrides)
+    where = Recipe({}, source=source, lines=lines, overridden=overridden)
+    try:
+        apply_overrides(data, overrides)
+        checked = _validate(SCHEMA, data, "")
+        _resolve_paths(SCHEMA, checked, base, "")
+        _check_semantics(checked)
+    except RecipeError as e:
+        raise locate(e, where) from None
+    return Recipe(checked, source=source, base_dir=base, lines=lines, overridden=overridden)
 
 
 def _check_semantics(r: dict) -> None:
@@ -417,6 +479,11 @@ def _check_semantics(r: dict) -> None:
     for k in r["train"]["top_k"]:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise RecipeError(f"recipe field 'train.top_k': expected positive integers, got {k!r}")
+    # Names as people type them (adamw, sgd): the recipe holds the class's own name from here on.
+    r["loss"]["name"] = losses.loss_name(r["loss"]["name"])
+    r["optimizer"]["name"] = optimizers.optimizer_name(r["optimizer"]["name"])
+    if r["scheduler"]["name"]:
+        r["scheduler"]["name"] = optimizers.scheduler_name(r["scheduler"]["name"])
     losses.check_loss(r["loss"]["name"], r["loss"]["args"])
     optimizers.check_optimizer(r["optimizer"]["name"], r["optimizer"]["args"])
     if r["scheduler"]["name"] is not None:
