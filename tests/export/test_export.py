@@ -171,15 +171,25 @@ def _export_mlp(num_classes: int = 10):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes))
 
 
-def test_a_training_checkpoint_exports_with_its_classes_and_preprocessing(tmp_path):
+def test_a_training_checkpoint_exports_and_predicts_without_torch(tmp_path):
+    """The run's classes and preprocessing travel in the file; the ONNX file classifies image files
+    in a process that never imports torch, as ``predict --checkpoint`` does."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
     recipe = {
         "name": "tiny",
         "seed": 0,
-        "model": {"name": "test_export_mlp"},
-        "data": {"kind": "digits", "channels": 1, "batch_size": 64, "val_fraction": 0.2},
+        "model": {"name": "test_export_mlp", "kwargs": {}},
+        "data": {"kind": "digits", "channels": 1, "batch_size": 64, "val_fraction": 0.2, "image_size": 8,
+                 "val_transforms": [{"Normalize": {"mean": [0.3], "std": [0.4]}}]},
         "optimizer": {"name": "Adam", "lr": 0.01},
-        "train": {"epochs": 1, "progress": False, "threads": 1},
-    }
+        "train": {"epochs": 2, "progress": False, "threads": 1},
+    }  # fmt: skip
     torchsmith.train(recipe, out=tmp_path / "run", log=None)
     out = tmp_path / "digits.onnx"
     report = export(tmp_path / "run" / "best.pt", out, dynamic_batch=True)
@@ -187,3 +197,24 @@ def test_a_training_checkpoint_exports_with_its_classes_and_preprocessing(tmp_pa
     meta = _onnx_meta(out)
     assert meta["torchsmith.classes"] == [str(i) for i in range(10)]
     assert meta["torchsmith.preprocessing"]["channels"] == 1
+    digits = load_digits()
+    files = []
+    for i in range(8):  # 16x16 files: both paths resize them to the run's 8x8
+        img = Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).resize((16, 16), Image.NEAREST)
+        files.append(str(tmp_path / f"d{i}.png"))
+        img.save(files[-1])
+    want = torchsmith.predict(tmp_path / "run" / "best.pt", files, top_k=3)
+    code = (
+        "import json, sys\n"
+        "from torchsmith.export.onnx_predict import predict_onnx\n"
+        "r = predict_onnx(sys.argv[1], sys.argv[2:], top_k=3)\n"
+        "assert 'torch' not in sys.modules, 'predict_onnx imported torch'\n"
+        "print(json.dumps(r))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(out), *files], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    if isinstance(want, dict):  # predict's --json object holds the list
+        want = want.get("predictions", want)
+    assert [r["class"] for r in got] == [r["class"] for r in want]
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(got, want)) < 0.02
