@@ -43,8 +43,13 @@ def _bad(msg: str) -> pickle.UnpicklingError:
     return pickle.UnpicklingError(msg)
 
 
+_ATOMS = frozenset({str, int, float, bool, bytes, type(None), complex})
+
+
 def check_hashable(value: Any) -> Any:
     """``value`` when it is cheap to hash and compare (a dict key or set element), else refuse."""
+    if type(value) in _ATOMS:
+        return value
     budget = [_MAX_KEY_NODES]
 
     def walk(v: Any, depth: int) -> None:
@@ -221,7 +226,8 @@ def sized(fn: type) -> Callable[..., Any]:
         items = _items(a, name)
         if fn in (set, frozenset):
             for x in items:
-                check_hashable(x)
+                if type(x) not in _ATOMS:
+                    check_hashable(x)
         return fn(items)
 
     build.__name__ = name

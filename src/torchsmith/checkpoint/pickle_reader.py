@@ -158,6 +158,15 @@ def _approx_nbytes(v: Any) -> int:
     return nbytes if type(nbytes) is int else 64
 
 
+def _requested_nbytes(args: tuple) -> int:
+    a = args[0] if args else None
+    if type(a) is int:
+        return max(a, 0)
+    if type(a) is range:
+        return 8 * max(len(a), 0) if a.step else 0
+    return 0
+
+
 def _is_standin_class(v: Any) -> bool:
     return isinstance(v, type) and issubclass(v, StandIn)
 
@@ -252,9 +261,15 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its dispatch 
         if type(func) is Builder:
             if kwargs:
                 raise pickle.UnpicklingError(f"{func.qualname} called with keyword arguments")
+            if not func.allocates:
+                return func(*args)
+            # Charged before the call from what the arguments ask for (bytearray(n), list(range(n))),
+            # then for whatever more the result holds.
+            doing = f"a call to {func.qualname}"
+            before = _requested_nbytes(args)
+            self._budget.charge_bytes(before, doing)
             value = func(*args)
-            if func.allocates:
-                self._budget.charge_bytes(_approx_nbytes(value), f"a call to {func.qualname}")
+            self._budget.charge_bytes(_approx_nbytes(value) - before, doing)
             return value
         if _is_standin_class(func):
             return func(*args, **(kwargs or {}))
