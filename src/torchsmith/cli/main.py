@@ -4,7 +4,9 @@ Each command module in ``torchsmith.cli`` defines ``HELP`` (one line), ``add_arg
 and ``run(args) -> int``. Command modules import torch only inside ``run``, so ``torchsmith --help``
 and light commands start fast.
 
-Exit codes: 0 ok, 1 failure, 2 bad usage or bad input. A :class:`TorchsmithError` becomes one line
+Exit codes: 0 ok, 1 failure, 2 bad usage or bad input, 141 when the reader of stdout went
+away (``torchsmith zoo --json | head``: quietly, like coreutils killed by SIGPIPE, no traceback).
+A :class:`TorchsmithError` becomes one line
 on stderr; ``--debug`` shows the traceback instead. With ``--json`` every failure -- bad usage, bad
 input, a failure, an internal error -- also prints one JSON object on stdout,
 ``{"error": MESSAGE, "kind": ..., "exit_code": N}`` (see :func:`torchsmith.cli._output.error_json`),
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -76,7 +79,27 @@ def _version() -> str:
         return "unknown"
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``torchsmith`` command line with ``argv`` (default ``sys.argv[1:]``); the exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's shutdown
+        return code
+    except BrokenPipeError:
+        # The reader (head, less, grep -m1) has what it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not print "Exception ignored ... BrokenPipeError".
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # no real file descriptor behind stdout (tests)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     from torchsmith.cli._output import error_json
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -104,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             error_json(str(e), type(e).__name__, e.exit_code, getattr(e, "details", None))
         print(f"torchsmith {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except KeyboardInterrupt:
         if as_json:
             error_json("interrupted", "interrupted", 130)
