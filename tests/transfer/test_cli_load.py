@@ -59,9 +59,17 @@ def test_load_by_structure_into_a_zoo_model_and_save(tmp_path, capsys):
     path = tmp_path / "numbered.safetensors"
     save_file(src.state_dict(), str(path))
     out_file = tmp_path / "mlp.safetensors"
+    # a hand-made Sequential is no known architecture: the port cannot be proven, so it is refused ...
     rc = main(["load", "mlp", str(path), "--match", "structure", "-o", str(out_file)])
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert rc == 2 and "not identified" in captured.err and "--allow-unverified" in captured.err
+    assert not out_file.exists()
+    # ... unless asked for, and then UNVERIFIED is the first line and a warning
+    rc = main(["load", "mlp", str(path), "--match", "structure", "--allow-unverified", "-o", str(out_file)])
+    captured = capsys.readouterr()
+    text = captured.out
     assert rc == 0, text
+    assert text.startswith("UNVERIFIED: ") and "UNVERIFIED port" in captured.err
     assert "fc1" in text and "100.00% of the model's parameters" in text and f"saved to {out_file}" in text
     from torchsmith.checkpoint import read_state_dict
 
@@ -76,7 +84,8 @@ def test_load_into_a_spec_file_model(tmp_path, capsys):
     src = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
     path = tmp_path / "numbered.pt"
     torch.save(src.state_dict(), path)  # a torch zip keeps the key order
-    rc = main(["load", str(spec), str(path), "--match", "structure", "--json"])
+    rc = main(["load", str(spec), str(path), "--match", "structure", "--allow-unverified", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert rc == 0 and data["fraction"] == 1.0
+    assert data["verified"] is False and "not identified" in data["unverified"]
     assert [(m["target"], m["source"]) for m in data["mapping"]] == [("fc1", "1"), ("fc2", "3")]

@@ -227,15 +227,26 @@ def test_inception_aux_head_that_never_runs_in_eval_is_unexpected_not_blocking()
     assert any(n.startswith("numerical check: outputs") for n in back.notes), back.notes
 
 
-def test_mobilenetv3_with_another_batchnorm_eps_is_refused_not_wrong():
-    """Same tensors, another function (eps 1e-3 vs 1e-5): only the numerical check can tell."""
+def test_mobilenetv3_with_another_batchnorm_eps_adopts_it_or_is_refused():
+    """Same tensors, another function (eps 1e-3 vs 1e-5): the model takes the source's eps, named in
+    the report (issue 24); with adopt_hparams=False the port is refused naming eps and the modules."""
     source = torchvision.models.mobilenet_v3_small()
     model = timm.create_model("mobilenetv3_small_100")
     _randomise(source, 5)
+    x = torch.randn(1, 3, 64, 64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(TransferError, match="differ from the source's"):
-        load_weights(model, source, match="structure", example_input=torch.randn(1, 3, 64, 64))
+    with pytest.raises(
+        TransferError, match=r"adopt_hparams=False.*eps 1e-05 in the model vs 0.001 in the source"
+    ):
+        load_weights(model, source, match="structure", example_input=x, adopt_hparams=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    report = load_weights(model, source, match="structure", example_input=x)
+    assert {(d["attr"], d["target_value"], d["source_value"]) for d in report.adopted} == {
+        ("eps", 1e-5, 1e-3)
+    }
+    assert any("adopted the source's hyper-parameters" in n for n in report.notes)
+    want = _logits(source, x)
+    assert ((_logits(model, x) - want).abs().max() / want.abs().max()).item() < 1e-5
 
 
 @pytest.mark.parametrize("direction", ["seed->tv", "tv->seed"])

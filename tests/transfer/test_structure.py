@@ -72,6 +72,8 @@ def test_torchvision_resnet18_ported_by_structure_gives_the_same_outputs():
     with pytest.raises(TransferError, match="nothing was loaded"):
         load_weights(model, source_sd)  # by name nothing fits
     report = load_weights(model, source_sd, match="structure")
+    assert any("identified the source" in n and "torchvision:resnet18" in n for n in report.notes)
+    assert not report.unverified and any(n.startswith("numerical check:") for n in report.notes)
     assert report.fraction == 1.0 and len(report.loaded) == len(source_sd)
     assert not (report.missing or report.unexpected or report.skipped_shape)
     assert report.mapping[0] == {
@@ -147,7 +149,10 @@ def test_an_ambiguous_structure_is_refused_naming_the_disputed_module():
     assert execution_order(target, torch.zeros(1, 8)) == ["", "b", "a"]
     with pytest.raises(TransferError, match=r"ambiguous: model module '(a|b)' pairs with source module"):
         load_weights(target, source.state_dict(), match="structure")
-    report = load_weights(target, source.state_dict(), match="structure", order="execution")
+    report = load_weights(
+        target, source.state_dict(), match="structure", order="execution", allow_unverified=True
+    )
+    assert report.unverified  # a hand-made Sequential: no architecture to check it against
     assert [(m["target"], m["source"]) for m in report.mapping] == [("b", "0"), ("a", "2")]
     x = torch.randn(3, 8)
     assert torch.allclose(target(x), source(x))
@@ -240,7 +245,8 @@ def test_property_any_mlp_ports_between_sequential_and_moduledict(widths):
         layers += ([nn.Tanh()] if i else []) + [nn.Linear(a, b)]
     source = nn.Sequential(*layers)
     target = _DictNet(widths)
-    report = load_weights(target, source.state_dict(), match="structure")
+    report = load_weights(target, source.state_dict(), match="structure", source_model=source)
+    assert not report.unverified and any(n.startswith("numerical check:") for n in report.notes)
     assert report.fraction == 1.0 and len(report.mapping) == len(widths) - 1
     x = torch.randn(3, widths[0])
     assert torch.allclose(target(x), source(x), atol=1e-6)

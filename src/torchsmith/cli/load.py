@@ -66,6 +66,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "or a spec file); CKPT is loaded into it by name and ported model to model",
     )
     p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="with --match structure: port even when the port cannot be proven numerically (the source's "
+        "architecture is not identified); the report then starts with UNVERIFIED",
+    )
+    p.add_argument(
+        "--no-adopt-hparams",
+        dest="adopt_hparams",
+        action="store_false",
+        help="with --match structure: refuse instead of giving the model the source's norm eps where they "
+        "differ",
+    )
+    p.add_argument(
+        "--source-prefix",
+        metavar="PREFIX",
+        help="take the source keys under PREFIX (e.g. ema) when the checkpoint holds several weight sets",
+    )
+    p.add_argument(
         "--input-shape", metavar="N,C,H,W", help="sample input for --match structure (default: guessed)"
     )
     p.add_argument("--show-loaded", action="store_true", help="list the loaded keys too")
@@ -115,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
         source, _ = load_source_model(args.source_model, args.checkpoint, trust_pickle=args.trust_pickle)
         source_note = f"{args.checkpoint} loaded by name into {args.source_model}, then ported by structure"
+    if args.allow_unverified and args.match != "structure":
+        raise InputError("--allow-unverified: only used with --match structure")
     head = {"model": args.model, "checkpoint": args.checkpoint}
     try:
         report = load_weights(
@@ -130,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
             min_fraction=args.min_fraction,
             trust_pickle=args.trust_pickle,
             example_input=example,
+            source_prefix=args.source_prefix,
+            allow_unverified=args.allow_unverified,
+            adopt_hparams=args.adopt_hparams,
         )
     except TransferError as e:
         refused = getattr(e, "report", None)
@@ -159,4 +182,6 @@ def run(args: argparse.Namespace) -> int:
     partial = [n for n in report.notes if n.startswith("partial load allowed")]
     if partial:  # asked for, but never silent
         print(f"torchsmith load: warning: {partial[0]}", file=sys.stderr)
+    if report.unverified:
+        print(f"torchsmith load: warning: UNVERIFIED port: {report.unverified}", file=sys.stderr)
     return 0

@@ -72,6 +72,19 @@ def resolve_source(
         ckpt = read_checkpoint(source, trust_pickle=trust_pickle)
         notes.extend(ckpt.notes)
         if ckpt.container_key:
+            twins = [
+                k
+                for k, d in (ckpt.other_keys or {}).items()
+                if d == f"dict with {len(ckpt.state_dict)} entries"
+                and not any(w in k.lower() for w in ("optim", "sched", "scaler"))
+            ]
+            if twins:
+                raise TransferError(
+                    f"{source}: holds two complete weight sets, {ckpt.container_key!r} and "
+                    f"{', '.join(map(repr, twins))} (a model and its EMA copy, a student and a teacher), "
+                    "and nothing says which to load; load the file yourself (torch.load) and pass the "
+                    f"entry you want as the source, e.g. load_weights(model, ckpt[{twins[0]!r}])"
+                )
             notes.append(f"took the weights from the {ckpt.container_key!r} entry of the checkpoint")
         module = None
         if want_module and ("torchsmith.arch" in ckpt.metadata or "torchsmith.spec" in ckpt.metadata):
@@ -130,6 +143,24 @@ def _flatten_source(sd: Mapping, where: str, notes: list[str]) -> dict[str, Any]
 
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not tensors:
+        sets = {
+            str(k): v
+            for k, v in sd.items()
+            if isinstance(v, Mapping) and any(isinstance(t, torch.Tensor) for t in v.values())
+        }
+        twins = [
+            (a, b)
+            for i, a in enumerate(sets)
+            for b in list(sets)[i + 1 :]
+            if _shapes_of(sets[a]) == _shapes_of(sets[b])
+        ]
+        if twins:
+            a, b = twins[0]
+            raise InputError(
+                f"{where}: holds two complete weight sets, entries {a!r} and {b!r} (a model and its EMA "
+                f"copy, a student and a teacher), and nothing says which to load; pass the one you want "
+                f"as the source: load_weights(model, checkpoint[{a!r}])"
+            )
         for key in _NESTED_KEYS:
             inner = sd.get(key)
             if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -144,6 +175,105 @@ def _flatten_source(sd: Mapping, where: str, notes: list[str]) -> dict[str, Any]
             "expected a state_dict {name: tensor}"
         )
     return _keep_metadata({str(k): v for k, v in tensors.items()}, sd)
+
+
+def _shapes_of(sd: Mapping) -> dict[str, tuple]:
+    return {str(k): tuple(getattr(v, "shape", ())) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+def _take_prefix(src_sd: dict[str, Any], prefix: str, notes: list[str]) -> dict[str, Any]:
+    """The source keys under ``prefix`` (``source_prefix=``), without it."""
+    from torchsmith.checkpoint.keys import strip_wrappers
+
+    p = prefix if prefix.endswith(".") else prefix + "."
+    taken = {k[len(p) :]: v for k, v in src_sd.items() if k.startswith(p)}
+    if not taken:
+        taken = {strip_wrappers(k)[len(p) :]: v for k, v in src_sd.items() if strip_wrappers(k).startswith(p)}
+    if not taken:
+        tops = sorted({k.split(".", 1)[0] for k in src_sd})
+        raise InputError(
+            f"source_prefix: no source key starts with {p!r}; the keys start with "
+            f"{', '.join(map(repr, tops[:8]))}{close_matches(prefix, tops)}"
+        )
+    notes.append(f"took the {len(taken)} source keys under {p!r} (source_prefix), without it")
+    meta = source_metadata(src_sd)
+    if meta is None:
+        return taken
+    from collections import OrderedDict
+
+    out: Any = OrderedDict(taken)
+    out._metadata = OrderedDict(
+        (k[len(p) :] if k.startswith(p) else "", v)
+        for k, v in meta.items()
+        if k.startswith(p) or k + "." == p
+    )
+    return out
+
+
+def _select_set(src_sd: dict[str, Any], prefix: str, tgt_shapes: Any, notes: list[str]) -> dict[str, Any]:
+    """``source_prefix=``: a prefix takes its keys; ``""`` the keys outside every other weight set."""
+    from torchsmith.checkpoint.keys import strip_wrappers
+
+    if prefix:
+        return _take_prefix(src_sd, prefix, notes)
+    others = [p for p in _weight_sets(src_sd, tgt_shapes, len(tgt_shapes)) if p]
+    if not others:
+        return src_sd
+    kept = {k: v for k, v in src_sd.items() if strip_wrappers(k).split(".", 1)[0] not in others}
+    notes.append(
+        f"left out the weight sets under {', '.join(repr(p + '.') for p in others)} (source_prefix='')"
+    )
+    return kept
+
+
+def _weight_sets(
+    src_sd: Mapping[str, Any], tgt_shapes: Mapping[str, tuple] | None, n_target: int = 0
+) -> list[str]:
+    """Prefixes of the source under which a complete weight set lies, when there are two or more.
+
+    Two sets are complete when they hold the same keys with the same shapes (a model and its EMA
+    copy), or when each alone holds every model key with the model's shapes (a student and a
+    teacher of one architecture). ``""`` stands for the source's own keys outside the prefixes.
+    """
+    from torchsmith.checkpoint.keys import strip_wrappers
+
+    keys = {strip_wrappers(k): tuple(v.shape) for k, v in src_sd.items() if hasattr(v, "shape")}
+    groups: dict[str, dict[str, tuple]] = {}
+    for k, shape in keys.items():
+        top, _, rest = k.partition(".")
+        if rest:
+            groups.setdefault(top, {})[rest] = shape
+    groups = {p: g for p, g in groups.items() if len(g) >= 2}
+    complete: list[str] = []
+    if tgt_shapes:
+        need = {k: tuple(v) for k, v in tgt_shapes.items()}
+        fits = [p for p, g in groups.items() if all(g.get(k) == v for k, v in need.items())]
+        if all(keys.get(k) == v for k, v in need.items()):
+            fits.insert(0, "")
+        complete = fits
+    if len(complete) < 2 and n_target:
+        # Without names to compare (a structure port): equal sets each the model's size. Numbered
+        # siblings (layer.0, layer.1) are repeated blocks, not weight sets.
+        names = [p for p in groups if not p.isdigit() and len(groups[p]) == n_target]
+        for i, a in enumerate(names):
+            twins = [b for b in names[i + 1 :] if groups[b] == groups[a]]
+            if twins:
+                return [a, *twins]
+    return complete if len(complete) >= 2 else []
+
+
+def _refuse_ambiguous(
+    src_sd: Mapping[str, Any], tgt_shapes: Mapping[str, tuple] | None, n_target: int, where: str
+) -> None:
+    sets = _weight_sets(src_sd, tgt_shapes, n_target)
+    if sets:
+        shown = ", ".join("the unprefixed keys" if p == "" else f"{p + '.'!r}" for p in sets)
+        pick = next((p for p in sets if p), sets[0])
+        raise InputError(
+            f"{where}: holds {len(sets)} complete weight sets ({shown}: a model and its EMA copy, a "
+            "student and a teacher), and nothing says which to load; pick one with "
+            f"source_prefix={pick!r} (CLI: --source-prefix {pick})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -508,6 +638,10 @@ def load_weights(
     example_input: Any = None,
     order: str = "auto",
     dry_run: bool = False,
+    source_model: Any = None,
+    source_prefix: str | None = None,
+    allow_unverified: bool = False,
+    adopt_hparams: bool = True,
 ) -> TransferReport:
     """Load ``source``'s weights into ``model`` (in place) and return a :class:`TransferReport`.
 
@@ -544,6 +678,22 @@ def load_weights(
     nothing at all raises unless ``allow_empty``. ``trust_pickle`` is passed to the checkpoint
     reader. ``dry_run`` plans and reports only (and refuses what the real load would refuse).
 
+    **No unproven port** (``match="structure"``): a port is kept only when the two models compute
+    the same function on an input. A source that is a state_dict or a file cannot run, so its
+    architecture is found first: ``source_model=`` (a model, or a zoo/``torchvision:``/``timm:``/
+    ``hf:`` name or spec) names it, else it is identified by its keys and shapes
+    (:func:`torchsmith.transfer.fingerprint.identify_source`); the source is loaded into it by
+    name and the port is checked. Unidentified, or fitting several architectures that compute
+    different functions, the port is refused naming the candidates, unless ``allow_unverified=True``
+    -- then the report says ``UNVERIFIED`` first. ``adopt_hparams`` (default ``True``): where paired
+    modules differ in a hyper-parameter the model can take (a norm's ``eps``), the model takes the
+    source's value and the report names it (``report.adopted``); ``False`` refuses instead. A
+    difference the model cannot take (TF-"same" padding, a head count) is named when the check fails.
+
+    **One weight set**: a source holding two complete weight sets (a model and its EMA copy under
+    ``ema.``, a student and a teacher) is refused naming both; ``source_prefix="ema"`` takes the
+    keys under that prefix (``""``: the keys outside the other sets).
+
     >>> import torch.nn as nn
     >>> src = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     >>> dst = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 5))
@@ -566,6 +716,23 @@ def load_weights(
     )
     report = TransferReport(source=src_desc, match=match, notes=notes)
     tgt_sd = target.state_dict(keep_vars=True)
+    tgt_shapes = {k: tuple(v.shape) for k, v in tgt_sd.items()}
+    if source_prefix is not None:
+        if not isinstance(source_prefix, str):
+            raise InputError(
+                f"source_prefix: expected a key prefix string, got {type(source_prefix).__name__}"
+            )
+        src_sd = _select_set(src_sd, source_prefix, tgt_shapes, notes)
+    elif src_module is None:
+        _refuse_ambiguous(src_sd, tgt_shapes if match == "name" else None, len(tgt_shapes), src_desc)
+    unproven = ""
+    if match == "structure" and src_module is None:
+        src_module, unproven = _prove_source(src_sd, source_model, report)
+        if src_module is not None:
+            sd = src_module.state_dict()
+            src_sd = _keep_metadata(dict(sd), sd)
+    elif source_model is not None:
+        raise InputError("source_model: only used with match='structure' and a state_dict or file source")
     filt = _Filter(include, exclude)
     if match == "name":
         pairing = _pair_by_name(src_sd, list(tgt_sd), rename, notes)
@@ -576,19 +743,128 @@ def load_weights(
     _check(report, strict_level, allow_empty, list(tgt_sd), list(src_sd))
     if report.loaded or report.adapted:  # an empty load was refused above or accepted by allow_empty
         _check_partial(report, target, pairing.order, allow_partial, min_fraction)
+    if unproven:  # after the checks above, whose refusals say more (a divergence, another depth)
+        if not allow_unverified:
+            what = (
+                "the source state_dict"
+                if report.source == "state_dict"
+                else f"{report.source} (a state_dict)"
+            )
+            raise _refuse(
+                report,
+                f"structure port refused: {what}: {unproven}, so the port cannot be checked numerically; "
+                "nothing was loaded. Name the architecture that wrote it: source_model=NAME or a model "
+                "(CLI: --source-model NAME; a zoo, torchvision:, timm: or hf: name), or pass "
+                "allow_unverified=True (--allow-unverified) to port without proof",
+            )
+        report.unverified = f"the source is a state_dict and {unproven}; the port was not checked numerically"
     if dry_run:
         return report
     versions = _module_versions(target, tgt_sd, pairing.pairs, src_sd, match == "name", report.notes)
     if match == "structure" and src_module is not None:
         _apply_checked(
-            target, tgt_sd, new_values, src_module, report, example_input, pairing.structure, versions
+            target,
+            tgt_sd,
+            new_values,
+            src_module,
+            report,
+            example_input,
+            pairing.structure,
+            versions,
+            adopt_hparams=adopt_hparams,
+            allow_unverified=allow_unverified,
         )
     else:
         _apply(target, tgt_sd, new_values, versions)
-        if match == "structure":
-            notes.append("not checked numerically: the source is a state_dict, not a model")
     report.applied = True
     return report
+
+
+def _prove_source(src_sd: dict[str, Any], source_model: Any, report: TransferReport) -> tuple[Any, str]:
+    """``(source model with its weights, "")`` so the port can be checked, or ``(None, why not)``.
+
+    ``source_model`` names the architecture; else it is identified by keys and shapes. Unproven:
+    nothing fits, or several architectures fit and compute different functions on these weights.
+    """
+    from torchsmith.transfer.fingerprint import identify_source
+    from torchsmith.transfer.source_model import build_source_model
+
+    if source_model is not None:
+        model = build_source_model(source_model)
+        _load_into(model, src_sd, _name(source_model))
+        report.notes.append(
+            f"the source was loaded by name into {_name(source_model)} (source_model), then ported "
+            "model to model and checked"
+        )
+        return model, ""
+    found = identify_source(src_sd)
+    if len(found.matches) == 1:
+        chosen = found.matches[0]
+        model = chosen.build()
+        _load_into(model, src_sd, chosen.describe())
+        report.notes.append(
+            f"identified the source as {chosen.describe()} by its keys and shapes; it was loaded into "
+            "that architecture by name and the port checked against it"
+        )
+        return model, ""
+    if len(found.matches) > 1:
+        model = _same_function(found.matches, src_sd)
+        if model is not None:
+            names = ", ".join(c.describe() for c in found.matches)
+            report.notes.append(
+                f"identified the source by its keys and shapes as one of {names}, which compute the same "
+                "function on these weights; the port was checked against the first"
+            )
+            return model, ""
+        return None, (
+            "its keys and shapes fit "
+            + ", ".join(c.describe() for c in found.matches[:6])
+            + ", which compute different functions on these weights (a hyper-parameter the state_dict "
+            "does not hold: padding, norm eps, head count)"
+        )
+    closest = f"; closest known: {'; '.join(found.closest)}" if found.closest else ""
+    return None, (
+        f"its architecture was not identified by its keys and shapes ({found.looked_at} candidates "
+        f"built{closest})"
+    )
+
+
+def _name(source_model: Any) -> str:
+    return repr(source_model) if isinstance(source_model, str) else type(source_model).__name__
+
+
+def _load_into(model: Any, src_sd: dict[str, Any], what: str) -> None:
+    try:
+        load_weights(model, src_sd, match="name", strict="target")
+    except TransferError as e:
+        raise TransferError(f"source model {what}: the source is not of this architecture ({e})") from None
+
+
+def _same_function(candidates: list[Any], src_sd: dict[str, Any]) -> Any:
+    """The first candidate (built, with ``src_sd`` loaded) when all compute the same function on it."""
+    from torchsmith.transfer.port_check import TOLERANCE, _run
+    from torchsmith.transfer.structure import _example_inputs
+
+    first, x, ref = None, None, None
+    for cand in candidates:
+        try:
+            model = cand.build()
+            load_weights(model, src_sd, match="name", strict="target")
+            if x is None:
+                inputs = _example_inputs(model)
+                if not inputs:
+                    return None
+                x = inputs[0]
+            out = _run(model, x, None).detach().double()
+        except Exception:  # a candidate that cannot run on the input settles nothing
+            return None
+        if ref is None:
+            first, ref = model, out
+            continue
+        scale = ref.abs().max().item() or 1.0
+        if out.shape != ref.shape or not (out - ref).abs().max().item() / scale <= TOLERANCE:
+            return None
+    return first
 
 
 def _check_options(
@@ -845,6 +1121,9 @@ def _apply_checked(
     example_input: Any,
     sm: Any = None,
     versions: Any = None,
+    *,
+    adopt_hparams: bool = True,
+    allow_unverified: bool = False,
 ) -> None:
     """A structure port is kept only if the two models agree on an input (WRONG = 0).
 
@@ -855,32 +1134,78 @@ def _apply_checked(
     """
     import torch
 
+    from torchsmith.transfer import hparams
     from torchsmith.transfer.port_check import check_port
 
     run = (sm.check_input, sm.source_output) if sm is not None else (None, None)
     idle = sm.idle if sm is not None else ()
-    owned = _owned_tensors(target, tgt_sd, new_values)
-    if owned is None:
-        old_values = {k: tgt_sd[k].detach().clone() for k in new_values}
-        _apply(target, tgt_sd, new_values, versions)
-        try:
-            result = check_port(target, src_module, report, example_input, source_run=run, idle=idle)
-        except TransferError:
-            _apply(target, tgt_sd, old_values, versions)
-            raise
-    else:
-        values = {
-            k: v.detach().to(device=owned[k].device, dtype=owned[k].dtype) for k, v in new_values.items()
-        }
-        result = check_port(
-            target, src_module, report, example_input, source_run=run, idle=idle, target_values=values
+    diffs = hparams.compare_hparams(target, src_module, report.mapping)
+    adoptable = [d for d in diffs if d.adoptable]
+    if adoptable and not adopt_hparams:
+        raise _refuse(
+            report,
+            "port refused (adopt_hparams=False): the paired modules differ in hyper-parameters the "
+            f"weights do not hold: {hparams.describe(adoptable)}; nothing was loaded. Pass "
+            "adopt_hparams=True to give the model the source's values",
         )
-        # The checked run used exactly these tensors as the module's own; copy_ into the module's
-        # tensors (no load hook in between) makes the model that function. No second pass.
-        with torch.no_grad():
-            for k, v in values.items():
-                owned[k].copy_(v)
+    adopted = hparams.adopt(
+        target, adoptable
+    )  # before the check: the model must compute the source's function
+    fixed = [d for d in diffs if not d.adoptable]
+    owned = _owned_tensors(target, tgt_sd, new_values)
+    try:
+        if owned is None:
+            old_values = {k: tgt_sd[k].detach().clone() for k in new_values}
+            _apply(target, tgt_sd, new_values, versions)
+            try:
+                result = check_port(target, src_module, report, example_input, source_run=run, idle=idle)
+            except TransferError:
+                _apply(target, tgt_sd, old_values, versions)
+                raise
+        else:
+            values = {
+                k: v.detach().to(device=owned[k].device, dtype=owned[k].dtype) for k, v in new_values.items()
+            }
+            result = check_port(
+                target, src_module, report, example_input, source_run=run, idle=idle, target_values=values
+            )
+            if isinstance(result, str) and not allow_unverified:
+                raise _refuse(report, _unproven(result))
+            # The checked run used exactly these tensors as the module's own; copy_ into the module's
+            # tensors (no load hook in between) makes the model that function. No second pass.
+            with torch.no_grad():
+                for k, v in values.items():
+                    owned[k].copy_(v)
+    except TransferError as e:
+        hparams.restore(target, adopted)
+        if fixed and "differ from the source's" in str(e):
+            raise _refuse(report, str(hparams.refuse_differences(fixed, str(e), adopted))) from None
+        if getattr(e, "report", None) is None:
+            e.report = report  # type: ignore[attr-defined]
+        raise
+    if isinstance(result, str):
+        if not allow_unverified:  # the write-check-rollback path: roll back
+            _apply(target, tgt_sd, old_values, versions)
+            hparams.restore(target, adopted)
+            raise _refuse(report, _unproven(result))
+        report.unverified = result
+    report.adopted = [d.to_dict() for d in adopted]
+    if adopted:
+        report.notes.append(
+            f"adopted the source's hyper-parameters (adopt_hparams=True): {hparams.describe(adopted)}"
+        )
+    if fixed:
+        report.notes.append(
+            f"hyper-parameters that differ but did not change the outputs: {hparams.describe(fixed)}"
+        )
     report.notes.append(result if isinstance(result, str) else result.describe())
+
+
+def _unproven(why: str) -> str:
+    return (
+        f"structure port refused: {why}, so the port is not proven; nothing was loaded. Pass "
+        "allow_unverified=True (CLI: --allow-unverified) to port without proof"
+    )
 
 
 def _owned_tensors(target: Any, tgt_sd: dict[str, Any], keys: Iterable[str]) -> dict[str, Any] | None:

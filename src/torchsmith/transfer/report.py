@@ -42,6 +42,10 @@ class TransferReport:
     ``skip=`` to :func:`~torchsmith.transfer.init_weights` so a later init never overwrites them.
     ``partial`` says why the source looked like another architecture when ``allow_partial=True``
     accepted it (empty otherwise); ``summary()`` ends with it, so a log line never hides it.
+    ``unverified`` says why a structure port was not proven numerically when
+    ``allow_unverified=True`` accepted it; the printed report then starts with ``UNVERIFIED``.
+    ``adopted`` lists the hyper-parameters the model took from the source (a norm's ``eps``).
+    ``missing_keys``/``unexpected_keys`` are the keys alone, as ``load_state_dict`` names them.
     """
 
     source: str = ""
@@ -59,6 +63,8 @@ class TransferReport:
     params_from_source: int = 0
     applied: bool = False
     partial: str = ""
+    unverified: str = ""
+    adopted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def fraction(self) -> float:
@@ -114,6 +120,7 @@ class TransferReport:
             + f": {self.fraction:.2%} of the model's parameters ({self.params_from_source:,} of "
             f"{self.params_total:,}) came from the source"
             + ("; partial load allowed (allow_partial=True): another architecture" if self.partial else "")
+            + ("; UNVERIFIED port (allow_unverified=True)" if self.unverified else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,8 +132,11 @@ class TransferReport:
         return {
             "source": self.source,
             "match": self.match,
+            "verified": not self.unverified,
+            "unverified": self.unverified,
             "applied": self.applied,
             "partial": self.partial,
+            "adopted": list(self.adopted),
             "fraction": self.fraction,
             "params_total": self.params_total,
             "params_from_source": self.params_from_source,
@@ -216,7 +226,8 @@ class TransferReport:
         head = f"load_weights from {self.source or '(state_dict)'} (match={self.match})"
         if not self.applied:
             head += " [not applied]"
-        out = [head, self.summary()]
+        out = [f"UNVERIFIED: {self.unverified}"] if self.unverified else []
+        out += [head, self.summary()]
         out += [f"note: {n}" for n in self.notes]
         mapping = self.mapping_table()
         if mapping:
