@@ -117,6 +117,10 @@ def _transform_classes() -> dict[str, type]:
     }
 
 
+# torchvision's batch transforms: they need a batch and its labels, which a dataset item is not.
+_BATCH_TRANSFORMS = ("MixUp", "CutMix")
+
+
 def check_transforms(items: list, field: str) -> list[tuple[str, dict]]:
     """Check transform names and argument names; return ``[(name, args), ...]``."""
     if not items:
@@ -126,6 +130,12 @@ def check_transforms(items: list, field: str) -> list[tuple[str, dict]]:
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
         name, args = _parse_transform(item, where)
+        if name in _BATCH_TRANSFORMS:
+            raise RecipeError(
+                f"recipe field {where!r}: {name} mixes two samples and their labels, so it is a batch "
+                "transform, not one for a single image; use train.mixup: {mixup_alpha: 0.8, "
+                "cutmix_alpha: 1.0} (soft targets, timm's semantics)"
+            )
         if name not in classes:
             raise RecipeError(
                 f"recipe field {where!r}: unknown transform {name!r}{close_matches(str(name), classes)}; "

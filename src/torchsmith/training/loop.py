@@ -263,6 +263,11 @@ class Trainer(RunState):
                 epochs=t["epochs"],
                 steps_per_epoch=self.steps_per_epoch,
             )
+        self.mixer = None
+        if t.get("mixup"):
+            from torchsmith.training.mixup import BatchMixer
+
+            self.mixer = BatchMixer(**t["mixup"], seed=r["seed"], rank=ctx.rank)
         self.scaler = torch.amp.GradScaler(device.type, enabled=t["precision"] == "fp16")
         if t["compile"]:
             self.model = torch.compile(self.model)
@@ -497,17 +502,22 @@ class Trainer(RunState):
         """One micro-batch: forward under autocast, float32 loss, backward (scaled under fp16)."""
         import torch
 
-        model, crit = self.model, self.criterion
+        model, crit, mixer = self.model, self.criterion, self.mixer
         amp = _autocast(self.ctx.device, self.recipe["train"]["precision"])
         scaler = self.scaler if self.scaler.is_enabled() else None
         f32 = torch.float32
+        if mixer is not None:
+            from torchsmith.training.mixup import soft_target_cross_entropy
 
-        def forward_backward(x: Any, y: Any, group_size: int) -> tuple[Any, Any]:
+        def forward_backward(x: Any, y: Any, group_size: int, lam: float | None = None) -> tuple[Any, Any]:
             with amp:
                 out = model(x)
             if isinstance(out, torch.Tensor) and out.dtype is not f32:  # .float() on f32 is still a call
                 out = out.float()
-            loss = crit(out, y)
+            if lam is None:
+                loss = crit(out, y)
+            else:  # train.mixup: soft targets for the output's classes, the hard y kept for accuracy
+                loss = soft_target_cross_entropy(out, mixer.targets(y, out.shape[1], lam))
             scaled = loss / group_size if group_size > 1 else loss
             if scaler is None:
                 scaled.backward()
@@ -554,6 +564,7 @@ class Trainer(RunState):
         # backward() and opt.step(), which is what a disabled scaler calls.
         move = device.type != "cpu" or channels_last
         forward_backward = self._forward_backward()
+        mixer = self.mixer
         no_sync = getattr(model, "no_sync", None) if ctx.enabled else None
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         ks = self._ks
@@ -572,13 +583,16 @@ class Trainer(RunState):
             group_start = (b // accum) * accum
             group_size = min(accum, total - group_start)
             last_in_group = b == group_start + group_size - 1
+            lam = None
+            if mixer is not None:
+                x, lam = mixer(x, epoch=self.epoch, index=b)
             if self.is_lbfgs:
                 out, loss = self._lbfgs_step(x, y)
             elif no_sync is not None and not last_in_group:
                 with no_sync():  # DDP: no gradient all-reduce until the group's last micro-batch
-                    out, loss = forward_backward(x, y, group_size)
+                    out, loss = forward_backward(x, y, group_size, lam)
             else:
-                out, loss = forward_backward(x, y, group_size)
+                out, loss = forward_backward(x, y, group_size, lam)
             if sums is None:
                 classify = _is_classification(out, y)
                 scores = crit.scores(out) if classify else None

@@ -69,6 +69,13 @@ _EARLY_STOPPING = {
     "patience": _f(int, 3, minimum=1, doc="epochs without improvement before stopping"),
     "min_delta": _f(_NUM, 0.0, minimum=0.0, doc="smallest change that counts as an improvement"),
 }
+_MIXUP = {
+    "mixup_alpha": _f(_NUM, 1.0, minimum=0.0, doc="Beta(a, a) for MixUp's weight; 0: no MixUp"),
+    "cutmix_alpha": _f(_NUM, 0.0, minimum=0.0, doc="Beta(a, a) for CutMix's box area; 0: no CutMix"),
+    "prob": _f(_NUM, 1.0, doc="probability that a batch is mixed at all"),
+    "switch_prob": _f(_NUM, 0.5, doc="with both alphas: probability of CutMix rather than MixUp"),
+    "label_smoothing": _f(_NUM, 0.1, doc="folded into the mixed soft targets (timm's default 0.1)"),
+}
 _PROFILE = {
     "steps": _f(list, [2, 4], doc="[a, b]: profile optimizer steps a to b (1-based, inclusive)"),
 }
@@ -158,6 +165,12 @@ SCHEMA: dict[str, Any] = {
             (int, float, str, type(None)), None, doc="stop after this much training: seconds or 'HH:MM:SS'"
         ),
         "profile": _f((dict, type(None)), None, sub=_PROFILE, doc="a torch.profiler trace of some steps"),
+        "mixup": _f(
+            (dict, bool, type(None)),
+            None,
+            sub=_MIXUP,
+            doc="MixUp/CutMix batches with soft targets (timm semantics; training.mixup)",
+        ),
     },
     "logging": _f((list, str), ["jsonl"], doc="metrics files: any of jsonl, csv, tensorboard"),
     "checkpoint": {
@@ -496,6 +509,9 @@ def _check_semantics(r: dict) -> None:
     if r["optimizer"]["name"] == "LBFGS" and t["grad_accum"] != 1:
         raise RecipeError("recipe field 'train.grad_accum': LBFGS re-evaluates the loss itself; use 1")
     _check_loop_features(r)
+    from torchsmith.training.mixup import check_mixup
+
+    check_mixup(r)
     dev = t["device"]
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise RecipeError(f"recipe field 'train.device': expected auto, cpu, cuda or cuda:N, got {dev!r}")
