@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             counts[key] = counts.get(key, 0) + 1
             if outcome.startswith("DIFF"):
                 diffs.append(f"seed {seed} ({known['kind']}): {outcome}")
+                if args.report_every:
+                    print("  " + diffs[-1], flush=True)
             if args.report_every and (i + 1) % args.report_every == 0:
                 print(
                     f"{i + 1} examples, {len(diffs)} differences, {time.perf_counter() - start:.0f} s",

@@ -295,6 +295,7 @@ class Gen:
         self.p.op(b".")
         data = bytearray(self.p.out)
         if self.r.random() < 0.1:  # byte-level mutations of the program
+            self.dangerous = False  # a mutation may have renamed the dangerous global: no longer known
             for _ in range(self.r.randint(1, 3)):
                 i = self.r.randrange(len(data))
                 op = self.r.random()

@@ -328,7 +328,14 @@ def _good_pickle() -> bytes:
 
 @pytest.mark.parametrize(
     "variant",
-    ["data.pkl-twice", "storage-twice", "two-archives", "renamed-local-header", "overlapping-members"],
+    [
+        "data.pkl-twice",
+        "storage-twice",
+        "two-archives",
+        "renamed-local-header",
+        "overlapping-members",
+        "member-marked-directory",
+    ],
 )
 def test_ambiguous_zips_are_refused(tmp_path, variant):
     good, zeros, ones = _good_pickle(), bytes(16), struct.pack("<4f", 1, 1, 1, 1)
@@ -340,6 +347,11 @@ def test_ambiguous_zips_are_refused(tmp_path, variant):
     elif variant == "two-archives":
         entries += [("other/data.pkl", good), ("other/data/0", ones)]
     path = _raw_zip(tmp_path / "z.pt", entries)
+    if variant == "member-marked-directory":  # torch hands back uninitialised memory for such a record
+        data = bytearray(path.read_bytes())
+        cd = data.rindex(b"PK\x01\x02")
+        data[cd + 38 : cd + 42] = struct.pack("<I", 0x10)
+        path.write_bytes(bytes(data))
     if variant == "renamed-local-header":
         data = bytearray(path.read_bytes())
         i = data.index(b"archive/data/0")  # the first (local header) spelling
@@ -352,7 +364,9 @@ def test_ambiguous_zips_are_refused(tmp_path, variant):
         first_local = 0
         data[cd + 42 : cd + 46] = struct.pack("<I", first_local)
         path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"twice|data\.pkl records|another name|overlap|damaged"):
+    with pytest.raises(
+        CheckpointError, match=r"twice|data\.pkl records|another name|overlap|damaged|directory"
+    ):
         torchsmith.read_state_dict(path)
 
 

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import pickle
+import stat
 import struct
 import zipfile
 import zlib
@@ -123,6 +124,13 @@ def zip_members(f, zf: zipfile.ZipFile, size: int, path: Path) -> dict[str, _Mem
             )
         if info.flag_bits & 0x1:
             raise CheckpointError(f"{path}: zip member {info.filename[:80]!r} is encrypted")
+        mode = info.external_attr >> 16
+        if info.external_attr & 0x10 or stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            # torch's reader extracts nothing from a member marked as a directory or a link and
+            # hands back uninitialised memory; only regular members are records.
+            raise CheckpointError(
+                f"{path}: zip member {info.filename[:80]!r} is marked as a directory or link, not a file"
+            )
         start = _data_offset(f, info)
         local = _local_name(f, info)
         if local.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace") != info.filename:
