@@ -223,6 +223,11 @@ def _op_stride(fname: str, args: tuple, kwargs: dict, x: torch.Tensor, out: Any)
         kernel = args[ki] if len(args) > ki else kwargs.get("kernel_size")
         stride = args[ki + 1] if len(args) > ki + 1 else kwargs.get("stride")
         return _last(stride) or _last(kernel)
+    if fname == "__getitem__" and len(args) > 1:
+        # x[..., 0::2, 0::2, :] (Swin's patch merging): a strided slice downsamples by its step
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        steps = [i.step for i in index if isinstance(i, slice) and isinstance(i.step, int) and i.step > 1]
+        return float(max(steps)) if steps else None
     if fname == "pixel_unshuffle":
         return _last(args[1] if len(args) > 1 else kwargs.get("downscale_factor"))
     if fname == "pixel_shuffle":

@@ -184,24 +184,84 @@ def _declared_strides(model: nn.Module) -> dict[str, float]:
     return out
 
 
-def _stride_at(run: Any, path: str, in_hw: tuple[int, ...], declared: dict[str, float]) -> int | float | None:
+def _declared_channels(model: nn.Module) -> dict[str, int]:
+    """Module path -> channels from the model's own ``feature_info`` (timm: ``module``, ``num_chs``)."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list | tuple):
+        return {}
+    return {
+        e["module"]: e["num_chs"]
+        for e in info
+        if isinstance(e, dict) and isinstance(e.get("module"), str) and isinstance(e.get("num_chs"), int)
+    }
+
+
+def _stride_at(
+    run: Any, path: str, in_hw: tuple[int, ...], declared: dict[str, float], cdim: int = 1
+) -> int | float | None:
     """The downsampling of ``path``'s output: declared by the model, else traced from the strides of
-    the convolutions and poolings on the way (never the input size divided by the output size, which
-    padding makes wrong at sizes that do not divide evenly)."""
+    the convolutions, poolings and strided slices on the way (never the input size divided by the
+    output size, which padding makes wrong at sizes that do not divide evenly). ``cdim`` is the
+    channel dimension (1, or -1 for channels-last outputs): the spatial size is read beside it."""
     if path in declared:
         return declared[path]
     out = run.outputs.get(path)
-    if len({tuple(t.shape[2:]) for t in _tensors(out)}) > 1:
+    spatial = (lambda t: tuple(t.shape[2:])) if cdim == 1 else (lambda t: tuple(t.shape[1:-1]))
+    if len({spatial(t) for t in _tensors(out)}) > 1:
         return None  # several outputs at different resolutions (HRNet's branches): no one stride
     shape = shape_of(out)
     stride = run.strides.get(path)
-    if stride is None or not shape or not in_hw or len(shape) != 2 + len(in_hw) or not shape[-1]:
+    if stride is None or not shape or not in_hw or len(shape) != 2 + len(in_hw):
         return None
-    # A layout the tracing cannot follow (channels last, downsampling by reshaping) shows as a size
-    # more than twice off what the traced stride gives: then the stride is unknown, not guessed.
-    if not 0.5 <= in_hw[-1] / shape[-1] / stride <= 2:
+    last = shape[-1] if cdim == 1 else shape[-2]
+    if not last:
+        return None
+    # A layout the tracing cannot follow (downsampling by reshaping) shows as a size more than twice
+    # off what the traced stride gives: then the stride is unknown, not guessed.
+    if not 0.5 <= in_hw[-1] / last / stride <= 2:
         return None
     return round(stride) if abs(stride - round(stride)) < 1e-6 else round(stride, 3)
+
+
+_LAST_DIM = (nn.Linear, nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+
+
+def _width_of(m: nn.Module) -> int | None:
+    """The feature width a layer produces (or normalises), from its own configuration."""
+    for attr in ("out_features", "out_channels", "num_features", "num_channels"):
+        v = getattr(m, attr, None)
+        if isinstance(v, int):
+            return v
+    shape = getattr(m, "normalized_shape", None)
+    if isinstance(shape, tuple | list) and shape:
+        return int(shape[-1])
+    return None
+
+
+def _channel_dim(model: nn.Module, run: Any, path: str, shape: tuple[int, ...]) -> int:
+    """1 (channels first) or -1 (channels last: Swin stages, transformer tokens) for ``path``'s output.
+
+    The last layer with weights that ran inside ``path`` (else before it) made the features: the
+    dimension equal to its width holds the channels; when both ends match, its kind decides
+    (Linear and LayerNorm act on the last dimension; convolutions and batch norms on dimension 1).
+    """
+    if len(shape) < 3:
+        return -1
+    modules = dict(model.named_modules(remove_duplicate=False))
+    order = [p for p in run.order if p in modules and any(True for _ in modules[p].parameters(recurse=False))]
+    inside = [p for p in order if path == "" or p == path or p.startswith(path + ".")]
+    before = order[: order.index(inside[0])] if inside else order[: run.order.index(path)]
+    maker = (inside or before or [None])[-1]
+    m = modules.get(maker) if maker is not None else None
+    width = _width_of(m) if m is not None else None
+    first, last = shape[1] == width, shape[-1] == width
+    if last and not first:
+        return -1
+    if first and not last:
+        return 1
+    if first and last:
+        return -1 if type(m) in _LAST_DIM else 1
+    return 1
 
 
 def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...], declared: dict[str, float]) -> list[str]:
@@ -214,9 +274,12 @@ def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...], declared: d
         if not path:
             continue
         shape = shape_of(run.outputs.get(path))
-        if shape is None or len(shape) != 2 + len(in_hw) or all(d <= 1 for d in shape[2:]):
-            continue  # not spatial, or globally pooled
-        stride = _stride_at(run, path, in_hw, {})
+        if shape is None or len(shape) != 2 + len(in_hw):
+            continue  # not spatial
+        cdim = _channel_dim(model, run, path, shape)
+        if all(d <= 1 for d in (shape[2:] if cdim == 1 else shape[1:-1])):
+            continue  # globally pooled
+        stride = _stride_at(run, path, in_hw, {}, cdim)
         if stride is None or stride < 2:
             continue
         by_stride.setdefault(stride, []).append((path.count("."), i, path))
@@ -240,13 +303,15 @@ def feature_info(
     product of the convolution and pooling strides on the way to each layer (``None`` when that
     cannot be traced, or for non-spatial outputs). Without ``features``, the stages are the model's
     declared ones, or for each stride (2, 4, 8, ...) the shallowest module that runs last at that
-    stride (``layer1``..``layer4`` on a ResNet). Each entry is
-    ``{"name", "path", "channels", "stride", "shape"}``.
+    stride (``layer1``..``layer4`` on a ResNet). Channels are read from the output's layout (the
+    last dimension for channels-last outputs such as Swin stages, reported as ``layout``). Each
+    entry is ``{"name", "path", "channels", "stride", "shape", "layout"}``.
     """
     run = dry_run(model, tuple(input_shape) if input_shape else None, train=False)
     in_shape = run.input_shape or shape_of(run.inputs.get("", ()))
     in_hw = tuple(in_shape[2:]) if in_shape and len(in_shape) > 2 else ()
     declared = _declared_strides(model)
+    declared_chs = _declared_channels(model)
     names = (
         _names(features)
         if features is not None
@@ -260,16 +325,19 @@ def feature_info(
                 f"feature_info: {path!r} does not run in a forward pass of {type(model).__name__}"
             )
         shape = shape_of(run.outputs[path])
-        channels = None
+        channels, cdim = None, 1
         if shape:
-            channels = shape[1] if len(shape) == 2 + len(in_hw) and in_hw else shape[-1]
+            spatial = len(shape) == 2 + len(in_hw) and in_hw
+            cdim = _channel_dim(model, run, path, shape) if spatial else -1
+            channels = declared_chs.get(path, shape[cdim])
         info.append(
             {
                 "name": name,
                 "path": path,
                 "channels": channels,
-                "stride": _stride_at(run, path, in_hw, declared),
+                "stride": _stride_at(run, path, in_hw, declared, cdim),
                 "shape": list(shape) if shape else None,
+                "layout": "channels_last" if shape and cdim == -1 and len(shape) > 2 else "channels_first",
             }
         )
     return info
