@@ -18,8 +18,8 @@ follows is checked numerically.
 
 >>> import torchvision
 >>> sd = torchvision.models.resnet18(num_classes=7).state_dict()
->>> [c.name for c in identify_source(sd).matches][:1]
-['torchvision:resnet18']
+>>> [c.describe() for c in identify_source(sd).matches if c.name.startswith("torchvision:")]
+['torchvision:resnet18(num_classes=7)']
 """
 
 from __future__ import annotations
