@@ -346,6 +346,42 @@ class _Constructor:
             return t
         return nn.Parameter(t, requires_grad=kw["trainable"])
 
+    def _keyword_node(self, st: Any, vals: list | None, env: dict | None) -> tuple[Any, Any]:
+        """A module node whose forward also gets keywords (``attn_mask``, ``is_causal``): built first,
+        then run on its inputs and keywords (meta pass), so its output shape is known to the next node."""
+        if isinstance(st.plan, DeferredPlan):
+            raise self.fail(
+                st.where.at("keywords"),
+                f"a node with keywords is built before it runs, so {', '.join(st.plan.missing)} cannot be "
+                "read off its input; give it in the node",
+            )
+        if isinstance(st.plan, LeafPlan) and vals is not None and self.meta:
+            # a layer's sizes may be read off its inputs (embed_dim): a first run without the keywords
+            # (which change no shapes) infers them; a layer that cannot run without them is built as written
+            try:
+                module, _ = self.build(st.plan, vals)
+            except SpecError:
+                module, _ = self.build(st.plan, None)
+        else:
+            module, _ = self.build(st.plan, None)
+        if vals is None or env is None or not self.meta:
+            return module, None
+        kwargs = {k: self._select(env, r, w) for (k, r), w in zip(st.kw_refs, st.kw_wheres)}
+        kwargs.update(st.kw_values)
+        try:
+            out = module(*vals, **kwargs)
+        except Exception as e:
+            raise self.fail(
+                st.where,
+                f"node {st.name!r} cannot take inputs of shape {shape_str(vals)} with keywords "
+                f"{', '.join(kwargs)}: {_first_line(e)}",
+            ) from None
+        self.record[format_path(st.plan.where.inst)] = {
+            "type": self._label(st.plan),
+            "output_shape": describe(out),
+        }
+        return module, out
+
     def _call(self, st: Any, module: Any, vals: list | None) -> Any:
         """Run a shared module again (meta pass only: the real pass computes nothing)."""
         if vals is None or not self.meta:
@@ -399,6 +435,8 @@ class _Constructor:
             out = None
             if st.op == "param":
                 modules[st.name] = out = self._param(st)
+            elif st.plan is not None and (st.kw_refs or st.kw_values):
+                modules[st.name], out = self._keyword_node(st, vals, env)
             elif st.plan is not None:
                 modules[st.name], out = self.build(st.plan, vals)
             elif st.call is not None:
@@ -424,7 +462,10 @@ class _Constructor:
                 }
             if env is not None:
                 env[st.name] = out
-            steps.append((st.name, st.op, {"call": st.call} if st.call else st.op_kwargs, st.refs))
+            kw = {"call": st.call} if st.call else st.op_kwargs
+            if st.kw_refs or st.kw_values:
+                kw = {"kw_refs": st.kw_refs, "kw_values": dict(st.kw_values)}
+            steps.append((st.name, st.op, kw, st.refs))
         module = SpecGraph(plan.inputs, steps, plan.outputs, modules)
         out = None
         if env is not None:

@@ -157,6 +157,16 @@ def _expand(xs: Sequence[torch.Tensor], size: list[int]) -> torch.Tensor:
     return xs[0].expand(*size)
 
 
+def _causal_mask(xs: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """``[L, L]`` booleans, True above the diagonal (position i may not see j > i), L = x.shape[dim].
+
+    The ``attn_mask`` of ``nn.MultiheadAttention`` / ``src_mask`` of Transformer layers, where True
+    means "not allowed"; pass ``is_causal: true`` beside it to let PyTorch use its causal kernels.
+    """
+    n = xs[0].shape[dim]
+    return torch.ones(n, n, dtype=torch.bool, device=xs[0].device).triu(1)
+
+
 def _expand_batch(xs: Sequence[torch.Tensor]) -> torch.Tensor:
     """``inputs[0]`` (batch 1: a class token) repeated to the batch of ``inputs[1]``, without a copy."""
     x, like = xs
@@ -244,6 +254,9 @@ OPS: dict[str, Op] = {
     "matmul": Op(_matmul, 2, 2, {}, doc="torch.matmul(inputs[0], inputs[1])"),
     "expand": Op(_expand, 1, 1, {"size": None}, required=("size",), doc="x.expand(*size) (-1 keeps a dim)"),
     "expand_batch": Op(_expand_batch, 2, 2, {}, doc="inputs[0] (batch 1) expanded to the batch of inputs[1]"),
+    "causal_mask": Op(
+        _causal_mask, 1, 1, {"dim": 1}, doc="[L, L] bool mask, True above the diagonal (L = x.shape[dim])"
+    ),
 }
 
 # a graph step: (node name, op name or None for a module, op kwargs, ((source, selector), ...))
@@ -293,8 +306,8 @@ class SpecGraph(nn.Module):
         else:
             keep = {_src(r) for _, r in outs}
         last: dict[str, int] = {}
-        for j, (_, _, _, refs) in enumerate(steps):
-            for ref in refs:
+        for j, (_, _, kw, refs) in enumerate(steps):
+            for ref in (*refs, *(r for _, r in kw.get("kw_refs", ()))):
                 last[_src(ref)] = j
         return tuple(sorted(n for n, j in last.items() if j == i and n not in keep))
 
@@ -328,7 +341,10 @@ class SpecGraph(nn.Module):
             env[key] = value
         for name, op, kw, refs, frees in self._steps:
             xs = [env[src] if sel is None else _pick(env[src], sel) for src, sel in refs]
-            if op is None:  # a module node, or a call of another node's module (shared weights)
+            if op is None and "kw_refs" in kw:  # a module node with keywords (attn_mask, is_causal)
+                kwargs = {k: _get(env, r) for k, r in kw["kw_refs"]}
+                env[name] = getattr(self, name)(*xs, **kwargs, **kw["kw_values"])
+            elif op is None:  # a module node, or a call of another node's module (shared weights)
                 env[name] = getattr(self, kw.get("call", name))(*xs)
             elif op == "param":
                 env[name] = getattr(self, name)

@@ -20,6 +20,7 @@ __all__ = ["GraphPlanner", "parse_input_spec"]
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 PARAM_KEYS = {"shape": None, "init": "zeros", "std": 0.02, "trainable": True, "buffer": False}
 PARAM_INITS = ("zeros", "ones", "normal", "trunc_normal")
+_KEYWORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class GraphPlanner:
@@ -99,7 +100,7 @@ class GraphPlanner:
         self._check_calls(steps, inputs, disabled)
         known = set(inputs) | set(steps)
         for step in steps.values():
-            for (src, _), rw in zip(step.refs, step.ref_wheres):
+            for (src, _), rw in step.uses():
                 if src in disabled:
                     raise self.p.fail(
                         rw, f"node {src!r} is switched off by its 'when', so it cannot be an input here"
@@ -123,7 +124,7 @@ class GraphPlanner:
                 continue
             needed.add(src)
             if src in steps:
-                todo.extend(s for s, _ in steps[src].refs)
+                todo.extend(s for (s, _), _ in steps[src].uses())
         for name, step in steps.items():
             if name not in needed:
                 raise self.p.fail(
@@ -264,7 +265,39 @@ class GraphPlanner:
         if not self.p.when(use, w, scope):
             return None
         refs, ref_wheres = self._refs(use, w, scope, previous)
-        return StepPlan(name, w, self.p.plan_use(body, use, w, scope), None, {}, refs, ref_wheres)
+        step = StepPlan(name, w, self.p.plan_use(body, use, w, scope), None, {}, refs, ref_wheres)
+        if "keywords" in use:
+            if "n" in use:
+                raise self.p.fail(
+                    w.at("keywords"), "'keywords' cannot go with 'n' (a chain of copies takes one input)"
+                )
+            self._keywords(step, use["keywords"], w.at("keywords"), scope)
+        return step
+
+    def _keywords(self, step: StepPlan, raw: Any, w: Where, scope: dict) -> None:
+        """``keywords: {attn_mask: mask, is_causal: true}``: what the module's forward gets by keyword.
+
+        A string names an input or a node (its tensor is passed); true/false, numbers and null are
+        passed as written.
+        """
+        if not isinstance(raw, dict) or not raw:
+            raise self.p.fail(
+                w, f"found {raw!r:.60}; expected a mapping of forward keyword: node name or constant"
+            )
+        refs, wheres, values = [], [], {}
+        for key, value in raw.items():
+            if not isinstance(key, str) or not _KEYWORD.match(key):
+                raise self.p.fail(w.at(key), f"found {key!r}; expected a Python keyword argument name")
+            if isinstance(value, str):
+                refs.append((key, self._parse_ref(value, w.at(key), scope)))
+                wheres.append(w.at(key))
+            elif value is None or isinstance(value, (bool, int, float)):
+                values[key] = self.p.sub(value, w.at(key), scope)
+            else:
+                raise self.p.fail(
+                    w.at(key), f"found {value!r:.60}; expected the name of an input or node, or a constant"
+                )
+        step.kw_refs, step.kw_wheres, step.kw_values = tuple(refs), tuple(wheres), values
 
     def _refs(self, d: dict, w: Where, scope: dict, previous: str | None) -> tuple[tuple, tuple]:
         if "inputs" not in d:
@@ -345,8 +378,8 @@ class GraphPlanner:
 
 
 def _deps(step: StepPlan) -> list:
-    """What must run before ``step``: its inputs, and the node whose module it calls."""
-    return [s for s, _ in step.refs] + ([step.call] if step.call else [])
+    """What must run before ``step``: its inputs and keyword tensors, and the node whose module it calls."""
+    return [s for (s, _), _ in step.uses()] + ([step.call] if step.call else [])
 
 
 def parse_input_spec(value: Any, planner: Any, where: Where | None) -> tuple | None:

@@ -26,7 +26,7 @@ __all__ = [
     "Where",
 ]
 
-USE_KEYS = ("n", "when", "shared", "inputs")  # keys about how a node is used, not what it is
+USE_KEYS = ("n", "when", "shared", "inputs", "keywords")  # keys about how a node is used, not what it is
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,16 @@ class StepPlan:
     refs: tuple  # ((source, selector), ...)
     ref_wheres: tuple  # Where of each ref, for errors
     call: str | None = None  # the module node whose module this node runs again (shared weights)
+    kw_refs: tuple = ()  # ((keyword, (source, selector)), ...): tensors passed by keyword (attn_mask)
+    kw_wheres: tuple = ()  # Where of each keyword ref
+    kw_values: dict = field(default_factory=dict)  # constants passed by keyword (is_causal: true)
+
+    def uses(self) -> list[tuple[tuple, Where]]:
+        """Every (ref, where) this step reads: its inputs, then its keyword tensors."""
+        return [
+            *zip(self.refs, self.ref_wheres),
+            *((r, w) for (_, r), w in zip(self.kw_refs, self.kw_wheres)),
+        ]
 
 
 @dataclass
