@@ -328,11 +328,18 @@ def _set_declared(
 def _declared_report(
     model: nn.Module, decl: Declared, n: int, keep: Any, before: dict, where: str
 ) -> SurgeryReport:
+    """The report of a declared change: a parameter-free placeholder (Identity) replaced is an addition."""
     report = SurgeryReport.diff("set_num_classes", before, model)
-    report.notes.append(
-        f"{decl.library}: {where} {decl.num_classes} -> {n} classes"
-        + (f", kept old rows {keep}" if keep else "")
-    )
+    placeholders = [p for p in report.replaced if not any(k.startswith(p + ".") for k in before["shapes"])]
+    report.replaced = [p for p in report.replaced if p not in placeholders]
+    report.added = placeholders + report.added
+    if decl.num_classes == 0 and n:
+        report.notes.append(f"the model had no classifier: added a {n}-class head ({decl.library})")
+    else:
+        report.notes.append(
+            f"{decl.library}: {where} {decl.num_classes} -> {n} classes"
+            + (f", kept old rows {keep}" if keep else "")
+        )
     record(model, report, {"op": "set_num_classes", "num_classes": n, "head": None, "keep": keep})
     return report
 
