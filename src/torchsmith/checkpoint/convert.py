@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -306,14 +307,36 @@ def _read_weights(
             ) from None
     source_bytes = input_bytes(raw.files or [raw.path])
     check_expansion(refs, source_bytes, what="convert", where=raw.path, allow_expand=allow_expand)
+    if not skipped:  # the reader's own path: its read budget, module versions (_metadata), notes
+        ckpt = read_checkpoint(src, trust_pickle=trust_pickle)
+        return ckpt, ckpt.state_dict, skipped
     problems = [(k, r.check_bounds()) for k, r in refs.items()]
     problems = [(k, b) for k, b in problems if b]
     if problems:
         raise CheckpointError(f"{raw.path}: damaged: tensor {problems[0][0]!r} {problems[0][1]}")
     maps = FileMaps(use_mmap=True)
-    state_dict = {k: materialize(r, maps) for k, r in refs.items()}
+    state_dict: dict[str, Any] = {k: materialize(r, maps) for k, r in refs.items()}
+    versions = _module_versions(raw.obj, container)
+    if versions is not None:
+        state_dict = OrderedDict(state_dict)
+        state_dict._metadata = versions  # type: ignore[attr-defined]
     ckpt = Checkpoint(raw.path, raw.format, state_dict, container, others, raw.metadata, raw.notes + notes)
     return ckpt, state_dict, skipped
+
+
+def _module_versions(obj: Any, container: str | None) -> OrderedDict | None:
+    """The ``_metadata`` (module versions) of the dictionary the weights came from, checked, or None."""
+    for part in container.split(".") if container else []:
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    meta = getattr(obj, "_metadata", None)
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in meta.items()
+    ):
+        return None  # file data of another shape is not module versions: not carried
+    scalar = int | float | str | bool | type(None)
+    return OrderedDict(
+        (k, {str(a): b for a, b in v.items() if isinstance(b, scalar)}) for k, v in meta.items()
+    )
 
 
 def convert_checkpoint(
@@ -353,6 +376,7 @@ def convert_checkpoint(
         _versions,
         _write_sharded,
         _write_single,
+        versions_metadata,
     )
 
     dst = Path(dst)
@@ -372,7 +396,9 @@ def convert_checkpoint(
     unwritable = _unwritable(state_dict)  # what a trusted torch.load returned beyond dense tensors
     _refuse_left({k: d for k, d in unwritable.items() if not _skipped(k, patterns)}, ckpt.path, dst)
     skipped.update({k: unwritable[k] for k in unwritable})
-    kept = {k: v for k, v in state_dict.items() if k not in skipped}
+    kept: dict[str, Any] = OrderedDict((k, v) for k, v in state_dict.items() if k not in skipped)
+    if isinstance(getattr(state_dict, "_metadata", None), dict):
+        kept._metadata = state_dict._metadata  # type: ignore[attr-defined]
     if not kept:
         raise CheckpointError(
             f"{ckpt.path}: nothing to convert: no tensor is left once skipped entries are out"
@@ -393,6 +419,7 @@ def convert_checkpoint(
     meta = {**_user_metadata(user), **_versions()}
     meta.update({k: ckpt.metadata[k] for k in _CARRIED if k in ckpt.metadata})
     meta["torchsmith.converted_from"] = f"{ckpt.format}:{Path(src).name}"
+    meta.update(versions_metadata(state_dict))
     tensors, aliases = _dedupe(state_dict)
     if max_shard_size is None:
         return _write_single(dst, tensors, aliases, meta, dedupe_tied=dedupe_tied)
@@ -444,4 +471,11 @@ def edit_keys(
         if n in seen:
             raise InputError(f"keys {seen[n]!r} and {k!r} would both be written as {n!r}; adjust rename")
         seen[n] = k
-    return {names[k]: v for k, v in state_dict.items()}
+    out = {names[k]: v for k, v in state_dict.items()}
+    versions = getattr(state_dict, "_metadata", None)
+    if isinstance(versions, dict):  # module versions travel with their keys (load_state_dict reads them)
+        from torchsmith.checkpoint.keys import rename_module_metadata
+
+        out = OrderedDict(out)
+        out._metadata = rename_module_metadata(versions, names)  # type: ignore[attr-defined]
+    return out

@@ -312,7 +312,12 @@ def _load_recorded(raw: RawCheckpoint) -> Any:
             f"{fit.unmatched_target[:3]}, unexpected {fit.unmatched_source[:3]}"
         )
     ties = _tie_groups(model)
-    state = {fit.mapping[k]: materialize(r, maps) for k, r in refs.items()}
+    state = fit.apply({k: materialize(r, maps) for k, r in refs.items()})
+    versions = getattr(raw.obj, "_metadata", None)  # module versions the file recorded (MNASNet needs them)
+    if isinstance(versions, dict):
+        from torchsmith.checkpoint.keys import rename_module_metadata
+
+        state._metadata = rename_module_metadata(versions, fit.mapping)  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=True, assign=True)
     for group in ties:
         first = model.get_parameter(group[0])

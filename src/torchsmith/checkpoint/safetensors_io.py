@@ -177,7 +177,45 @@ def read_safetensors(path: Path) -> RawCheckpoint:
                     tensors[alias] = tensors[target]
         except (ValueError, AttributeError, TypeError, RecursionError):
             raw.notes.append("ignored an unreadable torchsmith.aliases entry in the metadata")
+    attach_module_versions(raw)
     return raw
+
+
+_VERSIONS_KEY = "torchsmith.module_versions"  # saving.MODULE_VERSIONS (saving imports this module)
+_MAX_VERSION_ENTRIES = 1_000_000
+
+
+def attach_module_versions(raw: RawCheckpoint) -> None:
+    """Turn a ``torchsmith.module_versions`` metadata entry into the state dict's ``_metadata``.
+
+    ``raw.obj`` becomes an ``OrderedDict`` carrying ``_metadata`` as ``Module.state_dict()`` makes
+    it, so readers hand ``load_state_dict`` the module versions a torch file would hold. The entry
+    is file data: anything but an object of module prefix -> object of plain values is ignored
+    with a note, never an error or a crash.
+    """
+    text = raw.metadata.pop(_VERSIONS_KEY, None)
+    if text is None or not isinstance(raw.obj, dict):
+        return
+    from collections import OrderedDict
+
+    try:
+        table = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        table = None
+    ok = (
+        isinstance(table, dict)
+        and len(table) <= _MAX_VERSION_ENTRIES
+        and all(isinstance(v, dict) for v in table.values())
+    )
+    if not ok:
+        raw.notes.append(f"ignored an unreadable {_VERSIONS_KEY} entry in the metadata")
+        return
+    scalar = int | float | str | bool | type(None)
+    obj = OrderedDict(raw.obj)
+    obj._metadata = OrderedDict(  # type: ignore[attr-defined]
+        (k, {str(a): b for a, b in v.items() if isinstance(b, scalar)}) for k, v in table.items()
+    )
+    raw.obj = obj
 
 
 def _tensor_bytes(t) -> memoryview:

@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -120,11 +121,40 @@ def _state_dict_of(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, str]
         plain = [strip_wrappers(k) for k in keys]
         if plain != keys and len(set(plain)) == len(plain):
             # A state dict taken from a wrapped model: store the model's own names.
-            return dict(zip(plain, obj.values())), {}
-        return {str(k): v for k, v in obj.items()}, {}
+            return _keep_versions(dict(zip(plain, obj.values())), obj, dict(zip(keys, plain))), {}
+        return _keep_versions({str(k): v for k, v in obj.items()}, obj, None), {}
     raise InputError(
         f"save({path}): expected an nn.Module or a state dict (dict of tensors), got {type(obj).__name__}"
     )
+
+
+# Module versions (``state_dict()._metadata``) in a file's metadata, as compact JSON: safetensors has
+# no other place for them, and load_state_dict hands each module its entry (torchvision's MNASNet
+# refuses to load without its root version; BatchNorm reads its layout version).
+MODULE_VERSIONS = "torchsmith.module_versions"
+
+
+def _keep_versions(out: dict[str, Any], source: Any, renamed: dict[str, str] | None) -> dict[str, Any]:
+    """``out`` with ``source``'s ``_metadata`` attached (module prefixes renamed like the keys)."""
+    versions = getattr(source, "_metadata", None)
+    if not isinstance(versions, dict):
+        return out
+    from torchsmith.checkpoint.keys import rename_module_metadata
+
+    result = OrderedDict(out)
+    kept = rename_module_metadata(versions, renamed) if renamed else OrderedDict(versions)
+    result._metadata = kept  # type: ignore[attr-defined]
+    return result
+
+
+def versions_metadata(state_dict: Any) -> dict[str, str]:
+    """``{MODULE_VERSIONS: json}`` for a state dict that carries ``_metadata``, else ``{}``."""
+    versions = getattr(state_dict, "_metadata", None)
+    if not isinstance(versions, dict) or not versions:
+        return {}
+    table = {str(k): {str(a): b for a, b in v.items() if isinstance(b, int | float | str | bool | type(None))}
+             for k, v in versions.items() if isinstance(v, dict)}  # fmt: skip
+    return {MODULE_VERSIONS: json.dumps(table, separators=(",", ":"))}
 
 
 def _user_metadata(metadata: dict | None) -> dict[str, str]:
@@ -204,8 +234,12 @@ def _write_one(
 
     from torchsmith.checkpoint.torch_files import METADATA_RECORD
 
-    full = dict(tensors)
+    full = OrderedDict(tensors)
     full.update({a: full[t] for a, t in aliases.items()})
+    meta = dict(meta)
+    versions = meta.pop(MODULE_VERSIONS, None)
+    if versions is not None:  # a torch file holds them where torch does: the state dict's _metadata
+        full._metadata = OrderedDict(json.loads(versions))  # type: ignore[attr-defined]
     with ThreadPoolExecutor(max_workers=1) as pool, atomic_path(path) as tmp:
         hashes = pool.submit(_hash_all, tensors)
         with open(tmp, "wb") as f:
@@ -284,7 +318,7 @@ def _save(model_or_state_dict: Any, path: Path, metadata: dict | None, max_shard
     state_dict, prov = _state_dict_of(model_or_state_dict, path)
     if not state_dict:
         raise InputError(f"save({path}): nothing to save: the state dict is empty")
-    meta = {**_user_metadata(metadata), **_versions(), **prov}
+    meta = {**_user_metadata(metadata), **_versions(), **prov, **versions_metadata(state_dict)}
     tensors, aliases = _dedupe(state_dict)
     if max_shard_size is None:
         _write_single(path, tensors, aliases, meta)

@@ -130,6 +130,9 @@ def read_sharded(path: Path) -> RawCheckpoint:
     if hashes:
         raw.metadata["torchsmith.sha256"] = json.dumps(hashes, sort_keys=True)
     raw.metadata["torchsmith.shard_format"] = sniff(raw.files[0])
+    from torchsmith.checkpoint.safetensors_io import attach_module_versions
+
+    attach_module_versions(raw)  # the index's copy of the module versions, whatever the shards' format
     return raw
 
 
