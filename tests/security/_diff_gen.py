@@ -427,6 +427,19 @@ def _compare(t: Any, o: Any, where: str, storages: dict, maps: Any) -> None:
             if storages.setdefault(("o", id(o.storage)), key) != key:
                 raise Diff(f"{where}: storage sharing differs (torchsmith shares, torch does not)")
         return
+    if isinstance(t, torch.TypedStorage | torch.UntypedStorage):  # a bare storage in the pickle
+        from torchsmith.checkpoint._refs import StorageRef
+
+        if not isinstance(o, StorageRef):
+            raise Diff(f"{where}: torch has a storage, torchsmith a {type(o).__name__}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage is deprecated: torch still returns it
+            data = t.untyped() if isinstance(t, torch.TypedStorage) else t
+        flat = maps.storage_tensor(o).view(torch.uint8) if o.nbytes else torch.empty(0, dtype=torch.uint8)
+        mine = bytes(flat.numpy().tobytes())
+        if data.nbytes() != o.nbytes or bytes(data.cpu()) != mine:
+            raise Diff(f"{where}: storage bytes differ")
+        return
     if isinstance(t, torch.device):
         if not isinstance(o, DeviceRef) or o.name != str(t):
             raise Diff(f"{where}: device {t} vs {o!r}")

@@ -151,8 +151,12 @@ def refused_builder(kind: str) -> Callable[..., RefusedTensor]:
 
     def build(*args: Any, **kwargs: Any) -> RefusedTensor:
         k = kind
-        if kind == "sparse" and args and isinstance(args[0], TorchConst):
-            k = _LAYOUTS.get(args[0].qualname, "sparse")
+        if kind == "sparse" and args:
+            layout = args[0]
+            if isinstance(layout, StandInCall) and layout.args:  # torch.serialization._get_layout(name)
+                layout = TorchConst(str(layout.args[0]))
+            if isinstance(layout, TorchConst):
+                k = _LAYOUTS.get(layout.qualname, "sparse")
         shape: tuple[int, ...] = ()
         dtype = "?"
         if kind == "quantized" and len(args) >= 3 and type(args[0]) is StorageRef:
