@@ -1,8 +1,11 @@
-"""Key fitting: wrapper prefixes anywhere, any order, removed or added; rename rules on top."""
+"""Key fitting: wrapper prefixes anywhere, any order, removed or added; renames; module versions."""
 
 from __future__ import annotations
 
 import pytest
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from torchsmith.checkpoint.keys import fit_keys, strip_wrappers, wrapper_prefix
 from torchsmith.errors import InputError
@@ -122,3 +125,65 @@ def test_public_names_are_functions_even_after_submodule_imports():
     for name in ckpt.__all__:
         assert not isinstance(getattr(ckpt, name), type(ckpt)), name
     assert torchsmith.save is ckpt.save and callable(torchsmith.save)
+
+
+# --- module versions (_metadata) renamed with the keys: any module tree, any wrapper chain -------------
+
+
+LEAVES = {
+    "linear": lambda: nn.Linear(2, 2),
+    "bn": lambda: nn.BatchNorm1d(2),  # _version 2
+    "relu": lambda: nn.ReLU(),  # no tensors: its entry follows its nearest renamed ancestor
+    "ln": lambda: nn.LayerNorm(2),
+}
+TREES = st.recursive(
+    st.sampled_from(sorted(LEAVES)),
+    lambda children: st.lists(children, min_size=1, max_size=3),
+    max_leaves=6,
+)
+CHAINS = st.lists(st.sampled_from(["module", "_orig_mod"]), max_size=3)
+
+
+def _build(tree):
+    if isinstance(tree, str):
+        return LEAVES[tree]()
+    return nn.Sequential(*[_build(t) for t in tree])
+
+
+class _Wrap(nn.Module):
+    """DataParallel/DDP keep the model as .module, torch.compile as ._orig_mod: the same key layout."""
+
+    def __init__(self, inner: nn.Module, name: str) -> None:
+        super().__init__()
+        setattr(self, name, inner)
+
+
+def _wrap(model, chain):
+    for name in reversed(chain):
+        model = _Wrap(model, name)
+    return model
+
+
+@settings(max_examples=40, deadline=None)
+@given(tree=TREES, source_chain=CHAINS, target_chain=CHAINS)
+def test_module_versions_follow_the_keys_through_any_wrappers(tree, source_chain, target_chain):
+    model = nn.Sequential(_build(tree), nn.Linear(2, 2))  # at least one tensor
+    source = _wrap(model, source_chain).state_dict()
+    target = _wrap(model, target_chain).state_dict()
+    fit = fit_keys(source, list(target))
+    assert not fit.unmatched_source and not fit.unmatched_target
+    out = fit.apply(source)
+    assert list(out) == list(target)
+    # every entry of the model's own modules, under the target's names and with their values;
+    # the target's wrapper entries (above the model's root) only where the source had them too
+    wrappers = {".".join(target_chain[:i]) for i in range(len(target_chain))}
+    for k, v in target._metadata.items():
+        assert k in wrappers or out._metadata[k] == v, k
+    assert all(target._metadata[k] == v for k, v in out._metadata.items())
+    assert fit.metadata == out._metadata
+    _wrap(model, target_chain).load_state_dict(out)
+
+
+def test_keys_without_metadata_stay_without():
+    fit = fit_keys({"module.fc.weight": 1}, ["fc.weight"])
+    assert fit.metadata is None and not hasattr(fit.apply({"module.fc.weight": 1}), "_metadata")
