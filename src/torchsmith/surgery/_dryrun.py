@@ -114,6 +114,9 @@ def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
             return tuple(registry.get_entry(name).input_shape)  # type: ignore[union-attr]
         except Exception:
             pass
+    hf = _hf_input_shape(model)
+    if hf is not None:
+        return hf
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size"):
         in_chans = getattr(model, "in_chans", None)
@@ -133,6 +136,37 @@ def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
     )
 
 
+def _hf_config(model: nn.Module) -> Any:
+    config = getattr(model, "config", None)
+    return config if type(model).__module__.startswith("transformers.") and config is not None else None
+
+
+def _hf_input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """A transformers model's sample shape from its config: pixels at its image size, or 8 tokens."""
+    config = _hf_config(model)
+    if config is None:
+        return None
+    vision = getattr(config, "vision_config", None) or config
+    size = getattr(vision, "image_size", None)
+    size = size[-1] if isinstance(size, list | tuple) else size
+    channels = getattr(vision, "num_channels", None)
+    if isinstance(size, int) and isinstance(channels, int):
+        return (1, channels, size, size)
+    if isinstance(channels, int):
+        return (1, channels, 64, 64)  # convolutional (ResNet, ConvNeXt): any size
+    if isinstance(getattr(config, "vocab_size", None), int):
+        return (1, 8)
+    return None
+
+
+def _input_dtype(model: nn.Module) -> torch.dtype:
+    """Token ids for a transformers text model (its config has a vocabulary, no image channels)."""
+    config = _hf_config(model)
+    if config is not None and _hf_input_shape(model) == (1, 8):
+        return torch.long
+    return _float_dtype(model)
+
+
 _LARGER_SIZES = (299, 384, 512)
 
 
@@ -143,7 +177,8 @@ def _declared_shape(model: nn.Module) -> bool:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     name = (get_provenance(model).get("arch") or {}).get("name")
     return bool(
-        getattr(model, "_torchsmith_input_shape", None)
+        _hf_input_shape(model)
+        or getattr(model, "_torchsmith_input_shape", None)
         or (isinstance(cfg, dict) and cfg.get("input_size"))
         or _spec_input_shapes(model)
         or (name and ":" not in name)
@@ -424,7 +459,7 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
     param_ids = _names_by_id((v, k) for k, v in named_params)
     if device == "meta":
         inputs = _make_inputs(
-            input_shape if example_inputs is None else example_inputs, "meta", _float_dtype(model)
+            input_shape if example_inputs is None else example_inputs, "meta", _input_dtype(model)
         )
     else:
         real_dev = next((p.device for p in work.parameters()), torch.device("cpu"))
@@ -432,7 +467,11 @@ def _run(model, input_shape, example_inputs, device, train, record) -> DryRun:
             # A random sample, not zeros: data-dependent branches (`if h.mean() > 0`) must see
             # typical data, or a layer behind one looks unused (seeded: the same run every time).
             gen = torch.Generator().manual_seed(0)
-            sample = torch.randn(input_shape, generator=gen, dtype=_float_dtype(model))
+            dtype = _input_dtype(model)
+            if dtype.is_floating_point:
+                sample = torch.randn(input_shape, generator=gen, dtype=dtype)
+            else:  # token ids: small ones, valid in any vocabulary
+                sample = torch.randint(1, 4, input_shape, generator=gen, dtype=dtype)
             inputs = (sample.to(real_dev),)
         else:
             inputs = _make_inputs(example_inputs, "real")

@@ -207,6 +207,9 @@ def set_in_channels(
         if gain is not None:
             m.gain = nn.Parameter(gain.contiguous(), requires_grad=m.gain.requires_grad)
         m.in_channels = in_channels
+    counts = _channel_count_attrs(model, [p for p, _ in convs], shape[1])
+    for owner, attr in counts:
+        setattr(owner, attr, in_channels)
     new_shape = (shape[0], in_channels, *shape[2:])
     try:
         dry_run(model, new_shape, train=False, record=False)
@@ -215,6 +218,8 @@ def set_in_channels(
             m.weight, m.in_channels = w, c
             if g is not None:
                 m.gain = g
+        for owner, attr in counts:
+            setattr(owner, attr, shape[1])
         raise SurgeryError(
             f"set_in_channels: after adapting {', '.join(p for p, _ in convs)} the model no longer runs on "
             f"{in_channels} channels (something else depends on the channel count); nothing was changed: {e}"
@@ -240,6 +245,35 @@ def set_in_channels(
         op["input_shape"] = list(input_shape)
     record(model, report, op)
     return report
+
+
+_COUNT_ATTRS = ("num_channels", "in_chans")
+
+
+def _channel_count_attrs(model: nn.Module, paths: list[str], c0: int) -> list[tuple[Any, str]]:
+    """Attributes that record the input channel count next to the input layers: ``num_channels`` /
+    ``in_chans`` of their ancestors (transformers' patch embeddings check it in forward) and of a
+    transformers config (``config.num_channels``, ``vision_config.num_channels``), when equal to ``c0``."""
+    owners: dict[int, Any] = {}
+    for path in paths:
+        parts = path.split(".")
+        for i in range(len(parts)):
+            m = get_module(model, ".".join(parts[:i]))
+            owners[id(m)] = m
+    config = getattr(model, "config", None)
+    if type(model).__module__.startswith("transformers.") and config is not None:
+        owners[id(config)] = config
+        vision = getattr(config, "vision_config", None)
+        if vision is not None:
+            owners[id(vision)] = vision
+    return [
+        (o, a)
+        for o in owners.values()
+        for a in _COUNT_ATTRS
+        if isinstance(getattr(o, a, None), int)
+        and not isinstance(getattr(o, a), bool)
+        and getattr(o, a) == c0
+    ]
 
 
 def _check_custom_convs(
