@@ -207,15 +207,37 @@ def _graph_nodes(model: Any, example_input: Any) -> list:
     only a proposal: the port that follows is checked numerically on the full input, and a match
     that fails on it is retried on the real run's graph (``match_structure``).
     """
+    state = _plain_attributes(model)
     for crop in _crops(example_input):
         try:
             return _record(model, crop, meta=False)[1]
         except Exception:  # too small for the model: a larger crop, then the meta device
             pass
+        finally:
+            _restore(state)
     try:
         return _record(model, example_input, meta=True)[1]
     except Exception:  # a data-dependent op, or a tensor outside the model: run it for real
         return _record(model, example_input, meta=False)[1]
+    finally:
+        _restore(state)
+
+
+def _plain_attributes(model: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Every module's plain attributes (not parameters, buffers or submodules), to put back.
+
+    A forward may change them for the input it sees: transformers' Swin shrinks ``window_size`` and
+    ``shift_size`` to a small input and keeps them, so a graph taken on a crop left the model
+    unable to run on the caller's ``example_input``.
+    """
+    return [(m, {k: v for k, v in vars(m).items() if not k.startswith("_")}) for m in model.modules()]
+
+
+def _restore(state: list[tuple[Any, dict[str, Any]]]) -> None:
+    for module, attrs in state:
+        for k, v in attrs.items():
+            if module.__dict__.get(k, v) is not v:
+                module.__dict__[k] = v
 
 
 def dataflow_groups(

@@ -725,11 +725,11 @@ def load_weights(
         src_sd = _select_set(src_sd, source_prefix, tgt_shapes, notes)
     elif src_module is None:
         _refuse_ambiguous(src_sd, tgt_shapes if match == "name" else None, len(tgt_shapes), src_desc)
-    unproven = ""
+    unproven, layout = "", None  # layout: a candidate architecture that gives the source's module kinds
     if match == "structure" and src_module is None:
-        src_module, unproven = _prove_source(src_sd, source_model, report)
-        if src_module is not None:
-            sd = src_module.state_dict()
+        src_module, unproven, layout = _prove_source(src_sd, source_model, report)
+        if src_module is not None or layout is not None:
+            sd = (src_module if src_module is not None else layout).state_dict()
             src_sd = _keep_metadata(dict(sd), sd)
     elif source_model is not None:
         raise InputError("source_model: only used with match='structure' and a state_dict or file source")
@@ -737,7 +737,16 @@ def load_weights(
     if match == "name":
         pairing = _pair_by_name(src_sd, list(tgt_sd), rename, notes)
     else:
-        pairing = _pair_by_structure(target, src_sd, tgt_sd, src_module, filt, report, example_input, order)
+        pairing = _pair_by_structure(
+            target,
+            src_sd,
+            tgt_sd,
+            src_module if layout is None else layout,
+            filt,
+            report,
+            example_input,
+            order,
+        )
     new_values = _plan(target, tgt_sd, pairing, filt, modes, report)
 
     _check(report, strict_level, allow_empty, list(tgt_sd), list(src_sd))
@@ -780,11 +789,15 @@ def load_weights(
     return report
 
 
-def _prove_source(src_sd: dict[str, Any], source_model: Any, report: TransferReport) -> tuple[Any, str]:
-    """``(source model with its weights, "")`` so the port can be checked, or ``(None, why not)``.
+def _prove_source(src_sd: dict[str, Any], source_model: Any, report: TransferReport) -> tuple[Any, str, Any]:
+    """``(source model with its weights, "", None)`` so the port can be checked, or
+    ``(None, why not, layout)``.
 
     ``source_model`` names the architecture; else it is identified by keys and shapes. Unproven:
-    nothing fits, or several architectures fit and compute different functions on these weights.
+    nothing fits, or several architectures fit and compute different functions on these weights
+    (GPT-2's head count is not in its shapes). ``layout`` is then the first of them with the
+    weights: its module kinds still tell how tensors are laid out (a transposed ``Conv1D``), so an
+    unverified port (``allow_unverified=True``) pairs against it -- it is not used as proof.
     """
     from torchsmith.transfer.fingerprint import identify_source
     from torchsmith.transfer.source_model import build_source_model
@@ -796,7 +809,7 @@ def _prove_source(src_sd: dict[str, Any], source_model: Any, report: TransferRep
             f"the source was loaded by name into {_name(source_model)} (source_model), then ported "
             "model to model and checked"
         )
-        return model, ""
+        return model, "", None
     found = identify_source(src_sd)
     if len(found.matches) == 1:
         chosen = found.matches[0]
@@ -806,26 +819,34 @@ def _prove_source(src_sd: dict[str, Any], source_model: Any, report: TransferRep
             f"identified the source as {chosen.describe()} by its keys and shapes; it was loaded into "
             "that architecture by name and the port checked against it"
         )
-        return model, ""
+        return model, "", None
     if len(found.matches) > 1:
-        model = _same_function(found.matches, src_sd)
+        model, first = _same_function(found.matches, src_sd)
         if model is not None:
             names = ", ".join(c.describe() for c in found.matches)
             report.notes.append(
                 f"identified the source by its keys and shapes as one of {names}, which compute the same "
                 "function on these weights; the port was checked against the first"
             )
-            return model, ""
-        return None, (
-            "its keys and shapes fit "
-            + ", ".join(c.describe() for c in found.matches[:6])
-            + ", which compute different functions on these weights (a hyper-parameter the state_dict "
-            "does not hold: padding, norm eps, head count)"
+            return model, "", None
+        return (
+            None,
+            (
+                "its keys and shapes fit "
+                + ", ".join(c.describe() for c in found.matches[:6])
+                + ", which compute different functions on these weights (a hyper-parameter the state_dict "
+                "does not hold: padding, norm eps, head count)"
+            ),
+            first,
         )
     closest = f"; closest known: {'; '.join(found.closest)}" if found.closest else ""
-    return None, (
-        f"its architecture was not identified by its keys and shapes ({found.looked_at} candidates "
-        f"built{closest})"
+    return (
+        None,
+        (
+            f"its architecture was not identified by its keys and shapes ({found.looked_at} candidates "
+            f"built{closest})"
+        ),
+        None,
     )
 
 
@@ -840,8 +861,20 @@ def _load_into(model: Any, src_sd: dict[str, Any], what: str) -> None:
         raise TransferError(f"source model {what}: the source is not of this architecture ({e})") from None
 
 
-def _same_function(candidates: list[Any], src_sd: dict[str, Any]) -> Any:
-    """The first candidate (built, with ``src_sd`` loaded) when all compute the same function on it."""
+def _varied(model: Any, x: Any) -> Any:
+    """``x`` with random token ids when it is an index tensor: all-equal tokens can hide a head count."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point:
+        return x
+    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, min(sizes) if sizes else 2, tuple(x.shape), generator=g, device=x.device)
+
+
+def _same_function(candidates: list[Any], src_sd: dict[str, Any]) -> tuple[Any, Any]:
+    """``(first, first)`` when all candidates compute the same function on ``src_sd`` (the first
+    built with ``src_sd`` loaded), else ``(None, first or None)``."""
     from torchsmith.transfer.port_check import TOLERANCE, _run
     from torchsmith.transfer.structure import _example_inputs
 
@@ -853,18 +886,18 @@ def _same_function(candidates: list[Any], src_sd: dict[str, Any]) -> Any:
             if x is None:
                 inputs = _example_inputs(model)
                 if not inputs:
-                    return None
-                x = inputs[0]
+                    return None, model
+                x = _varied(model, inputs[0])
             out = _run(model, x, None).detach().double()
         except Exception:  # a candidate that cannot run on the input settles nothing
-            return None
+            return None, first
         if ref is None:
             first, ref = model, out
             continue
         scale = ref.abs().max().item() or 1.0
         if out.shape != ref.shape or not (out - ref).abs().max().item() / scale <= TOLERANCE:
-            return None
-    return first
+            return None, first
+    return first, first
 
 
 def _check_options(
