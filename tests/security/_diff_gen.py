@@ -476,6 +476,18 @@ def _compare(t: Any, o: Any, where: str, storages: dict, maps: Any) -> None:
         if type(o) is not type(t) or o != t:
             raise Diff(f"{where}: {t!r:.40} vs {o!r:.40}")
         return
+    if isinstance(t, torch.dtype):  # a dtype named as a value
+        from torchsmith.checkpoint._values import DTypeRef
+
+        if not isinstance(o, DTypeRef) or f"torch.{o.name}" != str(t):
+            raise Diff(f"{where}: dtype {t} vs {o!r:.60}")
+        return
+    if callable(t):  # an allowlisted global named as a value, not called: the same name
+        name = getattr(t, "__name__", "?")
+        qual = getattr(o, "qualname", None) or getattr(o, "name", None)
+        if not isinstance(qual, str) or not qual.endswith(name):
+            raise Diff(f"{where}: torch's {name} vs {o!r:.60}")
+        return
     raise Diff(f"{where}: torch returned a {type(t).__name__}, not compared")
 
 

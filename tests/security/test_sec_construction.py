@@ -433,3 +433,15 @@ def test_operations_and_nesting_are_bounded(tmp_path, monkeypatch, limit, env):
     path.write_bytes(pkl)
     with pytest.raises(BudgetExceeded, match=limit):
         torchsmith.read_state_dict(path)
+
+
+def test_trust_pickle_is_the_only_way_past_a_dangerous_global(tmp_path):
+    # os.getcwd is harmless to run here, and dangerous by class (process): refused unless trusted.
+    from _sec_corpus import Reduce
+
+    torch.save({"w": torch.ones(2), "x": Reduce(os.getcwd)}, tmp_path / "t.pt")
+    with pytest.raises(DangerousPickle, match=r"posix\.getcwd \(process\)"):
+        torchsmith.read_state_dict(tmp_path / "t.pt")
+    assert torch.equal(torchsmith.read_state_dict(tmp_path / "t.pt", trust_pickle=True)["w"], torch.ones(2))
+    info = inspect_checkpoint(tmp_path / "t.pt", trust_pickle=True)
+    assert info["safety"]["verdict"] == "dangerous" and info["tensors"] == 1

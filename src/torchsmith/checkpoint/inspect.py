@@ -42,6 +42,13 @@ def inspect_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -
     try:
         raw = open_raw(path)
     except DangerousPickle as e:
+        if trust_pickle:
+            from torchsmith.checkpoint._raw import RawCheckpoint
+            from torchsmith.checkpoint.read import read_checkpoint
+
+            ckpt = read_checkpoint(path, trust_pickle=True)
+            raw = RawCheckpoint(Path(path), sniff(path), None, globals_named=set(e.globals_named))
+            return {**_from_tensors(raw, ckpt), "safety": safety_verdict(e.globals_named)}
         # Refused, and still explained: the verdict comes from the same table the reader obeyed.
         e.safety = safety_verdict(e.globals_named)  # type: ignore[attr-defined]
         e.details = {"path": str(path), "format": _format_or_none(path), "safety": e.safety}  # type: ignore[attr-defined]

@@ -315,7 +315,15 @@ def read_checkpoint(
             )
         map_location = f"cuda:{device}" if type(device) is int else device
     _check_map_location(map_location)
-    raw = open_raw(path)
+    try:
+        raw = open_raw(path)
+    except DangerousPickle:
+        if not trust_pickle:
+            raise
+        # Asked for in words: torch.load(weights_only=False) runs whatever the file holds.
+        from torchsmith.checkpoint.formats import sniff
+
+        return _read_trusted(RawCheckpoint(Path(path), sniff(path), None), map_location)
     if raw.format == "dcp":
         from torchsmith.checkpoint.dcp import load_dcp_tensors
 
@@ -445,6 +453,12 @@ def _read_trusted(raw: RawCheckpoint, map_location: Any) -> Checkpoint:
 
         return Checkpoint(raw.path, raw.format, unwrap_model(obj).state_dict(), None, {}, raw.metadata, notes)
     if isinstance(obj, dict):
+        top = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if top and len(top) * 2 >= len(obj):  # a state dict with a few other entries
+            skipped = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+            if skipped:
+                notes.append(f"skipped {len(skipped)} non-tensor entries: {', '.join(skipped[:5])}")
+            return Checkpoint(raw.path, raw.format, top, None, {}, raw.metadata, notes)
         for key in (*CONTAINER_KEYS, *obj.keys()):
             v = obj.get(key)
             if isinstance(v, torch.nn.Module):
