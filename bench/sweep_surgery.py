@@ -130,14 +130,28 @@ def _size_rank(name: str) -> tuple:
     return (rank, len(name), name)
 
 
-def timm_cases(sample: int, seed: int) -> list[Case]:
+def _meta_params(name: str) -> float:
+    """Parameter count of a timm model built on the meta device (inf when it cannot be built)."""
+    import timm
+
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            return sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
+    except Exception:
+        return math.inf
+
+
+def timm_cases(sample: int, seed: int, measure: int = 1) -> list[Case]:
+    """The smallest model of each timm module (``measure`` > 1: the smallest by parameter count of
+    the first ``measure`` by name), then ``sample`` others chosen with ``seed``."""
     import timm
 
     chosen: list[str] = []
     for module in sorted(timm.list_modules()):
-        names = timm.list_models(module=module)
+        names = sorted(timm.list_models(module=module), key=_size_rank)
         if names:
-            chosen.append(min(names, key=_size_rank))
+            chosen.append(min(names[:measure], key=_meta_params) if measure > 1 else names[0])
     others = sorted(set(timm.list_models()) - set(chosen))
     chosen += random.Random(seed).sample(others, min(sample, len(others)))
     cases = []
@@ -279,8 +293,9 @@ def shape_diff(a: dict, b: dict) -> str:
 
 
 def oracle_build(case: Case, **kw: Any) -> nn.Module:
+    """The library's own model with ``kw``, built on the meta device (keys and shapes cost nothing)."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
             return case.build(**kw)
     except Exception as e:
@@ -328,13 +343,9 @@ def _num_classes(n: int) -> Callable[[Case, nn.Module], str]:
         diff = shape_diff(shapes(model), shapes(oracle))
         if diff:
             raise Wrong(diff)
-        try:
-            out = case.run(oracle)
-        except Exception as e:
-            raise Oracle(f"the oracle does not run: {e}") from None
-        got = case.run(model)
-        if _shape_tree(got) != _shape_tree(out):
-            raise Wrong(f"output shapes {_shape_tree(got)} vs the oracle's {_shape_tree(out)}")
+        got = _shape_tree(case.run(model))
+        if case.kind == "classification" and n and f", {n})" not in str(got) and f"({n}," not in str(got):
+            raise Wrong(f"output shapes {got} show no {n} classes")
         return ""
 
     return check
@@ -505,12 +516,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cases_for(libs: list[str], sample: int, seed: int) -> list[Case]:
+def cases_for(libs: list[str], sample: int, seed: int, measure: int = 1) -> list[Case]:
+    """The models of the chosen libraries (see the module docstring)."""
     out: list[Case] = []
     if "torchvision" in libs:
         out += torchvision_cases()
     if "timm" in libs:
-        out += timm_cases(sample, seed)
+        out += timm_cases(sample, seed, measure)
     if "transformers" in libs:
         out += transformers_cases()
     return out
@@ -526,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--out", default="bench/results/sweep_surgery.jsonl")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument(
+        "--measure", type=int, default=6, help="timm: smallest by parameters of the first N names"
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
@@ -534,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [o for o in ops if o not in OP_CHECKS]
         if unknown:
             ap.error(f"unknown ops {unknown}; known: {', '.join(OPS)}")
-        cases = cases_for(args.libs.split(","), args.sample, args.seed)
+        cases = cases_for(args.libs.split(","), args.sample, args.seed, args.measure)
         if args.limit:
             cases = random.Random(args.seed).sample(cases, min(args.limit, len(cases)))
         i, n = (int(v) for v in args.part.split("/"))
