@@ -150,3 +150,12 @@ def test_transformers_heads_match_num_labels_and_the_loss_runs(name):
     else:
         out = model(input_ids=torch.tensor([[1, 2, 3], [4, 5, 6]]), labels=labels)
     assert out.logits.shape == (2, 7) and torch.isfinite(out.loss)
+
+
+def test_find_head_reads_the_declaration():
+    from torchsmith.surgery import find_head
+
+    cls, make_config = _HF["gpt2"]
+    assert find_head(cls(make_config())) == "score"
+    with pytest.raises(SurgeryError, match="'head', 'head_dist'"):
+        find_head(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False))

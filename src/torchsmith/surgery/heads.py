@@ -114,6 +114,15 @@ def find_head(model: nn.Module, input_shape: Sequence[int] | None = None, exampl
     >>> find_head(torchvision.models.vgg11(weights=None))
     'classifier.6'
     """
+    declared = declared_heads(model)
+    if declared is not None and len(declared.layers) == 1:
+        return declared.layers[0].path  # the library's own declaration (timm, transformers, detectors)
+    if declared is not None and len(declared.layers) > 1:
+        raise SurgeryError(
+            f"{type(model).__name__} has several class layers ({declared.library}): "
+            f"{', '.join(repr(layer.path) for layer in declared.layers)}; set_num_classes changes them all, "
+            "replace_head needs head='path'"
+        )
     path, run = _locate(model, input_shape, example_inputs)
     if path is None:
         raise SurgeryError(
