@@ -86,6 +86,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default=None, help="where to write the checkpoints (default: a temp dir)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (the median is kept)")
+    ap.add_argument(
+        "--tools", action="store_true", help="only convert / diff / verify against plain-library baselines"
+    )
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_ckpt_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -99,6 +102,9 @@ def main() -> None:
     sd = model.state_dict()
     weights = sum(t.numel() * t.element_size() for t in sd.values())
     print(f"ResNet-152: {len(sd)} tensors, {weights / 1e6:.1f} MB of weights; files in {work}")
+    if args.tools:
+        _bench_tools(torch, torchsmith, model, sd, work, args.repeat)
+        return
 
     import safetensors.torch
 
@@ -189,6 +195,59 @@ def _bench_save(torch, torchsmith, model, sd, work: Path, r: int) -> None:
             f"  {label:35s} {t:7.3f} s   {t_torch / t:12.2f}x"
             f"   {t_durable / t:5.2f}x   (goal >= 0.9x vs torch.save)"
         )
+
+
+def _bench_tools(torch, torchsmith, model, sd, work: Path, r: int) -> None:
+    """convert, diff and verify, each against the plain-library code a user would write instead.
+
+    convert's refusals (checksums, the output budget, entries it cannot write) are checked before it
+    writes; the "no checksum check" row (ignore_checksums=True) shows what the SHA-256/CRC check costs.
+    """
+    import safetensors.torch
+
+    from torchsmith.checkpoint import convert_checkpoint, diff_checkpoints, verify_checkpoint
+
+    torch.save(sd, work / "r152_seeds.pth")
+    torchsmith.save(model, work / "r152.pt")
+    safetensors.torch.save_file(sd, work / "r152_st.safetensors")
+    other = {k: v.clone() for k, v in sd.items()}
+    other["fc.bias"][0] += 1
+    safetensors.torch.save_file(other, work / "r152_other.safetensors")
+    del other
+
+    def plain_convert() -> None:  # what a script does: torch.load then safetensors' save_file
+        loaded = torch.load(work / "r152_seeds.pth", weights_only=True, mmap=True)
+        safetensors.torch.save_file(loaded, work / "plain_out.safetensors")
+
+    def plain_diff() -> None:  # load both; the largest difference of every tensor that differs
+        a = safetensors.torch.load_file(work / "r152_st.safetensors")
+        b = safetensors.torch.load_file(work / "r152_other.safetensors")
+        {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+
+    rows = [
+        ("convert .pth -> .safetensors", plain_convert, "torch.load + save_file",
+         lambda: convert_checkpoint(work / "r152_seeds.pth", work / "ts_out.safetensors")),
+        ("convert .pt (SHA-256 recorded) -> .safetensors", plain_convert, "torch.load + save_file",
+         lambda: convert_checkpoint(work / "r152.pt", work / "ts_out.safetensors")),
+        ("  ... no checksum check (ignore_checksums)", plain_convert, "torch.load + save_file",
+         lambda: convert_checkpoint(work / "r152.pt", work / "ts_out.safetensors", ignore_checksums=True)),
+        ("diff two .safetensors (values and bytes)", plain_diff, "load_file x2 + equal/max",
+         lambda: diff_checkpoints(work / "r152_st.safetensors", work / "r152_other.safetensors")),
+        ("verify .pt (CRC-32 + SHA-256)", None, "", lambda: verify_checkpoint(work / "r152.pt")),
+    ]  # fmt: skip
+    print(f"\nconvert / diff / verify (median of {r}, interleaved with their baselines)")
+    for label, base, base_label, ours in rows:
+        t_ours, t_base = [], []
+        for _ in range(r):
+            t_ours.append(_timed(ours))
+            if base is not None:
+                t_base.append(_timed(base))
+        mine = statistics.median(t_ours)
+        if base is None:
+            print(f"  {label:48s} {mine:7.3f} s")
+            continue
+        ref = statistics.median(t_base)
+        print(f"  {label:48s} {mine:7.3f} s   {base_label:24s} {ref:7.3f} s   ratio {ref / mine:5.2f}x")
 
 
 def _timed(fn) -> float:
