@@ -170,8 +170,9 @@ def named_pairs() -> list[Pair]:
     ]  # fmt: skip
 
 
-def auto_pairs() -> list[Pair]:
-    """torchvision and timm models of one name whose tensors have the same shapes (the fingerprint)."""
+def auto_pairs(max_params: float = 30e6) -> list[Pair]:
+    """torchvision and timm models of one name whose tensors have the same shapes (the fingerprint),
+    up to ``max_params`` parameters (a sweep of the largest would take hours on a CPU)."""
     import timm
     import torchvision
 
@@ -183,7 +184,8 @@ def auto_pairs() -> list[Pair]:
         a, b = _meta_state(f"torchvision:{name}"), _meta_state(f"timm:{name}")
         if a is None or b is None:
             continue
-        if sorted(a.values()) == sorted(b.values()):
+        size = sum(math.prod(shape) for shape in a.values())
+        if sorted(a.values()) == sorted(b.values()) and size <= max_params:
             shape = (1, 3, 299, 299) if "inception" in name else (2, 3, 64, 64)
             out.append(Pair(f"{name} tv/timm (auto)", _tv(name), _timm(name), _image(shape)))
     return out
@@ -275,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", help="pairs whose name contains this")
     p.add_argument("--no-auto", action="store_true", help="named pairs only")
+    p.add_argument("--auto-only", action="store_true", help="the pairs found by fingerprint only")
+    p.add_argument("--max-params", type=float, default=30e6, help="largest auto pair (default 30e6)")
     args = p.parse_args(argv)
-    pairs = named_pairs() + ([] if args.no_auto else auto_pairs())
+    pairs = ([] if args.auto_only else named_pairs()) + ([] if args.no_auto else auto_pairs(args.max_params))
     if args.only:
         pairs = [q for q in pairs if args.only in q.name]
     rows = sweep(pairs)
