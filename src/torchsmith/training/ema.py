@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from torchsmith.training.callbacks import Callback
+from torchsmith.training.hooks import Callback
 
 __all__ = ["EMA"]
 

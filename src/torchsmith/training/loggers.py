@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from torchsmith.errors import TorchsmithError
-from torchsmith.training.callbacks import Callback
+from torchsmith.training.hooks import Callback
 
 __all__ = ["LOGGERS", "EventFile", "TensorBoardLogger", "csv_text", "jsonl_text", "metric_rows"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchsmith.training.callbacks import Callback
+from torchsmith.training.hooks import Callback
 
 __all__ = ["Profiler"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from torchsmith._io import atomic_path, fsync_dir
-from torchsmith.training.callbacks import Callback, CheckpointInfo
+from torchsmith.training.hooks import Callback, CheckpointInfo
 
 __all__ = ["CheckpointRetention"]
 

@@ -22,8 +22,8 @@ from torchsmith._io import atomic_write
 from torchsmith.errors import CheckpointError
 from torchsmith.training import checkpointing as ckpt_
 from torchsmith.training import distributed as dist_
-from torchsmith.training.callbacks import CheckpointInfo
 from torchsmith.training.checkpointing import capture_rng, load_checkpoint, restore_rng
+from torchsmith.training.hooks import CheckpointInfo
 
 __all__ = ["RunState"]
 

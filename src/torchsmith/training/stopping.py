@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from torchsmith.errors import RecipeError
-from torchsmith.training.callbacks import Callback
+from torchsmith.training.hooks import Callback
 
 __all__ = ["EarlyStopping", "MaxTime", "parse_duration"]
 
