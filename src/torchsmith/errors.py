@@ -61,8 +61,28 @@ class DistributedError(TorchsmithError):
 
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
-    """Return ``" (did you mean 'a' or 'b'?)"`` for the nearest choices, or ``""`` when none is close."""
-    found = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    """Return ``" (did you mean 'a' or 'b'?)"`` for the nearest choices, or ``""`` when none is close.
+
+    Matching ignores case, as users type names (``Relu`` for ``ReLU``, ``adamw`` for ``AdamW``): a
+    choice equal to ``word`` but for case is the answer on its own; otherwise the nearest by spelling.
+
+    >>> close_matches("relu", ["ReLU", "ReLU6", "GELU"])
+    " (did you mean 'ReLU'?)"
+    >>> close_matches("adam_w", ["AdamW", "Adam", "SGD"])
+    " (did you mean 'AdamW' or 'Adam'?)"
+    """
+    options = [c for c in dict.fromkeys(choices) if isinstance(c, str)]
+    if not isinstance(word, str) or not options:
+        return ""
+    folded: dict[str, list[str]] = {}
+    for choice in options:
+        folded.setdefault(choice.casefold(), []).append(choice)
+    key = word.casefold()
+    found = [c for c in folded.get(key, []) if c != word]
+    if not found:
+        for near in difflib.get_close_matches(key, list(folded), n=n, cutoff=0.6):
+            found.extend(c for c in folded[near] if c != word and c not in found)
+    found = found[:n]
     if not found:
         return ""
     return " (did you mean " + " or ".join(repr(f) for f in found) + "?)"

@@ -162,12 +162,15 @@ def summarize(
     *,
     input_data: Any = None,
     depth: int = 3,
+    input_size: Any = None,
 ) -> ModelSummary:
     """Summarise ``model``: one row per module down to ``depth``, output shapes, parameter totals.
 
     Give ``input_shape`` (batch first, e.g. ``(1, 3, 224, 224)``; a float tensor of that shape is fed)
     or ``input_data`` (a tensor, a tuple of positional inputs or a dict of keyword inputs) to run a
     forward pass and get output shapes; with neither, only the structure and parameters are listed.
+    ``input_size`` is torchinfo's name for the same thing: one shape, or a list of shapes for a
+    model with several inputs (each fed a random float tensor).
     Shared (tied) parameters are counted once. A failing forward pass raises :class:`InputError`
     naming the input shape and the model's complaint.
 
@@ -183,6 +186,14 @@ def summarize(
         raise InputError(f"summarize expects a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(depth, int) or depth < 0:
         raise InputError(f"depth must be a non-negative integer, got {depth!r}")
+    if input_size is not None:
+        if input_shape is not None or input_data is not None:
+            raise InputError("give one of input_size, input_shape or input_data, not two")
+        shapes = _input_sizes(input_size)
+        if len(shapes) == 1:
+            input_shape = shapes[0]
+        else:
+            input_data = tuple(torch.randn(shape, device=_first_device(model)) for shape in shapes)
     if input_shape is not None and input_data is not None:
         raise InputError("give input_shape or input_data, not both")
     if input_shape is not None:
@@ -271,6 +282,29 @@ def summarize(
         mult_adds=mult_adds,
         tied=tied,
     )
+
+
+def _input_sizes(input_size: Any) -> list[list[int]]:
+    """torchinfo's ``input_size``: ``(1, 3, 8, 8)`` or ``[(1, 3, 8, 8), (1, 4)]`` -> a list of shapes."""
+    if isinstance(input_size, (list, tuple)) and input_size:
+        if all(isinstance(d, (list, tuple)) for d in input_size):
+            shapes = [list(s) for s in input_size]
+        else:
+            shapes = [list(input_size)]
+        if all(
+            s and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in s) for s in shapes
+        ):
+            return shapes
+    raise InputError(
+        f"input_size must be a shape like (1, 3, 224, 224) or a list of such shapes, got {input_size!r}"
+    )
+
+
+def _first_device(model: Any) -> Any:
+    import torch
+
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _attributed(module: Any, shown: set[int]) -> list[Any]:

@@ -14,6 +14,7 @@ import torch
 import torchvision
 from _hub_cache import plant
 from PIL import Image
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 import torchsmith
 from torchsmith.cli.main import main
@@ -101,7 +102,7 @@ def test_a_pretrained_run_prepares_data_and_predictions_from_the_weights(
 
     preds = torchsmith.predict(tmp_path / "run" / "last.pt", files[:2], top_k=2)
     model, _, _ = _model_from_checkpoint(tmp_path / "run" / "last.pt", None, torch.device("cpu"))
-    x = torchvision.transforms.v2.functional.pil_to_tensor(Image.open(files[0]))
+    x = pil_to_tensor(Image.open(files[0]))
     with torch.no_grad():
         want = torch.softmax(model(RESNET18.transforms()(x).unsqueeze(0)), dim=1)[0]
     assert preds[0]["probability"] == pytest.approx(want.max().item(), abs=1e-4)
@@ -118,12 +119,12 @@ def test_predict_names_the_weights_categories_only_while_the_model_has_their_hea
     model = torchsmith.create_model("torchvision:resnet18", weights="IMAGENET1K_V1").eval()
     image = _image(tmp_path / "x.png", size=(300, 260))
     saved = torchsmith.save(model, tmp_path / "pretrained.safetensors")
-    x = torchvision.transforms.v2.functional.pil_to_tensor(Image.open(image))
+    x = pil_to_tensor(Image.open(image))
     with torch.no_grad():
         want = model(RESNET18.transforms()(x).unsqueeze(0))[0].argmax().item()
 
     assert main(["predict", "--checkpoint", str(saved), image, "--top-k", "2", "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = json.loads(capsys.readouterr().out)["predictions"]  # one object, a list inside
     assert row["index"] == want and row["class"] == IMAGENET[want]
     assert all(t["class"] == IMAGENET[t["index"]] for t in row["top"])
     assert main(["predict", "--checkpoint", str(saved), image]) == 0

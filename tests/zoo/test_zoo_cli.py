@@ -74,7 +74,7 @@ def test_summary_table_with_model_arguments(capsys):
         (["summary", "resnet18", "--input-shape", "1,3,32"], "takes 4, like 1,3,224,224"),
         (["summary", "resnet18", "--input-shape", "1,4,32,32"], "4 channels.*looks like 1,3,224,224"),
         (["summary", "simple_cnn", "--input-shape", "1,3,8,8"], "at least 10, got \\(1, 3, 8, 8\\)"),
-        (["summary", "resnet50x"], "unknown model 'resnet50x'.*valid zoo models: mlp, resnet101"),
+        (["summary", "resnet50x"], "unknown model 'resnet50x'.*valid zoo models: mlp, resnet18, resnet34"),
         (["summary", "torchvision:resnet5"], "unknown torchvision model 'resnet5'.*did you mean"),
         (["summary", "mlp", "--arg", "num_class=3"], "no argument 'num_class'.*did you mean 'num_classes'"),
         (["summary", "mlp", "--arg", "oops"], "expected KEY=VALUE"),

@@ -6,8 +6,9 @@ import argparse
 
 HELP = "list, fetch (download and verify) and re-verify pretrained weights"
 DESCRIPTION = (
-    "Pretrained weights by the names torchvision and timm use. 'list [GLOB]' shows torchvision's "
-    "weights (and timm's tags for a 'timm:...' glob) and whether each is cached; 'fetch MODEL "
+    "Pretrained weights by the names torchvision and timm use. 'list [GLOB]' shows the weights of "
+    "the models whose name matches GLOB the way 'zoo' matches (resnet50, 'resnet*', "
+    "torchvision:resnet50, timm:resnet50; case ignored) and whether each is cached; 'fetch MODEL "
     "[WEIGHTS]' downloads one file to $TORCH_HOME/hub/checkpoints or the Hugging Face cache and "
     "checks its SHA-256 (MODEL like torchvision:resnet50 with WEIGHTS like IMAGENET1K_V2 or DEFAULT, "
     "or timm:resnet50.a1_in1k); 'verify' re-hashes the torch hub cache. Offline "
@@ -26,9 +27,12 @@ def run(args: argparse.Namespace) -> int:
     from torchsmith.cli._output import format_table, print_json
     from torchsmith.errors import InputError
     from torchsmith.hub import fetch_weights, list_weights, resolve_weights, verify_cache
+    from torchsmith.hub.sources import no_weights_message
 
     if args.action == "list":
         rows = list_weights(args.name)
+        if not rows:  # an empty table with exit 0 reads as "this model has no weights"
+            raise InputError(no_weights_message(args.name))
         if args.json:
             print_json(rows)
         else:

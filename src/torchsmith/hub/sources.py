@@ -299,24 +299,36 @@ def resolve_weights(model: str | None, weights: Any) -> WeightsSource:
     )
 
 
+def _weights_match(pattern: str, prefix: str, model: str, full: str) -> bool:
+    from torchsmith.zoo.registry import name_matches
+
+    # The pattern may name the model the way `zoo` does (resnet50, 'resnet*'), with or without its
+    # prefix, or the weights' full name (torchvision:resnet50:IMAGENET1K_V2, timm:resnet50.a1_in1k).
+    candidates = (model, f"{prefix}{model}", full, full[len(prefix) :])
+    return any(name_matches(c, pattern) for c in candidates)
+
+
 def list_weights(pattern: str | None = None) -> list[dict[str, Any]]:
-    """Every torchvision weights name (and timm's pretrained tags matching ``pattern``), with cache state.
+    """Every torchvision weights name (and timm's pretrained tags for a pattern), with cache state.
 
-    ``pattern`` is an ``fnmatch`` glob over ``torchvision:MODEL:WEIGHTS`` / ``timm:MODEL.TAG`` names.
+    ``pattern`` is an ``fnmatch`` glob, case ignored, matched the way ``zoo`` matches names: against
+    the model name (``resnet50``, ``'resnet*'``, ``torchvision:resnet50``, ``timm:resnet50``) or the
+    weights' full name (``torchvision:resnet50:IMAGENET1K_V2``, ``timm:resnet50.a1_in1k``). timm's tags
+    are listed for a pattern that is not ``torchvision:``-only. Rows come in natural order.
     """
-    import fnmatch
-
     import torchvision.models as tvm
 
+    from torchsmith.zoo.registry import natural_key
+
     rows: list[dict[str, Any]] = []
-    for model in tvm.list_models():
+    for model in sorted(tvm.list_models(), key=natural_key):
         try:
             enum_cls = tvm.get_model_weights(model)
         except (KeyError, ValueError):
             continue
         for member in enum_cls:
             name = f"torchvision:{model}:{member.name}"
-            if pattern and not fnmatch.fnmatch(name, pattern):
+            if pattern and not _weights_match(pattern, "torchvision:", model, name):
                 continue
             src = _resolve_torchvision(model, member)
             path = src.cache_path()
@@ -324,9 +336,29 @@ def list_weights(pattern: str | None = None) -> list[dict[str, Any]]:
             rows.append(
                 {"name": name, "default": member == enum_cls.DEFAULT, "cached": cached, "file": src.filename}
             )
-    if pattern and pattern.startswith("timm:"):
-        import timm
-
-        for tagged in timm.list_pretrained(pattern[len("timm:") :]):
-            rows.append({"name": f"timm:{tagged}", "default": False, "cached": None, "file": "(HF Hub)"})
+    if pattern and not pattern.casefold().startswith("torchvision:"):
+        try:
+            import timm
+        except ImportError:  # pragma: no cover - timm is optional
+            return rows
+        for tagged in sorted(timm.list_pretrained(), key=natural_key):
+            if _weights_match(pattern, "timm:", tagged.split(".")[0], f"timm:{tagged}"):
+                rows.append({"name": f"timm:{tagged}", "default": False, "cached": None, "file": "(HF Hub)"})
     return rows
+
+
+def no_weights_message(pattern: str | None) -> str:
+    """What to say when :func:`list_weights` found nothing: what the names look like, and near names."""
+    from torchsmith.errors import close_matches
+
+    hint = ""
+    if pattern and not any(ch in pattern for ch in "*?["):
+        import torchvision.models as tvm
+
+        bare = pattern.split(":")[-1] if pattern.startswith(("torchvision:", "timm:")) else pattern
+        hint = close_matches(bare.split(".")[0], tvm.list_models())
+    return (
+        f"no pretrained weights match {pattern!r}{hint}; a pattern matches a model name the way "
+        "'torchsmith zoo' does ('resnet50', 'resnet*', 'torchvision:vit_*', 'timm:convnext_tiny') or "
+        "a weights name ('torchvision:resnet50:IMAGENET1K_V2', 'timm:resnet50.a1_in1k')"
+    )

@@ -15,8 +15,10 @@ Names with a prefix build other libraries' models with random weights (never a d
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +28,16 @@ from torchsmith.errors import InputError, close_matches
 from torchsmith.zoo import _entries
 from torchsmith.zoo._entries import ModelEntry, register_model
 
-__all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
+__all__ = [
+    "ModelEntry",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "name_matches",
+    "natural_key",
+    "register_model",
+    "unknown_model_error",
+]
 
 _PREFIXES = ("torchvision:", "timm:", "hf:")
 _REGISTRY = _entries._REGISTRY  # the same table (kept under this name for callers that read it)
@@ -38,24 +49,84 @@ def _ensure_builtin_models() -> None:
     importlib.import_module("torchsmith.zoo.models")
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Names of the registered zoo models (optionally filtered by an ``fnmatch`` pattern), sorted."""
-    import fnmatch
+def natural_key(name: str) -> tuple:
+    """Sort key that orders numbers by value: ``resnet18`` before ``resnet101``, case ignored.
 
+    >>> sorted(["resnet101", "resnet18", "ResNet34", "resnet152"], key=natural_key)
+    ['resnet18', 'ResNet34', 'resnet101', 'resnet152']
+    """
+    parts = re.split(r"(\d+)", name.casefold())
+    return tuple((0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts), name
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether model ``name`` matches the ``fnmatch`` ``pattern`` (``resnet*``), case ignored.
+
+    A pattern without wildcards matches that name exactly (case ignored), the way ``zoo``,
+    ``list_models`` and ``weights list`` read a model name.
+    """
+    return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Names of the registered zoo models (optionally filtered by an ``fnmatch`` pattern, case
+    ignored), in natural order (``resnet18`` before ``resnet101``)."""
     _ensure_builtin_models()
-    names = sorted(_entries._REGISTRY)
-    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+    names = sorted(_entries._REGISTRY, key=natural_key)
+    return [n for n in names if pattern is None or name_matches(n, pattern)]
+
+
+def other_library_names(name: str) -> list[str]:
+    """``torchvision:NAME`` / ``timm:NAME`` for a short ``name`` (case ignored) that those libraries know.
+
+    Only called on the error path: importing timm or torchvision costs a second or two.
+    """
+    found: list[str] = []
+    key = name.casefold()
+    try:
+        import torchvision.models as tvm
+
+        found += [f"torchvision:{n}" for n in tvm.list_models() if n.casefold() == key]
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        pass
+    try:
+        import timm
+
+        found += [f"timm:{n}" for n in timm.list_models() if n.casefold() == key]
+        if not any(f.startswith("timm:") for f in found) and timm.is_model(name):
+            found.append(f"timm:{name}")  # a tagged name (resnet50.a1_in1k) is not listed
+    except ImportError:  # pragma: no cover - timm is optional
+        pass
+    return found
+
+
+def unknown_model_error(name: str) -> InputError:
+    """The error for a name that is not in the zoo: close zoo names, else the prefixed library names."""
+    table = _entries._REGISTRY
+    # The zoo name in another case, else the exact name in timm/torchvision, else a zoo name near it.
+    same = [n for n in table if n.casefold() == name.casefold()]
+    others = same or other_library_names(name)
+    hint = (
+        " (did you mean " + " or ".join(repr(o) for o in others) + "?)"
+        if others
+        else close_matches(name, table)
+    )
+    return InputError(
+        f"unknown model {name!r}{hint}; valid zoo models: {', '.join(sorted(table, key=natural_key))}; "
+        "or use a 'torchvision:NAME', 'timm:NAME' or 'hf:NAME' model"
+    )
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for a zoo model ``name``; an :class:`InputError` naming close matches if unknown."""
+    """The registry entry for a zoo model ``name``; an :class:`InputError` naming close matches if unknown.
+
+    A name only timm or torchvision has (``efficientnet_b0``) is answered with its prefixed form
+    (``'timm:efficientnet_b0' or 'torchvision:efficientnet_b0'``).
+    """
     _ensure_builtin_models()
     table = _entries._REGISTRY
     if name not in table:
-        raise InputError(
-            f"unknown model {name!r}{close_matches(name, table)}; valid zoo models: "
-            f"{', '.join(sorted(table))}; or use a 'torchvision:NAME' or 'timm:NAME' model"
-        )
+        raise unknown_model_error(name)
     return table[name]
 
 
