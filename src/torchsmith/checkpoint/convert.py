@@ -307,9 +307,8 @@ def _read_weights(
             ) from None
     source_bytes = input_bytes(raw.files or [raw.path])
     check_expansion(refs, source_bytes, what="convert", where=raw.path, allow_expand=allow_expand)
-    if not skipped:  # the reader's own path: its read budget, module versions (_metadata), notes
-        ckpt = read_checkpoint(src, trust_pickle=trust_pickle)
-        return ckpt, ckpt.state_dict, skipped
+    # Materialised here from the refs already read (read_checkpoint would parse the pickle again);
+    # the expansion budget above bounds every byte this can allocate.
     problems = [(k, r.check_bounds()) for k, r in refs.items()]
     problems = [(k, b) for k, b in problems if b]
     if problems:
