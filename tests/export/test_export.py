@@ -218,3 +218,11 @@ def test_a_training_checkpoint_exports_and_predicts_without_torch(tmp_path):
         want = want.get("predictions", want)
     assert [r["class"] for r in got] == [r["class"] for r in want]
     assert max(abs(a["probability"] - b["probability"]) for a, b in zip(got, want)) < 0.02
+    # the installed command, as a user runs it
+    cli = Path(sys.executable).with_name("torchsmith")
+    args = [str(cli), "predict", "--model", str(out), *files[:2], "--json"]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = json.loads(proc.stdout)
+    assert shown["model"] == str(out)
+    assert [r["class"] for r in shown["predictions"]] == [r["class"] for r in got[:2]]

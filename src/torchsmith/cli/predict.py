@@ -1,35 +1,51 @@
-"""``torchsmith predict --checkpoint C INPUTS...``: classify image files with a training checkpoint."""
+"""``torchsmith predict --checkpoint C INPUTS...``: classify image files with a training checkpoint.
+
+``--model FILE.onnx`` classifies with a model exported by ``torchsmith export`` instead, through ONNX
+Runtime, without importing torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "classify image files with a training checkpoint or a saved pretrained model"
+HELP = "classify image files with a training checkpoint, a saved pretrained model or an exported .onnx"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--checkpoint",
-        required=True,
         help="a checkpoint written by torchsmith train, or a pretrained model saved by torchsmith.save",
+    )
+    source.add_argument(
+        "--model",
+        help="an ONNX file written by torchsmith export (runs with onnxruntime; torch is not imported)",
     )
     p.add_argument("--top-k", type=int, default=1, help="also list the k most likely classes")
     p.add_argument(
         "--json",
         action="store_true",
-        help='print one JSON object: {"checkpoint", "top_k", "predictions": [one per input]}',
+        help='print one JSON object: {"checkpoint" or "model", "top_k", "predictions": [one per input]}',
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from torchsmith.cli._output import format_table, print_json
-    from torchsmith.training import predict
 
-    results = predict(args.checkpoint, args.inputs, top_k=args.top_k)
+    if args.model is not None:
+        from torchsmith.export.onnx_predict import predict_onnx
+
+        results = predict_onnx(args.model, args.inputs, top_k=args.top_k)
+        source = {"model": args.model}
+    else:
+        from torchsmith.training import predict
+
+        results = predict(args.checkpoint, args.inputs, top_k=args.top_k)
+        source = {"checkpoint": args.checkpoint}
     if args.json:
         # One object, as every --json command prints: the predictions are a list inside it.
-        print_json({"checkpoint": args.checkpoint, "top_k": args.top_k, "predictions": results})
+        print_json({**source, "top_k": args.top_k, "predictions": results})
         return 0
     rows = []
     for r in results:
