@@ -66,7 +66,9 @@ def _sizes(t: Any) -> tuple[int, int]:
             return out, t.untyped_storage().nbytes()
         except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
             return out, out
-    out = t.numel * t.itemsize  # a TensorRef: computed from the shape, never from its storage
+    from torchsmith.checkpoint._values import materialised_nbytes  # the reader's own budget unit
+
+    out = materialised_nbytes(t)  # a TensorRef: from its shape, never from its storage
     return out, t.storage.nbytes if t.storage is not None else 0
 
 
