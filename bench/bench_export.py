@@ -17,11 +17,15 @@ import time
 from pathlib import Path
 
 MODELS = [
+    "simple_cnn",  # zoo models: their input shape is the one they declare
+    "resnet_fpn",  # a dict of feature maps
+    "unet",
     "torchvision:resnet18",
     "torchvision:resnet50",
     "torchvision:vit_b_16",
     "timm:convnext_atto",
     "timm:efficientnet_b0",
+    "timm:vit_tiny_patch16_224",
 ]
 
 
@@ -52,7 +56,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             model = torchsmith.create_model(name).eval()
-            shape = (1, 3, 224, 224)
+            # library models declare no input (timm's pretrained_cfg does; torchvision's does not)
+            shape = (1, 3, 224, 224) if name.startswith("torchvision:") else None
             proofs = {}
             for fmt in ("onnx", "pt2"):
                 t = time.perf_counter()
@@ -65,11 +70,11 @@ def main() -> None:
                 except torchsmith.TorchsmithError as e:
                     proofs[fmt] = f"REFUSED: {str(e).splitlines()[0][:80]}"
             print(f"{name}: onnx {proofs['onnx']}; pt2 {proofs['pt2']}", flush=True)
-            if not proofs["onnx"].startswith("PASS"):
-                continue
+            if not proofs["onnx"].startswith("PASS") or report.outputs != ["output"]:
+                continue  # the latency table is for single-output classifiers
             sess = ort.InferenceSession(str(Path(tmp) / "m.onnx"), providers=["CPUExecutionProvider"])
             for batch in args.batches:
-                x = torch.randn(batch, *shape[1:])
+                x = torch.randn(batch, *report.inputs["x"]["shape"][1:])
                 with torch.no_grad():
                     eager = _time(lambda x=x, m=model: m(x), args.repeats)
                 feed = {sess.get_inputs()[0].name: x.numpy()}
