@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,45 @@ def test_seed_traps_7_and_8_are_caught_before_building():
         },
     }
     assert "graph.nodes.fc1: node 'fc1' is computed but never used" in _error(seed_like)
+
+
+# Hostile spec text (issue 28): each is a SpecError naming the file and line, found while parsing.
+HOSTILE_SPECS = {
+    "long-int": ("input_shape: [1, 4]\nchain:\n  - {type: Linear, out_features: " + "9" * 100_000 + "}\n", 3),
+    "long-float": ("input_shape: [1, 4]\nparams:\n  scale: 1." + "5" * 50_000 + "\n", 3),
+    "long-int-key": ("input_shape: [1, 4]\nchain:\n  " + "7" * 10_000 + ": ReLU\n", 3),
+    "flow-nesting": ("input_shape: [1, 4]\nchain: " + "[" * 50_000 + "]" * 50_000 + "\n", 2),
+    "map-nesting": ("input_shape: [1, 4]\nparams: " + "{a: " * 30_000 + "1" + "}" * 30_000 + "\n", 2),
+    "block-nesting": ("input_shape: [1, 4]\nchain:\n" + "- " * 50_000 + "ReLU\n", 3),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_SPECS))
+def test_hostile_spec_text_is_a_clean_error_with_file_and_line(tmp_path, kind):
+    text, line = HOSTILE_SPECS[kind]
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:{line}:"), msg[:300]
+    assert len(msg) < 2000 and time.perf_counter() - start < 10
+    with pytest.raises(SpecError) as info:
+        load_spec(text)  # as text: the same refusal, named <spec>
+    assert str(info.value).startswith(f"<spec>:{line}:"), str(info.value)[:300]
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "folder"])
+def test_a_spec_that_is_not_a_regular_file_is_never_opened(tmp_path, special):
+    import os
+
+    path = tmp_path / "s.yaml"
+    if special == "fifo":
+        os.mkfifo(path)
+    elif special == "folder":
+        path.mkdir()
+    else:
+        path = special
+    with pytest.raises(SpecError, match=r"regular file"):
+        load_spec(Path(path))
