@@ -529,6 +529,20 @@ def test_convert_leaves_nothing_stale_under_the_asked_name(tmp_path, capsys, ext
     assert not list(out.glob("*replaced~"))
 
 
+def test_convert_in_place_both_ways(tmp_path, capsys):
+    """The source is the file being replaced: its tensors are mapped, so moving it aside is safe."""
+    model = torchsmith.create_model("mlp")
+    single = save(model, tmp_path / "m.safetensors")
+    code, _, err = run_cli(capsys, "convert", single, single, "--max-shard-size", "100KB")
+    assert code == 0 and not single.exists(), err
+    index = tmp_path / "m.safetensors.index.json"
+    assert same_state(read_state_dict(tmp_path), model.state_dict())
+    code, _, err = run_cli(capsys, "convert", index, single)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert same_state(read_state_dict(tmp_path), model.state_dict())
+
+
 @pytest.mark.parametrize("before", ["single", "sharded"])
 def test_a_failed_write_puts_the_older_file_back(tmp_path, monkeypatch, before):
     from torchsmith.checkpoint import saving

@@ -11,7 +11,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="checkpoint to read (any format)")
     parser.add_argument("dst", help="file to write; .safetensors (recommended) or .pt/.pth/.bin/.ckpt")
     parser.add_argument("--trust-pickle", action="store_true", help="allow full unpickling if needed")
-    parser.add_argument("--max-shard-size", default=None, help="split into shards, e.g. 2GB")
+    parser.add_argument(
+        "--max-shard-size",
+        default=None,
+        help="split into shards plus an index, e.g. 2GB (weights that fit one shard: one file DST)",
+    )
     parser.add_argument(
         "--strip-wrappers",
         action="store_true",
