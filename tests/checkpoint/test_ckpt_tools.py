@@ -529,6 +529,39 @@ def test_convert_leaves_nothing_stale_under_the_asked_name(tmp_path, capsys, ext
     assert not list(out.glob("*replaced~"))
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ext=st.sampled_from(["safetensors", "pt"]),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["save", "convert"]), st.sampled_from([None, "5KB", "9KB", "17KB"])),
+        min_size=2,
+        max_size=4,
+    ),
+)
+def test_any_sequence_of_writes_leaves_only_the_last(tmp_path_factory, ext, steps):
+    """Whatever layouts earlier writes left (one file, 2 or 4 shards), a read returns the last write."""
+    folder = tmp_path_factory.mktemp("seq")
+    dst = folder / f"w.{ext}"
+    for i, (how, shard) in enumerate(steps):
+        state = {f"t{j}": torch.full((1024,), float(i * 10 + j)) for j in range(4)}  # 4 KiB each
+        if how == "save":
+            out = save(state, dst, max_shard_size=shard)
+        else:
+            src = folder.parent / f"{folder.name}-src{i}.safetensors"
+            save(state, src)
+            out = convert_checkpoint(src, dst, max_shard_size=shard)
+        sharded = shard in ("5KB", "9KB")  # 4 or 2 shards of 16 KiB; 17KB holds it all: one file
+        assert out.name.endswith(".index.json") is sharded
+        names = sorted(p.name for p in folder.iterdir())
+        if sharded:
+            shards = set(json.loads(out.read_text())["weight_map"].values())
+            assert names == sorted({out.name, *shards})
+        else:
+            assert names == [dst.name]
+        assert same_state(read_state_dict(folder), state)
+        assert same_state(read_state_dict(out), state)
+
+
 def test_convert_in_place_both_ways(tmp_path, capsys):
     """The source is the file being replaced: its tensors are mapped, so moving it aside is safe."""
     model = torchsmith.create_model("mlp")
