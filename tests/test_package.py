@@ -42,3 +42,24 @@ def test_python_dash_m_torchsmith_is_the_cli():
     import json
 
     assert "resnet50" in {m["name"] for m in json.loads(out.stdout)}
+
+
+def test_readme_commands_are_what_ci_runs():
+    """The README's two commands keep their CI check: the second is exactly what .ci/run runs, the
+    first runs the built-in default recipe (tests/docs runs `torchsmith train` itself, smaller)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```", 2)[1]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == [
+        "bash scripts/setup.sh && .venv/bin/torchsmith train",
+        "bash scripts/setup.sh && .venv/bin/python -m pytest -q",
+    ]
+    ci = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines()]
+    assert commands[1] in ci
+    assert (root / "scripts" / "setup.sh").is_file()
+    from torchsmith.training import load_recipe
+
+    assert load_recipe(None)["model"]["name"] == "torchvision:resnet18"  # what `torchsmith train` runs
