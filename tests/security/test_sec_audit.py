@@ -11,6 +11,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -79,6 +80,32 @@ def _build_corpus(root: Path, marker: Path) -> Path:
     h = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                     "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()  # fmt: skip
     (c / "st_overlap.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + b"\0" * 12)
+    # Issue 28's classes: a storage record rewritten to name another file, a nested load, a zip holding
+    # its pickle twice (torch and a second reader would take different ones).
+    torch.save({"w": torch.zeros(4)}, root / "four.pt")
+    with zipfile.ZipFile(root / "four.pt") as src:
+        pkl_name = next(n for n in src.namelist() if n.endswith("data.pkl"))
+        members = {n: src.read(n) for n in src.namelist()}
+
+    def text(t: str) -> bytes:
+        return b"X" + struct.pack("<I", len(t.encode())) + t.encode()
+
+    pid = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu") + b"K\x04tQq\x00"
+    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n(h\x00K\x00K\x04\x85K\x01\x85\x89"
+              b"ccollections\nOrderedDict\n)RtR")  # fmt: skip
+    build = b"h\x00}" + text("file") + text(str(root / "secret")) + b"sb0"  # BUILD on the storage record
+    rewritten = b"\x80\x02" + pid + b"0" + build + b"}" + text("w") + tensor + b"s."
+    with zipfile.ZipFile(c / "rewrite_storage.pt", "w") as dst:
+        for n, data in members.items():
+            dst.writestr(n, rewritten if n == pkl_name else data)
+    (c / "nested_torch_load.pkl").write_bytes(
+        named_call_pickle("torch.serialization.load", str(root / "ok.pt"))
+    )
+    with zipfile.ZipFile(c / "dup_member.pt", "w") as dst, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n, data in members.items():
+            dst.writestr(n, data)
+        dst.writestr(pkl_name, pickle.dumps({"w": Reduce(os.system, cmd)}, protocol=2))
     return c
 
 
