@@ -71,8 +71,11 @@ def test_torchvision_resnet18_ported_by_structure_gives_the_same_outputs():
     assert not set(model.state_dict()) & set(source_sd)  # every name differs
     with pytest.raises(TransferError, match="nothing was loaded"):
         load_weights(model, source_sd)  # by name nothing fits
-    report = load_weights(model, source_sd, match="structure")
-    assert any("identified the source" in n and "torchvision:resnet18" in n for n in report.notes)
+    # its keys and shapes are also timm's resnetblur18 (blur pooling: another function): no guess
+    with pytest.raises(TransferError, match=r"fit .*torchvision:resnet18.*timm:resnetblur18.*source_model="):
+        load_weights(model, source_sd, match="structure")
+    report = load_weights(model, source_sd, match="structure", source_model="torchvision:resnet18")
+    assert any("loaded by name into 'torchvision:resnet18'" in n for n in report.notes)
     assert not report.unverified and any(n.startswith("numerical check:") for n in report.notes)
     assert report.fraction == 1.0 and len(report.loaded) == len(source_sd)
     assert not (report.missing or report.unexpected or report.skipped_shape)

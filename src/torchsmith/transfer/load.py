@@ -835,7 +835,8 @@ def _prove_source(src_sd: dict[str, Any], source_model: Any, report: TransferRep
                 "its keys and shapes fit "
                 + ", ".join(c.describe() for c in found.matches[:6])
                 + ", which compute different functions on these weights (a hyper-parameter the state_dict "
-                "does not hold: padding, norm eps, head count)"
+                f"does not hold: padding, norm eps, blur pooling, head count; e.g. "
+                f"source_model={found.matches[0].name!r} if that is the one)"
             ),
             first,
         )
