@@ -159,3 +159,12 @@ def test_refused_surgery_on_a_detector_leaves_it_running(op):
     got = model(x)
     for a, b in zip(expected, got, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_doctor_on_a_detector_checks_in_eval_mode_and_says_so():
+    model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    before = _fingerprint(model)
+    with pytest.warns(UserWarning, match="checked in eval mode"):
+        found = doctor(model, example_inputs=([torch.rand(3, 64, 64)],))
+    assert not [f for f in found if f.trap == 7]
+    _same(before, _fingerprint(model))

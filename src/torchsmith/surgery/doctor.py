@@ -18,6 +18,7 @@ untouched), in training mode so that training-only branches count as used.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -142,8 +143,22 @@ def _tensor_output(out: Any) -> bool:
 
 def _trap7_11(model: nn.Module, input_shape, example_inputs) -> list[Finding]:
     # Training-mode batch norm needs 2 samples in a guessed input.
-    run = dry_run(model, input_shape, example_inputs, train=True, min_batch=2)
     out = []
+    try:
+        run = dry_run(model, input_shape, example_inputs, train=True, min_batch=2)
+    except SurgeryError as train_error:
+        # Detectors need targets in training mode: the eval-mode pass shows the same parameters
+        # (training-only branches such as aux heads are then not seen, and a warning says so).
+        try:
+            run = dry_run(model, input_shape, example_inputs, train=False, min_batch=2)
+        except SurgeryError:
+            raise train_error from None
+        warnings.warn(
+            f"doctor: the training-mode sample pass of {type(model).__name__} failed (a detector needs "
+            "targets?), so traps 7 and 11 were checked in eval mode: layers used only in training are "
+            "not judged",
+            stacklevel=3,
+        )
     modules = dict(model.named_modules())
 
     # Without a tensor in the output there is nothing to trace back from: judge by use alone.
