@@ -142,7 +142,7 @@ def _meta_params(name: str) -> float:
         return math.inf
 
 
-def timm_cases(sample: int, seed: int, measure: int = 1) -> list[Case]:
+def timm_cases(sample: int, seed: int, measure: int = 1, max_params: float = 0) -> list[Case]:
     """The smallest model of each timm module (``measure`` > 1: the smallest by parameter count of
     the first ``measure`` by name), then ``sample`` others chosen with ``seed``."""
     import timm
@@ -150,8 +150,14 @@ def timm_cases(sample: int, seed: int, measure: int = 1) -> list[Case]:
     chosen: list[str] = []
     for module in sorted(timm.list_modules()):
         names = sorted(timm.list_models(module=module), key=_size_rank)
-        if names:
-            chosen.append(min(names[:measure], key=_meta_params) if measure > 1 else names[0])
+        if not names:
+            continue
+        if measure > 1:
+            chosen.append(min(names[:measure], key=_meta_params))
+        elif max_params:  # the first by name that fits the budget (measured lazily)
+            chosen.append(next((n for n in names[:8] if _meta_params(n) <= max_params), names[0]))
+        else:
+            chosen.append(names[0])
     others = sorted(set(timm.list_models()) - set(chosen))
     chosen += random.Random(seed).sample(others, min(sample, len(others)))
     cases = []
@@ -461,11 +467,33 @@ OP_CHECKS: dict[str, Callable[[Case, nn.Module], str]] = {
 # --- the sweep ---------------------------------------------------------------------------------------------
 
 
-def sweep_case(case: Case, ops: list[str], done: set, write: Callable[[dict], None]) -> None:
+def sweep_case(
+    case: Case, ops: list[str], done: set, write: Callable[[dict], None], max_params: float = 0
+) -> None:
     """Every op not yet done on a fresh copy of the model; one jsonl row each."""
     todo = [op for op in ops if (case.lib, case.name, op) not in done]
     if not todo:
         return
+    if max_params:
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")
+                size = sum(p.numel() for p in case.build().parameters())
+        except Exception:
+            size = 0  # judged when built for real below
+        if size > max_params:
+            for op in todo:
+                write(
+                    {
+                        "lib": case.lib,
+                        "model": case.name,
+                        "kind": case.kind,
+                        "op": op,
+                        "verdict": "SKIP",
+                        "detail": f"{size / 1e6:.0f}M parameters, over --max-params",
+                    }
+                )
+            return
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -516,13 +544,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cases_for(libs: list[str], sample: int, seed: int, measure: int = 1) -> list[Case]:
+def cases_for(libs: list[str], sample: int, seed: int, measure: int = 1, max_params: float = 0) -> list[Case]:
     """The models of the chosen libraries (see the module docstring)."""
     out: list[Case] = []
     if "torchvision" in libs:
         out += torchvision_cases()
     if "timm" in libs:
-        out += timm_cases(sample, seed, measure)
+        out += timm_cases(sample, seed, measure, max_params)
     if "transformers" in libs:
         out += transformers_cases()
     return out
@@ -538,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--out", default="bench/results/sweep_surgery.jsonl")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--max-params", type=float, default=0, help="SKIP models with more parameters (0: none)")
     ap.add_argument(
         "--measure", type=int, default=6, help="timm: smallest by parameters of the first N names"
     )
@@ -549,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [o for o in ops if o not in OP_CHECKS]
         if unknown:
             ap.error(f"unknown ops {unknown}; known: {', '.join(OPS)}")
-        cases = cases_for(args.libs.split(","), args.sample, args.seed, args.measure)
+        cases = cases_for(args.libs.split(","), args.sample, args.seed, args.measure, args.max_params)
         if args.limit:
             cases = random.Random(args.seed).sample(cases, min(args.limit, len(cases)))
         i, n = (int(v) for v in args.part.split("/"))
@@ -574,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{k + 1}/{len(cases)}] {case.lib}:{case.name}", file=sys.stderr)
                 else:
                     it.set_postfix_str(f"{case.lib}:{case.name}")
-                sweep_case(case, ops, done, write)
+                sweep_case(case, ops, done, write, args.max_params)
     print(table(rows))
     bad = [r for r in rows if r["verdict"] in ("WRONG", "DAMAGED")]
     for r in bad:
