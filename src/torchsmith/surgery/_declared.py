@@ -292,7 +292,10 @@ def _differing(model: nn.Module, ref: nn.Module) -> list[str]:
 def declared_heads(model: nn.Module) -> Declared | None:
     """The model's class-count layers as its library declares them, or None (use the dataflow)."""
     for find in (_timm, _transformers, _torchvision_detection, _torchvision_segmentation):
-        found = find(model)
+        try:
+            found = find(model)
+        except Exception:  # a declaration that cannot be read (a config the class rejects): dataflow
+            found = None
         if found is not None and (found.layers or found.apply is not None):
             return found
     return None

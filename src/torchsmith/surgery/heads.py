@@ -289,6 +289,10 @@ def _set_declared(
             f"its class layers are {where}: replace them with replace_module to remove them"
         )
     keep = check_keep(keep, decl.num_classes, n, where)
+    if keep and not paths:
+        raise SurgeryError(
+            f"set_num_classes: keep= needs the old class layer, and {decl.library} names none; pass head='path'"
+        )
     olds = {p: get_module(model, p) for p in paths}
     before = snapshot(model)
     tx = Transaction(model)
