@@ -291,7 +291,8 @@ def _set_declared(
     keep = check_keep(keep, decl.num_classes, n, where)
     if keep and not paths:
         raise SurgeryError(
-            f"set_num_classes: keep= needs the old class layer, and {decl.library} names none; pass head='path'"
+            f"set_num_classes: keep= needs the old class layer, and {decl.library} names none; "
+            "pass head='path'"
         )
     olds = {p: get_module(model, p) for p in paths}
     before = snapshot(model)
