@@ -445,3 +445,12 @@ def test_trust_pickle_is_the_only_way_past_a_dangerous_global(tmp_path):
     assert torch.equal(torchsmith.read_state_dict(tmp_path / "t.pt", trust_pickle=True)["w"], torch.ones(2))
     info = inspect_checkpoint(tmp_path / "t.pt", trust_pickle=True)
     assert info["safety"]["verdict"] == "dangerous" and info["tensors"] == 1
+
+
+def test_a_dcp_metadata_fifo_is_refused_without_blocking(tmp_path):
+    from torchsmith.checkpoint.dcp import read_dcp_metadata
+
+    os.mkfifo(tmp_path / ".metadata")
+    (tmp_path / "__0_0.distcp").write_bytes(b"")
+    with deadline(10), pytest.raises(CheckpointError, match=r"regular file|no \.metadata file"):
+        read_dcp_metadata(tmp_path)

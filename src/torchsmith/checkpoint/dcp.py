@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
-from torchsmith.checkpoint._refs import ITEMSIZE, TensorRef
+from torchsmith.checkpoint._refs import ITEMSIZE, TensorRef, open_regular
 from torchsmith.checkpoint.pickle_reader import DTypeRef, StandIn, StandInCall, read_pickle
 from torchsmith.errors import CheckpointError
 
@@ -113,8 +113,8 @@ def _read(meta_path: Path):
                 f"{meta_path}: {size} bytes of DCP metadata, more than the {_MAX_METADATA_BYTES >> 20} MiB "
                 "torchsmith reads"
             )
-        with open(meta_path, "rb") as f:
-            return read_pickle(f)
+        with open(open_regular(meta_path), "rb") as f:  # a FIFO or device is refused, never read
+            return read_pickle(f, where=str(meta_path))
     except CheckpointError:
         raise
     except Exception as e:  # malformed pickle: any exception type from the unpickler
