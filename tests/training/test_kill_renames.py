@@ -54,33 +54,48 @@ def _folder_summary(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """The unbroken run's folder, and how often it renamed onto each name (to aim at the last)."""
     root = tmp_path_factory.mktemp("ref")
     path = root / "r.yaml"
     path.write_text(yaml.safe_dump(_RECIPE))
-    train(path, out=root / "whole", log=None)
-    return path, _folder_summary(root / "whole")
+    renames: dict[str, int] = {}
+    real = os.replace
+
+    def counting(src, dst, *args, **kwargs):
+        name = os.path.basename(os.fspath(dst))
+        renames[name] = renames.get(name, 0) + 1
+        return real(src, dst, *args, **kwargs)
+
+    os.replace = counting
+    try:
+        train(path, out=root / "whole", log=None)
+    finally:
+        os.replace = real
+    return path, _folder_summary(root / "whole"), renames
 
 
 # (operation, file name, which occurrence): the 6 checkpoints are at steps 2, 4 (epoch 1), 6, ... 12;
 # each writes last.pt, best.pt when val_loss improved, the metrics files (and recipe.yaml first).
 ALL_CASES = [
     ("replace", "best.pt", 1),  # the first checkpoint: best.pt never existed before
-    ("replace", "best.pt", 2),
+    ("replace", "best.pt", -1),  # its last write: no later improvement rewrites it (lost before the fix)
     ("replace", "recipe.yaml", 1),  # between last.pt and the run's first recipe.yaml
     ("replace", "metrics.jsonl", 2),
     ("replace", "metrics.csv", 6),  # the last checkpoint
     ("replace", "epoch-*", 6),  # the last checkpoint's retention link
     ("unlink", "epoch-*", 4),  # the last checkpoint's pruning: one file too many without a resume prune
 ]
-# Each case is a training subprocess (~8 s of CPU): the suite runs a sample of the classes (a
-# middle best.pt, the first recipe.yaml, the last link, the last pruning); TORCHSMITH_ALL_KILLS=1
-# runs them all.
+# Each case is a training subprocess (~8 s of CPU): the suite runs a sample of the classes (the
+# last best.pt, the first recipe.yaml, the last link, the last pruning); TORCHSMITH_ALL_KILLS=1
+# runs them all. -1: the last time the unbroken run did it.
 CASES = ALL_CASES if os.environ.get("TORCHSMITH_ALL_KILLS") else [ALL_CASES[i] for i in (1, 2, 5, 6)]
 
 
 @pytest.mark.parametrize(("op", "name", "nth"), CASES, ids=[f"{o}-{n}-{k}" for o, n, k in CASES])
 def test_resume_completes_what_a_kill_interrupted(tmp_path, reference, op, name, nth):
-    path, expected = reference
+    path, expected, renames = reference
+    if nth < 0:
+        nth = renames[name] + 1 + nth
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
