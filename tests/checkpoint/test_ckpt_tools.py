@@ -305,7 +305,9 @@ def test_json_nested_beyond_the_stack_is_a_clean_refusal(tmp_path, capsys, where
         assert code == 2 and "internal error" not in err and "m.safetensors" in err, (cmd, err)
 
 
-@pytest.mark.parametrize("tied", ['["a"]', '{"fc1.weight": 5}', '{"fc1.weight": ["x"]}', "{", '"s"'])
+@pytest.mark.parametrize(
+    "tied", ['["a"]', '{"fc1.weight": 5}', '{"fc1.weight": ["x"]}', "{", '"s"', "[" * 5000 + "]" * 5000]
+)
 def test_verify_tied_table_of_the_wrong_type_is_damaged(tmp_path, capsys, tied):
     path = save(torchsmith.create_model("mlp"), tmp_path / "m.safetensors")
     _rewrite_safetensors_metadata(path, lambda meta: meta.__setitem__("torchsmith.tied", tied))
@@ -313,21 +315,27 @@ def test_verify_tied_table_of_the_wrong_type_is_damaged(tmp_path, capsys, tied):
     assert code == 2 and "damaged" in err and "internal error" not in err, err
 
 
-def test_verify_tied_copies_with_other_bytes(tmp_path, capsys):
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_verify_tied_copies_with_other_bytes(tmp_path, capsys, layout):
     """Tied names written twice: a copy changed after saving is found (plain safetensors reads it)."""
-    emb = torch.randn(6, 4)
-    path = tmp_path / "tied.safetensors"
-    save({"emb.weight": emb, "head.weight": emb}, path)
-    code, out, _ = run_cli(capsys, "verify", path, "--json")
-    assert code == 0 and "tied" in json.loads(out)["checks"]
+    emb = torch.randn(64, 16)
+    state = {"emb.weight": emb, "head.weight": emb, "other": torch.randn(64, 16)}
+    out = save(state, tmp_path / "tied.safetensors", max_shard_size="5KB" if layout == "sharded" else None)
+    code, out_text, _ = run_cli(capsys, "verify", out, "--json")
+    assert code == 0 and "tied" in json.loads(out_text)["checks"]
+    path = (
+        out
+        if layout == "single"
+        else next(p for p in tmp_path.glob("tied-*") if b"head.weight" in p.read_bytes())
+    )
     data = bytearray(path.read_bytes())
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
     start = 8 + n + header["head.weight"]["data_offsets"][0]
     data[start] ^= 0x01
     path.write_bytes(bytes(data))
-    code, _, err = run_cli(capsys, "verify", path)
-    assert code == 2 and "'head.weight'" in err and "tied" in err, err
+    code, _, err = run_cli(capsys, "verify", out)
+    assert code == 2 and "'head.weight'" in err and "tied" in err and path.name in err, err
 
 
 def _accelerate_like(folder, kind):

@@ -187,40 +187,49 @@ def check_integrity(raw: RawCheckpoint, refs: dict[str, TensorRef]) -> list[str]
 
 
 def _check_tied_copies(raw: RawCheckpoint, maps: FileMaps) -> bool:
-    """Refuse a safetensors file whose tied copies (``torchsmith.tied``) hold different bytes.
+    """Refuse a safetensors file or shard whose tied copies (``torchsmith.tied``) hold different bytes.
 
     Returns whether there were tied copies to check.
     Why: torchsmith reads one copy for every tied name while plain ``safetensors`` reads each
     name's own bytes; if the copies differ, the two readers return different weights from one file.
     """
-    text = raw.metadata.get("torchsmith.tied")
-    if raw.format != "safetensors" or not text:
-        return False  # sharded files: each shard's own copies are checked when the shard is read
+    if raw.format not in ("safetensors", "sharded"):
+        return False
     from torchsmith.checkpoint.safetensors_io import read_header
 
+    checked = False
+    for f in raw.files or [raw.path]:
+        if f.suffix != ".safetensors" and sniff(f) != "safetensors":
+            continue
+        header, data_start = read_header(f)
+        meta = header.get("__metadata__")
+        text = meta.get("torchsmith.tied") if isinstance(meta, dict) else None
+        if text is None:
+            continue
+        checked = True
+        _check_tied_file(f, header, data_start, text, maps)
+    return checked
+
+
+def _check_tied_file(f: Path, header: dict, data_start: int, text: Any, maps: FileMaps) -> None:
     try:
-        tied = json.loads(text)
-    except ValueError:
-        raise CheckpointError(f"{raw.path}: damaged: its torchsmith.tied metadata is not JSON") from None
-    if not isinstance(tied, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in tied.items()
-    ):
+        tied = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        tied = None
+    if not isinstance(tied, dict) or not all(isinstance(v, str) for v in tied.values()):
         raise CheckpointError(
-            f"{raw.path}: damaged: its torchsmith.tied metadata is not an object of name -> name strings"
+            f"{f}: damaged: its torchsmith.tied metadata is not a JSON object of name -> name strings"
         )
-    header, data_start = read_header(raw.path)
-    buf = maps.buffer(str(raw.path))
+    buf = maps.buffer(str(f))
     for alias, target in tied.items():
         a, t = header.get(alias), header.get(target)
-        if not (isinstance(a, dict) and isinstance(t, dict)) or (a["dtype"], a["shape"]) != (
-            t["dtype"],
-            t["shape"],
-        ):
+        if not (isinstance(a, dict) and isinstance(t, dict)):
             continue  # the reader ties only names that exist with one dtype and shape (read_safetensors)
+        if (a.get("dtype"), a.get("shape")) != (t.get("dtype"), t.get("shape")):
+            continue
         (a0, a1), (t0, t1) = a["data_offsets"], t["data_offsets"]
         if buf[data_start + a0 : data_start + a1] != buf[data_start + t0 : data_start + t1]:
             raise CheckpointError(
-                f"{raw.path}: damaged: tied tensor {alias!r} holds other bytes than {target!r}, the copy "
-                "it is recorded as tied to (torchsmith and plain safetensors would read different weights)"
+                f"{f}: damaged: tied tensor {alias!r} holds other bytes than {target!r}, the copy it is "
+                "recorded as tied to (torchsmith and plain safetensors would read different weights)"
             )
-    return True
