@@ -22,6 +22,7 @@ from torchsmith.errors import CheckpointError, InputError
 __all__ = [
     "OfflineError",
     "check_hash",
+    "check_reachable",
     "download",
     "hash_prefix_from_name",
     "is_offline",
@@ -37,6 +38,45 @@ _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")  # torch.hub's convention: na
 
 class OfflineError(InputError):
     """Weights are not in the cache and the network may not be used (offline mode)."""
+
+
+# host:port -> why it could not be reached ("" when it could): probed once per process, so an
+# offline machine gets one fast, clear error instead of a library's retries and warnings per file.
+_REACHABLE: dict[tuple[str, int], str] = {}
+
+
+def check_reachable(url: str, what: str, *, timeout: float = 5.0) -> None:
+    """Raise :class:`OfflineError` when ``url``'s host (or the proxy for it) cannot be reached.
+
+    One name lookup and TCP connection per host and process, remembered: the first weights call on
+    a machine without a network fails in seconds, naming ``what`` is missing and how to go offline
+    on purpose (``TORCHSMITH_OFFLINE=1`` with the file in the cache).
+    """
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    scheme = (parts.scheme or "https").lower()
+    proxy = urllib.request.getproxies().get(scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    key = (host, port)
+    if key not in _REACHABLE:
+        try:
+            with socket.create_connection(key, timeout=timeout):
+                _REACHABLE[key] = ""
+        except OSError as e:
+            _REACHABLE[key] = str(e) or type(e).__name__
+    why = _REACHABLE[key]
+    if why:
+        raise OfflineError(
+            f"no network: {host}:{port} cannot be reached ({why}), and {what} is not cached; on a "
+            "machine with a network run `torchsmith weights fetch` and copy the cache here, and set "
+            "TORCHSMITH_OFFLINE=1 to work from the cache without trying the network"
+        )
 
 
 def torch_hub_dir() -> Path:
@@ -149,6 +189,7 @@ def download(
         )
     if not url.lower().startswith(("http://", "https://")):
         raise InputError(f"weights URL must be http:// or https://, got {url!r}")
+    check_reachable(url, dest.name)
     import http.client
     import urllib.error
     import urllib.request

@@ -22,6 +22,7 @@ from torchsmith.errors import CheckpointError, InputError, TransferError
 from torchsmith.hub._fetch import (
     OfflineError,
     check_hash,
+    check_reachable,
     download,
     hash_prefix_from_name,
     is_offline,
@@ -80,6 +81,7 @@ def _hf_fetch(repo: str, filenames: tuple[str, ...], revision: str | None, what:
             f"offline and {what} is not in the Hugging Face cache: run `huggingface-cli download {repo} "
             f"{filenames[0]}` on a machine with a network and copy {os.path.join(cache, folder)} here"
         )
+    check_reachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co", what)  # once, no retries
     last: Exception | None = None
     for filename in filenames:
         try:
