@@ -566,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--out", default="bench/results/sweep_surgery.jsonl")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--kinds", default="", help="torchvision kinds only: classification,detection,...")
     ap.add_argument("--max-params", type=float, default=0, help="SKIP models with more parameters (0: none)")
     ap.add_argument(
         "--measure", type=int, default=6, help="timm: smallest by parameters of the first N names"
@@ -579,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown ops {unknown}; known: {', '.join(OPS)}")
         cases = cases_for(args.libs.split(","), args.sample, args.seed, args.measure, args.max_params)
+        if args.kinds:
+            cases = [c for c in cases if c.kind in args.kinds.split(",")]
         if args.limit:
             cases = random.Random(args.seed).sample(cases, min(args.limit, len(cases)))
         i, n = (int(v) for v in args.part.split("/"))
