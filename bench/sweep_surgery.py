@@ -533,10 +533,11 @@ def sweep_case(
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table: verdict counts per library and op."""
+    """Markdown table: verdict counts per library (torchvision: per kind) and op."""
     counts: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
     for r in rows:
-        counts[(r["lib"], r["op"])][r["verdict"]] += 1
+        lib = f"{r['lib']} {r['kind']}" if r["lib"] == "torchvision" else r["lib"]
+        counts[(lib, r["op"])][r["verdict"]] += 1
     verdicts = ["PASS", "REFUSED", "WRONG", "DAMAGED", "SKIP"]
     lines = ["| library | op | " + " | ".join(verdicts) + " |", "|---|---|" + "---|" * len(verdicts)]
     for (lib, op), c in sorted(counts.items(), key=lambda kv: (kv[0][0], OPS.index(kv[0][1]))):
