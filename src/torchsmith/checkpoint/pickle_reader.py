@@ -182,6 +182,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its dispatch 
         budget: ReadBudget,
         limit: int | None,
     ) -> None:
+        self._memory = file if isinstance(file, io.BytesIO) and limit is None else None
         self._src = _Source(file, limit)
         super().__init__(self._src, encoding="latin1")
         self._persistent = persistent_load
@@ -190,10 +191,17 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its dispatch 
         self._classes: dict[str, type] = {}
 
     def load(self) -> Any:
-        self._unframer = pickle._Unframer(self._src.read, self._src.readline)
-        self.read = self._unframer.read
+        if self._memory is not None:
+            # Bytes already in memory (a zip's data.pkl): read straight from them. A short read
+            # (a length past the end) leaves the stream at its end, so the next opcode read finds
+            # nothing and the read fails as truncated; frames are contiguous, so FRAME is skipped.
+            self.read = self._memory.read
+            self.readline = self._memory.readline
+        else:
+            self._unframer = pickle._Unframer(self._src.read, self._src.readline)
+            self.read = self._unframer.read
+            self.readline = self._unframer.readline
         self.readinto = self._src.readinto
-        self.readline = self._unframer.readline
         self.metastack = []
         self.stack = []
         self.append = self.stack.append
@@ -209,10 +217,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its dispatch 
                 if n >= 4096:
                     budget.tick(n)
                     n = 0
-                op = dispatch.get(key[0])
-                if op is None:
-                    raise pickle.UnpicklingError(f"invalid or refused opcode {key!r}")
-                op(self)
+                dispatch[key[0]](self)  # an unknown opcode: KeyError, refused like any malformed pickle
         except pickle._Stop as stop:
             budget.tick(n)
             return stop.value
@@ -360,7 +365,8 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its dispatch 
                 target[items[i]] = items[i + 1]
         elif type(target) in (dict, collections.OrderedDict, collections.Counter):
             for i in range(0, len(items) - 1, 2):
-                target[check_hashable(items[i])] = items[i + 1]
+                key = items[i]
+                target[key if type(key) is str else check_hashable(key)] = items[i + 1]
         else:
             raise pickle.UnpicklingError(f"SETITEM on a {type(target).__name__}: only dicts and stand-ins")
         if len(items) % 2:
@@ -429,6 +435,15 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its dispatch 
         self.append = self.stack.append
 
     dispatch[pickle.MARK[0]] = load_mark
+
+    def load_frame(self) -> None:
+        (size,) = struct.unpack("<Q", self.read(8))
+        if self._memory is None:
+            self._unframer.load_frame(size)
+        elif size > len(self._memory.getbuffer()) - self._memory.tell():
+            raise pickle.UnpicklingError("a frame claims more bytes than the pickle holds")
+
+    dispatch[pickle.FRAME[0]] = load_frame
 
     def load_bytearray8(self) -> None:
         (n,) = struct.unpack("<Q", self.read(8))

@@ -50,13 +50,6 @@ def _data_offset(f, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + n + e
 
 
-def _local_name(f, info: zipfile.ZipInfo) -> bytes:
-    f.seek(info.header_offset + 26)
-    n, _ = struct.unpack("<HH", f.read(4))
-    f.seek(info.header_offset + 30)
-    return f.read(n)
-
-
 def read_torch_zip(path: Path) -> RawCheckpoint:
     """Describe a torch zip checkpoint: the unpickled object with ``TensorRef`` leaves, and notes."""
     try:
@@ -131,8 +124,13 @@ def zip_members(f, zf: zipfile.ZipFile, size: int, path: Path) -> dict[str, _Mem
             raise CheckpointError(
                 f"{path}: zip member {info.filename[:80]!r} is marked as a directory or link, not a file"
             )
-        start = _data_offset(f, info)
-        local = _local_name(f, info)
+        f.seek(info.header_offset)
+        head = f.read(30)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+        n, e = struct.unpack("<HH", head[26:30])
+        start = info.header_offset + 30 + n + e
+        local = f.read(n)
         if local.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace") != info.filename:
             raise CheckpointError(
                 f"{path}: zip member {info.filename[:80]!r} has another name in its local header: refused"
@@ -229,9 +227,7 @@ def _read_zip_archive(path: Path, f, zf: zipfile.ZipFile, size: int, ident: tupl
 
     data = _read_member(zf, members[pkl].info, size, path)
     try:
-        result = read_pickle(
-            io.BytesIO(data), persistent_load, budget=budget, where=str(path), limit=len(data)
-        )
+        result = read_pickle(io.BytesIO(data), persistent_load, budget=budget, where=str(path))
     except CheckpointError:
         raise
     except Exception as e:
