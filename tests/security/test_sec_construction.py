@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import torchsmith
 from torchsmith.checkpoint._budget import BudgetExceeded
@@ -454,3 +456,52 @@ def test_a_dcp_metadata_fifo_is_refused_without_blocking(tmp_path):
     (tmp_path / "__0_0.distcp").write_bytes(b"")
     with deadline(10), pytest.raises(CheckpointError, match=r"regular file|no \.metadata file"):
         read_dcp_metadata(tmp_path)
+
+
+_IDENT = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entry=st.sampled_from(sorted(q for q, c in DANGEROUS.items() if c)), tail=st.lists(_IDENT, max_size=3))
+def test_every_name_below_a_dangerous_entry_is_dangerous_with_its_class(entry, tail):
+    name = ".".join([entry, *tail]) if "." in entry or tail else f"{entry}.run"
+    parts = name.split(".")
+    # The most specific table entry that is a prefix of the name decides (an inert exception wins).
+    owner = next(
+        (".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in DANGEROUS), None
+    )
+    v = classify(name)
+    if DANGEROUS[owner]:
+        assert v.verdict == "dangerous" and v.danger == DANGEROUS[owner], (name, v)
+    else:
+        assert v.verdict != "dangerous" or parts[-1] in DANGEROUS_VERBS
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    mod=st.lists(_IDENT, min_size=1, max_size=3),
+    dunder=st.sampled_from(
+        [
+            "__globals__",
+            "__class__",
+            "__subclasses__",
+            "__init__",
+            "__builtins__",
+            "__reduce_ex__",
+            "__call__",
+        ]
+    ),
+)
+def test_any_attribute_walk_through_a_dunder_is_code_execution(mod, dunder):
+    v = classify(".".join([*mod, "x", dunder, "y"]))
+    assert v.verdict == "dangerous" and v.danger == "code execution"
+
+
+@settings(max_examples=200, deadline=None)
+@given(mod=st.lists(_IDENT.filter(lambda s: s not in DANGEROUS), min_size=2, max_size=3), name=_IDENT)
+def test_other_names_are_inert_unknowns_unless_their_verb_loads_or_runs(mod, name):
+    q = ".".join([*mod, name])
+    v = classify(q)
+    if any(".".join(mod[:i]) in DANGEROUS for i in range(1, len(mod) + 1)):
+        return
+    assert v.verdict == ("dangerous" if name in DANGEROUS_VERBS else "unknown"), (q, v)
