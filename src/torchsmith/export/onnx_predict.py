@@ -3,10 +3,9 @@
 What a deployment has is the ``.onnx`` file: ``torchsmith export`` put its input shape, preprocessing
 and class names into the file's metadata, so this module needs only ONNX Runtime, NumPy and Pillow.
 Images are prepared as the run prepared its validation data (channels, size, resize, center crop,
-normalize); resizing is Pillow's antialiased bilinear on 8-bit pixels, which matches torchvision's
-antialiased resize of the same image up to rounding (at most about 1/255 per pixel), so probabilities
-can differ from ``predict --checkpoint`` in the last digits. A preprocessing step with no torch-free
-form is refused by name, never skipped.
+normalize), on float pixels: Pillow resizes each channel as a 32-bit float image with the same
+antialiased kernels as torchvision's resize (equal to about 1e-5). A preprocessing step with no
+torch-free form is refused by name, never skipped.
 
 >>> from torchsmith.export.onnx_predict import predict_onnx
 >>> predict_onnx("digits.onnx", ["seven.png"], top_k=3)        # doctest: +SKIP
@@ -133,49 +132,54 @@ def _steps(pre: dict, channels: int, hw: tuple[int, int], model: Any) -> list[tu
 
 
 def _prepare(path: str, channels: int, steps: list[tuple[str, dict]]) -> Any:
+    """One image as the run prepared it: read, scaled to [0, 1], then each step on float pixels."""
     import numpy as np
-    from PIL import Image
 
     from torchsmith.training.data import read_image
 
-    image = read_image(path, "L" if channels == 1 else "RGB")
-    x = None  # float CHW once normalization needs it
+    pixels = np.asarray(read_image(path, "L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    x = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # CHW, as the run's tensors
     for name, args in steps:
         if name == "Resize":
-            image = _resize(image, args.get("size"), Image)
+            x = _resize(x, args.get("size"), args.get("interpolation"))
         elif name == "CenterCrop":
-            image = _center_crop(image, args.get("size"))
+            x = _center_crop(x, args.get("size"))
         elif name == "Normalize":
-            x = _to_array(image) if x is None else x
             mean = np.asarray(args["mean"], dtype=np.float32).reshape(-1, 1, 1)
             std = np.asarray(args["std"], dtype=np.float32).reshape(-1, 1, 1)
             x = (x - mean) / std
-    return _to_array(image) if x is None else x
+    return x
 
 
-def _to_array(image: Any) -> Any:
+def _resize(x: Any, size: Any, interpolation: Any) -> Any:
+    """torchvision's Resize on float pixels (an int or [int] sets the shorter side, [h, w] both).
+
+    Pillow resizes each channel as a 32-bit float image with the same antialiased kernels, which
+    matches torchvision's ``antialias=True`` resize of a float tensor to about 1e-5.
+    """
     import numpy as np
+    from PIL import Image
 
-    a = np.asarray(image, dtype=np.float32) / 255.0
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-
-def _resize(image: Any, size: Any, Image: Any) -> Any:
-    """torchvision's Resize: an int (or [int]) sets the shorter side, [h, w] both."""
+    ih, iw = x.shape[1:]
     if isinstance(size, (list, tuple)) and len(size) == 2:
         h, w = int(size[0]), int(size[1])
     else:
         s = int(size[0] if isinstance(size, (list, tuple)) else size)
-        iw, ih = image.size
         h, w = (s, max(1, int(s * iw / ih))) if ih <= iw else (max(1, int(s * ih / iw)), s)
-    return image.resize((w, h), Image.BILINEAR, reducing_gap=None)
+    kind = str(interpolation or "bilinear").lower().rsplit(".", 1)[-1]
+    resample = {"nearest": Image.NEAREST, "bicubic": Image.BICUBIC}.get(kind, Image.BILINEAR)
+    return np.stack(
+        [np.asarray(Image.fromarray(ch, mode="F").resize((w, h), resample), dtype=np.float32) for ch in x]
+    )
 
 
-def _center_crop(image: Any, size: Any) -> Any:
+def _center_crop(x: Any, size: Any) -> Any:
     if isinstance(size, (list, tuple)):
         h, w = (int(size[0]), int(size[-1]))
     else:
         h = w = int(size)
-    iw, ih = image.size
-    left, top = round((iw - w) / 2.0), round((ih - h) / 2.0)
-    return image.crop((left, top, left + w, top + h))
+    ih, iw = x.shape[1:]
+    if h > ih or w > iw:
+        raise InputError(f"predict: a {ih}x{iw} image cannot be center-cropped to {h}x{w}")
+    top, left = round((ih - h) / 2.0), round((iw - w) / 2.0)
+    return x[:, top : top + h, left : left + w]
