@@ -18,8 +18,9 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torchsmith._provenance import set_provenance
@@ -192,6 +193,9 @@ def create_model(name: str, *, progress: bool = True, **kwargs: Any) -> Any:
     and ``weights_backbone=`` for ``torchvision:`` models; ``pretrained=True`` for ``timm:NAME.TAG``
     and ``timm:hf-hub:ORG/NAME``. The file is downloaded once to the standard cache, hash-checked and
     read by torchsmith's own reader, outside the build sandbox; ``progress`` shows a download bar.
+    A file of your own works for every kind of model, zoo names included: ``weights={"url": URL,
+    "sha256": HEX}`` (downloaded once to ``$TORCH_HOME/hub/checkpoints``, hash-checked) or
+    ``weights={"path": PATH}`` (``sha256`` optional); it must fill every tensor of the model.
 
     ``name`` is a zoo name (see :func:`list_models`), ``torchvision:NAME`` or ``timm:NAME``. The
     model remembers how it was built, so ``torchsmith.save`` can record it and
@@ -203,6 +207,9 @@ def create_model(name: str, *, progress: bool = True, **kwargs: Any) -> Any:
     """
     if not isinstance(name, str) or not name:
         raise InputError(f"model name must be a non-empty string, got {name!r}")
+    explicit = kwargs.get("weights")
+    if isinstance(explicit, (Mapping, os.PathLike)):  # a file by url or path: any kind of model
+        return _create_with_file(name, dict(kwargs), explicit, progress)
     if _wants_weights(kwargs):  # the caller asked by name: the one explicit way to pretrained weights
         return _create_pretrained(name, kwargs, progress)
     kwargs = {k: v for k, v in kwargs.items() if not (k in _WEIGHT_KWARGS and v in (None, False))}
@@ -240,6 +247,25 @@ def _create(name: str, kwargs: dict[str, Any]) -> Any:
         entry = get_entry(name)
         _check_kwargs(name, entry.factory, kwargs)
         model = entry.factory(**kwargs)
+    return model
+
+
+def _create_with_file(name: str, kwargs: dict[str, Any], weights: Any, progress: bool) -> Any:
+    """``weights={"url": ..., "sha256": ...}`` or ``{"path": ...[, "sha256": ...]}`` (or a path object):
+    the model is built with random weights as usual (in the sandbox), then the file is fetched,
+    hash-checked and loaded completely; every model kind (zoo, ``torchvision:``, ``timm:``,
+    ``hf:``) takes it the same way."""
+    from torchsmith.hub import fetch_weights, resolve_weights  # lazily: the hub concern
+    from torchsmith.transfer import load_weights
+
+    del kwargs["weights"]
+    source = resolve_weights(name, weights)
+    model = create_model(name, progress=progress, **kwargs)
+    path = fetch_weights(source, progress=progress)
+    # Every tensor of the model must come from the file: a partial load would leave random weights
+    # behind a name that promises a checkpoint.
+    load_weights(model, path, strict="target")
+    set_provenance(model, arch={"name": name, "kwargs": kwargs}, weights={"sources": [source.describe()]})
     return model
 
 
