@@ -473,7 +473,7 @@ def read_yaml(path_or_text: str | os.PathLike, what: str = "recipe") -> tuple[An
     :class:`Source` whose ``line(path)`` gives the line of each key. Errors are
     :class:`~torchsmith.errors.SpecError` naming ``FILE:LINE``.
 
-    >>> data, source = read_yaml("train:\n  epochs: 3\n", what="recipe")
+    >>> data, source = read_yaml("train:\\n  epochs: 3\\n", what="recipe")
     >>> data["train"]["epochs"], source.line(("train", "epochs"))
     (3, 2)
     """
