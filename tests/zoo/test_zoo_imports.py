@@ -47,3 +47,11 @@ def test_the_registry_reads_the_table_the_models_write():
     assert "mlp" in registry.list_models()
     assert registry.get_entry("mlp").factory is mlp.mlp
     assert registry._REGISTRY is _entries._REGISTRY and zoo.register_model is _entries.register_model
+
+
+def test_the_zoo_never_imports_surgery():
+    """No surgery <-> zoo circle from the zoo's side: a pretrained model's new head is given by the
+    hub (hub.pretrained.finish_pretrained), not by the registry; no import anywhere in zoo/."""
+    for path in sorted(ZOO.rglob("*.py")):
+        names = _imports(path, top_level_only=False)
+        assert not any(n.startswith("torchsmith.surgery") for n in names), path

@@ -34,6 +34,7 @@ from torchsmith.hub.sources import WeightsSource, resolve_weights
 __all__ = [
     "create_pretrained",
     "fetch_weights",
+    "finish_pretrained",
     "rebuild_structure",
     "verify_cache",
     "weights_categories",
@@ -276,6 +277,19 @@ def create_pretrained(
     if info.get("structure"):  # a rebuild builds what torchvision builds for these weights
         arch["weights_structure"] = info["structure"]
     return model, {"arch": arch, "weights": weights, "new_classes": info.get("new_classes")}
+
+
+def finish_pretrained(model: Any, record: dict[str, Any]) -> None:
+    """Record how ``model`` was made (``record`` from :func:`create_pretrained`), then give it the new
+    head its ``num_classes=`` asked for, recorded as a surgery op after the weights (so a rebuild
+    replays it). Kept here so that the zoo never imports the surgery concern."""
+    from torchsmith._provenance import set_provenance
+
+    set_provenance(model, arch=record["arch"], weights=record["weights"])
+    if record.get("new_classes") is not None:
+        from torchsmith.surgery import set_num_classes  # a new head, as timm's num_classes= does
+
+        set_num_classes(model, record["new_classes"])
 
 
 def rebuild_structure(arch: dict[str, Any]) -> Any:

@@ -275,7 +275,7 @@ def _create_pretrained(name: str, kwargs: dict[str, Any], progress: bool) -> Any
             f"pretrained weights by name exist for 'torchvision:' and 'timm:' models; build {name!r} and "
             "load a file with torchsmith.load_weights(model, path)"
         )
-    from torchsmith.hub import create_pretrained  # lazily: the hub concern
+    from torchsmith.hub.pretrained import create_pretrained, finish_pretrained  # lazily: the hub concern
 
     check_kwargs({k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}, f"model {name!r}: argument",
                  types=False)  # fmt: skip
@@ -283,9 +283,6 @@ def _create_pretrained(name: str, kwargs: dict[str, Any], progress: bool) -> Any
         model, record = create_pretrained(name, kwargs, progress=progress)
     except TypeError as e:
         raise InputError(f"bad arguments for model {name!r}: {e}") from None
-    set_provenance(model, arch=record["arch"], weights=record["weights"])
-    if record.get("new_classes") is not None:
-        from torchsmith.surgery import set_num_classes  # a new head, as timm's num_classes= does
-
-        set_num_classes(model, record["new_classes"])
+    # The hub records it and gives a new head where asked (surgery): the zoo never imports surgery.
+    finish_pretrained(model, record)
     return model
