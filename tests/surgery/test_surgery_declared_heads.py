@@ -97,8 +97,10 @@ def test_a_library_head_that_fails_its_check_pass_is_rolled_back():
     assert model(torch.rand(1, 3, 224, 224)).shape == (1, 1000)
 
 
-@pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "convnext_atto"])
-@pytest.mark.parametrize("n", [0, 6])
+@pytest.mark.parametrize(
+    ("name", "n"),
+    [("deit_tiny_distilled_patch16_224", 6), ("deit_tiny_distilled_patch16_224", 0), ("convnext_atto", 0)],
+)
 def test_timm_heads_match_num_classes(name, n):
     model = timm.create_model(name, pretrained=False)
     set_num_classes(model, n)

@@ -36,11 +36,11 @@ def test_a_seeded_sample_is_never_wrong_nor_damaging(sweep, tmp_path):
     cases = [c for c in sweep.cases_for(list(_POOL), 0, 0) if c.name in names[c.lib]]
     assert len(cases) == 3
     rows: list[dict] = []
-    ops = ["set_num_classes_7", "set_num_classes_0", "set_in_channels_1", "feature_info", "param_groups"]
+    ops = ["set_num_classes_7", "set_in_channels_1", "feature_info"]
     for case in cases:
         sweep.sweep_case(case, ops, set(), rows.append)
     assert len(rows) == len(ops) * len(cases)
     bad = [r for r in rows if r["verdict"] in ("WRONG", "DAMAGED")]
     assert not bad, json.dumps(bad, indent=1)
-    assert sum(r["verdict"] == "PASS" for r in rows) >= len(rows) - 2
+    assert sum(r["verdict"] == "PASS" for r in rows) >= len(rows) - 1
     assert "| library | op | PASS |" in sweep.table(rows)
