@@ -53,7 +53,8 @@ class Block:
     @property
     def id(self) -> str:
         """``docs/zoo.md:6``: the test id and the place a failure names."""
-        return f"{self.doc.relative_to(ROOT)}:{self.line}"
+        doc = self.doc.relative_to(ROOT) if self.doc.is_relative_to(ROOT) else self.doc.name
+        return f"{doc}:{self.line}"
 
     @property
     def skip_reason(self) -> str | None:
