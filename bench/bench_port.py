@@ -12,9 +12,10 @@ numerical check and copies them in. The ratio is port time / baseline time.
 
 The goal (issue 24) is restated from the floor: a proven port costs at most the floor (one forward
 of each model plus the copy) + 50 %, so ``port / floor`` is printed with the goal's verdict. A
-port from the *state_dict* (``sd port``) first identifies the source architecture by its keys and
-shapes, builds it with random weights and loads the state_dict into it (what a proof needs), so its
-row shows what identification adds.
+port from the *state_dict* (``sd port``, with ``source_model=`` naming its architecture: a
+resnet50 state_dict also fits timm's resnetblur50, so it is not guessed) builds that architecture
+with random weights and loads the state_dict into it (what a proof needs), so its row shows what
+that adds.
 
 Also printed, from the same interleaved repeats: one plain forward of each model on the check
 input, and the floor of any port proven by running both models (source forward + target forward
@@ -51,7 +52,7 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench(name: str, source, target, x, repeat: int) -> None:
+def bench(name: str, source, target, x, repeat: int, source_name: str) -> None:
     report = load_weights(target, source, match="structure", example_input=x)
     renamed = {t: source.state_dict()[s] for t, s in ((e["key"], e["source_key"]) for e in report.loaded)}
     # the baseline gets the equivalences for free: the values the port computed, under target names
@@ -71,7 +72,9 @@ def bench(name: str, source, target, x, repeat: int) -> None:
         {
             "base": lambda: target.load_state_dict(full),
             "port": lambda: load_weights(target, source, match="structure", example_input=x),
-            "sd port": lambda: load_weights(target, sd, match="structure", example_input=x),
+            "sd port": lambda: load_weights(
+                target, sd, match="structure", example_input=x, source_model=source_name
+            ),
             "src": forward(source),
             "tgt": forward(target),
         },
@@ -107,6 +110,7 @@ def main() -> None:
             timm.create_model("resnet50"),
             torch.randn(1, 3, 64, 64),
             args.repeat,
+            "torchvision:resnet50",
         )
     if args.only in (None, "vit_base"):
         bench(
@@ -115,6 +119,7 @@ def main() -> None:
             create_model("hf:vit-base/image-classification"),
             torch.randn(1, 3, 224, 224),
             args.repeat,
+            "timm:vit_base_patch16_224",
         )
     print(f"load average {os.getloadavg()[0]:.2f}")
 
