@@ -179,3 +179,19 @@ def test_param_groups_real_lr_no_decay_layer_decay_and_checks():
         net, lr=0.1, rules=[{"params": ["layer4", "fc"], "lr": 0.5}]
     )  # as recipes write
     assert {n: g["lr"] for g in recipe_style for n in g["param_names"]}["layer4.1.bn2.bias"] == 0.5
+
+
+def test_layer_decay_of_cait_equals_timms():
+    """CaiT's class-attention blocks: the sweep found them off timm's depths; timm's own grouping
+    is now the oracle used."""
+    import math
+
+    import timm.optim
+
+    model = timm.create_model("cait_xxs24_224", pretrained=False)
+    groups = param_groups(model, 1e-3, weight_decay=0.05, layer_decay=0.75)
+    ref = timm.optim.create_optimizer_v2(model, "sgd", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    want = {id(p): g["lr"] * g.get("lr_scale", 1.0) for g in ref.param_groups for p in g["params"]}
+    got = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert want.keys() == got.keys()
+    assert all(math.isclose(want[k], got[k], rel_tol=1e-6) for k in want)

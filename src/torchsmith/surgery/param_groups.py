@@ -44,7 +44,7 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     (depth 0), everything after the last is the head (last depth), and each block in between is one
     depth, in registration order.
     """
-    declared = _matcher_ids(model)
+    declared = _timm_ids(model) or _matcher_ids(model)
     if declared is not None:
         return declared
     keys: list[str] = []
@@ -74,6 +74,23 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
                 depth[k] = d + 1
     n = max(depth.values(), default=0) + 1
     return {name: depth[key] for name, key in of.items()}, n
+
+
+def _timm_ids(model: nn.Module) -> tuple[dict[str, int], int] | None:
+    """A timm model's depths as timm's own layer decay computes them (``group_parameters`` over its
+    ``group_matcher(coarse=False)``), the oracle; unmatched parameters (the head) are the last depth."""
+    if not type(model).__module__.startswith("timm.") or not callable(getattr(model, "group_matcher", None)):
+        return None
+    try:
+        from timm.models import group_parameters
+
+        found = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    except Exception:
+        return None
+    if not found:
+        return None
+    n = max(found.values()) + 1
+    return {name: found.get(name, n - 1) for name, _ in model.named_parameters()}, n
 
 
 _JOIN_PREVIOUS = 99999.0  # timm's MATCH_PREV_GROUP ordinal: the parameters join the group before
