@@ -72,3 +72,12 @@ def test_stages_held_in_a_module_list():
     return_features(net, ["stages.0", "stages.2"], output=False)
     feats = net(torch.rand(1, 3, 64, 64))
     assert [tuple(v.shape) for v in feats.values()] == [(1, 16, 16, 16), (1, 64, 4, 4)]
+
+
+def test_no_stages_found_is_refused_not_an_empty_list():
+    from torchsmith.errors import SurgeryError
+
+    tokens = nn.Sequential(nn.Flatten(1), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(SurgeryError, match="name the layers"):
+        feature_info(tokens, input_shape=(1, 3, 8, 8))
+    assert feature_info(tokens, ["1"], input_shape=(1, 3, 8, 8))[0]["channels"] == 16

@@ -317,6 +317,12 @@ def feature_info(
         if features is not None
         else {p: p for p in _auto_stages(model, run, in_hw, declared)}
     )
+    if not names:
+        raise SurgeryError(
+            f"feature_info: {type(model).__name__} declares no stages and no layer output has a spatial "
+            "layout with a traceable stride (token sequences, downsampling by reshaping); name the layers: "
+            "feature_info(model, ['path', ...])"
+        )
     info = []
     for name, path in names.items():
         get_module(model, path)
