@@ -33,7 +33,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Candidate", "Identification", "build_index", "identify_source", "name_hash"]
+from torchsmith.errors import InputError
+
+__all__ = ["Candidate", "Identification", "build_index", "build_source_model", "identify_source", "name_hash"]
 
 INDEX_PATH = Path(__file__).with_name("fingerprints.json")
 _WRAPPERS = ("module.", "_orig_mod.")
@@ -325,3 +327,25 @@ if __name__ == "__main__":  # pragma: no cover - the index is rebuilt by hand wh
         f"{sum(map(len, built['names'].values()))} architectures indexed, {len(built['not_built'])} not built"
     )
     sys.exit(0)
+
+
+def build_source_model(name: Any, kwargs: dict[str, Any] | None = None) -> Any:
+    """An ``nn.Module`` as is, a spec file (.yaml/.yml/.json), or a zoo/torchvision:/timm:/hf: name."""
+    import torch.nn as nn
+
+    if isinstance(name, nn.Module):
+        return name
+    if not isinstance(name, (str, Path)):
+        raise InputError(
+            f"source_model: expected a model name, a spec file or an nn.Module, got {type(name).__name__}"
+        )
+    path = Path(name)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise InputError(f"source_model: spec file {str(name)!r} not found")
+        from torchsmith.spec import build_model
+
+        return build_model(path, params=kwargs) if kwargs else build_model(path)
+    from torchsmith.zoo import create_model
+
+    return create_model(str(name), **(kwargs or {}))

@@ -799,8 +799,7 @@ def _prove_source(src_sd: dict[str, Any], source_model: Any, report: TransferRep
     weights: its module kinds still tell how tensors are laid out (a transposed ``Conv1D``), so an
     unverified port (``allow_unverified=True``) pairs against it -- it is not used as proof.
     """
-    from torchsmith.transfer.fingerprint import identify_source
-    from torchsmith.transfer.source_model import build_source_model
+    from torchsmith.transfer.fingerprint import build_source_model, identify_source
 
     if source_model is not None:
         model = build_source_model(source_model)

@@ -16,34 +16,12 @@ PosixPath(...)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from torchsmith.errors import InputError, TransferError
+from torchsmith.errors import TransferError
+from torchsmith.transfer.fingerprint import build_source_model
 
 __all__ = ["build_source_model", "load_source_model"]
-
-
-def build_source_model(name: Any, kwargs: dict[str, Any] | None = None) -> Any:
-    """An ``nn.Module`` as is, a spec file (.yaml/.yml/.json), or a zoo/torchvision:/timm:/hf: name."""
-    import torch.nn as nn
-
-    if isinstance(name, nn.Module):
-        return name
-    if not isinstance(name, (str, Path)):
-        raise InputError(
-            f"source_model: expected a model name, a spec file or an nn.Module, got {type(name).__name__}"
-        )
-    path = Path(name)
-    if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        if not path.is_file():
-            raise InputError(f"source_model: spec file {str(name)!r} not found")
-        from torchsmith.spec import build_model
-
-        return build_model(path, params=kwargs) if kwargs else build_model(path)
-    from torchsmith.zoo import create_model
-
-    return create_model(str(name), **(kwargs or {}))
 
 
 def load_source_model(
