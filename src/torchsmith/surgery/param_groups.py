@@ -79,12 +79,17 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
 def _timm_ids(model: nn.Module) -> tuple[dict[str, int], int] | None:
     """A timm model's depths as timm's own layer decay computes them (``group_parameters`` over its
     ``group_matcher(coarse=False)``), the oracle; unmatched parameters (the head) are the last depth."""
-    if not type(model).__module__.startswith("timm.") or not callable(getattr(model, "group_matcher", None)):
+    if not type(model).__module__.startswith("timm."):
         return None
     try:
-        from timm.models import group_parameters
+        if callable(getattr(model, "group_matcher", None)):
+            from timm.models import group_parameters
 
-        found = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+            found = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+        else:  # timm's own fallback for models without a matcher
+            from timm.optim._param_groups import _layer_map
+
+            found = _layer_map(model)
     except Exception:
         return None
     if not found:
