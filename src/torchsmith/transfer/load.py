@@ -717,14 +717,7 @@ def load_weights(
     report = TransferReport(source=src_desc, match=match, notes=notes)
     tgt_sd = target.state_dict(keep_vars=True)
     tgt_shapes = {k: tuple(v.shape) for k, v in tgt_sd.items()}
-    if source_prefix is not None:
-        if not isinstance(source_prefix, str):
-            raise InputError(
-                f"source_prefix: expected a key prefix string, got {type(source_prefix).__name__}"
-            )
-        src_sd = _select_set(src_sd, source_prefix, tgt_shapes, notes)
-    elif src_module is None:
-        _refuse_ambiguous(src_sd, tgt_shapes if match == "name" else None, len(tgt_shapes), src_desc)
+    src_sd = _one_weight_set(src_sd, source_prefix, src_module, tgt_shapes, match, src_desc, notes)
     unproven, layout = "", None  # layout: a candidate architecture that gives the source's module kinds
     if match == "structure" and src_module is None:
         src_module, unproven, layout = _prove_source(src_sd, source_model, report)
@@ -753,20 +746,7 @@ def load_weights(
     if report.loaded or report.adapted:  # an empty load was refused above or accepted by allow_empty
         _check_partial(report, target, pairing.order, allow_partial, min_fraction)
     if unproven:  # after the checks above, whose refusals say more (a divergence, another depth)
-        if not allow_unverified:
-            what = (
-                "the source state_dict"
-                if report.source == "state_dict"
-                else f"{report.source} (a state_dict)"
-            )
-            raise _refuse(
-                report,
-                f"structure port refused: {what}: {unproven}, so the port cannot be checked numerically; "
-                "nothing was loaded. Name the architecture that wrote it: source_model=NAME or a model "
-                "(CLI: --source-model NAME; a zoo, torchvision:, timm: or hf: name), or pass "
-                "allow_unverified=True (--allow-unverified) to port without proof",
-            )
-        report.unverified = f"the source is a state_dict and {unproven}; the port was not checked numerically"
+        _unproven_port(report, unproven, allow_unverified)
     if dry_run:
         return report
     versions = _module_versions(target, tgt_sd, pairing.pairs, src_sd, match == "name", report.notes)
@@ -787,6 +767,42 @@ def load_weights(
         _apply(target, tgt_sd, new_values, versions)
     report.applied = True
     return report
+
+
+def _one_weight_set(
+    src_sd: dict[str, Any],
+    source_prefix: Any,
+    src_module: Any,
+    tgt_shapes: dict[str, tuple],
+    match: str,
+    src_desc: str,
+    notes: list[str],
+) -> dict[str, Any]:
+    """The source's one weight set: the keys under ``source_prefix``, or all of them when the source
+    holds a single set (two complete sets, a model and its EMA copy, are refused naming both)."""
+    if source_prefix is not None:
+        if not isinstance(source_prefix, str):
+            raise InputError(
+                f"source_prefix: expected a key prefix string, got {type(source_prefix).__name__}"
+            )
+        return _select_set(src_sd, source_prefix, tgt_shapes, notes)
+    if src_module is None:
+        _refuse_ambiguous(src_sd, tgt_shapes if match == "name" else None, len(tgt_shapes), src_desc)
+    return src_sd
+
+
+def _unproven_port(report: TransferReport, unproven: str, allow_unverified: bool) -> None:
+    """A port that cannot be checked numerically: refused, or kept and marked UNVERIFIED when asked."""
+    if not allow_unverified:
+        what = "the source state_dict" if report.source == "state_dict" else f"{report.source} (a state_dict)"
+        raise _refuse(
+            report,
+            f"structure port refused: {what}: {unproven}, so the port cannot be checked numerically; "
+            "nothing was loaded. Name the architecture that wrote it: source_model=NAME or a model "
+            "(CLI: --source-model NAME; a zoo, torchvision:, timm: or hf: name), or pass "
+            "allow_unverified=True (--allow-unverified) to port without proof",
+        )
+    report.unverified = f"the source is a state_dict and {unproven}; the port was not checked numerically"
 
 
 def _prove_source(src_sd: dict[str, Any], source_model: Any, report: TransferReport) -> tuple[Any, str, Any]:
