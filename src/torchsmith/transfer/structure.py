@@ -573,6 +573,70 @@ def _record(result: StructureMatch, t: Any, s: Any, status: str) -> None:
     result.mapping.append({"target": t.path, "source": s.path, "kind": t.kind, "status": status})
 
 
+def _left_out(
+    target: Any, modules: dict, sd: dict, keys: list[str], source_sd: dict[str, Any], notes: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys no pairing is made for: a shared module's second name, and integer index buffers
+    (the model keeps its own, the source's are not used)."""
+    # A module registered under two names appears twice in state_dict; align its first name only.
+    first_path: dict[int, str] = {}
+    aliases = []
+    for k in keys:
+        path = k.rpartition(".")[0]
+        mod = modules.get(path)
+        if mod is None:  # a path named_modules does not list (a shared module's second name)
+            mod = target.get_submodule(path) if path else target
+        if first_path.setdefault(id(mod), path) != path:
+            aliases.append(k)
+    if aliases:
+        notes.append(
+            f"{len(aliases)} keys of modules shared under a second name were left to their first name"
+        )
+    kept = [k for k in keys if k not in aliases and _is_index_buffer(k, sd[k])]
+    ignored = [k for k, v in source_sd.items() if _is_index_buffer(k, v)]
+    if kept or ignored:
+        notes.append(
+            f"index buffers are not copied: the model keeps its own ({len(kept)}: "
+            f"{', '.join(kept[:3]) or '-'}), the source's are not used ({len(ignored)}: "
+            f"{', '.join(ignored[:3]) or '-'}); the numerical check covers them"
+        )
+    return aliases, kept, ignored
+
+
+def _choose(candidates: list, source_runs: bool, guessed: str) -> tuple[tuple, list]:
+    """The first order that aligns, and every order that does; refuse when none aligns, or when two
+    align differently (a traced source model is checked numerically instead of cross-checked)."""
+    results = []
+    failures = []
+    for label, t_list, s_list, extra in candidates:
+        aligned, why = _align(t_list, s_list)
+        if aligned is None:
+            failures.append((label, why))
+        else:
+            results.append((label, aligned, extra, [u.path for u in t_list]))
+    if not results:
+        label, why = failures[0]
+        more = "".join(f"; in {lab}: {w}" for lab, w in failures[1:] if w != why)
+        if guessed:
+            more += "; " + guessed
+        raise TransferError(f"structure match refused ({label}): {why}{more}")
+    chosen = results[0]
+    if source_runs:
+        results = results[:1]  # the numerical check after the port decides, not a second order
+    for other in results[1:]:
+        a = {t.path: s.path for t, s, _ in chosen[1]}
+        b = {t.path: s.path for t, s, _ in other[1]}
+        if a != b:
+            disputed = next(t.path for t, _, _ in chosen[1] if a[t.path] != b.get(t.path))
+            raise TransferError(
+                f"structure match is ambiguous: model module {disputed!r} pairs with source module "
+                f"{a[disputed]!r} in {chosen[0]} but with {b[disputed]!r} in {other[0]}; "
+                "pass order='execution' or order='registration' to choose, "
+                "or use match='name' with rename rules"
+            )
+    return chosen, results
+
+
 def match_structure(
     target: Any,
     source_sd: dict[str, Any],
@@ -597,28 +661,7 @@ def match_structure(
     sd = target.state_dict(keep_vars=True)
     keys = list(sd) if target_keys is None else list(target_keys)
     notes: list[str] = []
-    # A module registered under two names appears twice in state_dict; align its first name only.
-    first_path: dict[int, str] = {}
-    aliases = []
-    for k in keys:
-        path = k.rpartition(".")[0]
-        mod = modules.get(path)
-        if mod is None:  # a path named_modules does not list (a shared module's second name)
-            mod = target.get_submodule(path) if path else target
-        if first_path.setdefault(id(mod), path) != path:
-            aliases.append(k)
-    if aliases:
-        notes.append(
-            f"{len(aliases)} keys of modules shared under a second name were left to their first name"
-        )
-    kept = [k for k in keys if k not in aliases and _is_index_buffer(k, sd[k])]
-    ignored = [k for k, v in source_sd.items() if _is_index_buffer(k, v)]
-    if kept or ignored:
-        notes.append(
-            f"index buffers are not copied: the model keeps its own ({len(kept)}: "
-            f"{', '.join(kept[:3]) or '-'}), the source's are not used ({len(ignored)}: "
-            f"{', '.join(ignored[:3]) or '-'}); the numerical check covers them"
-        )
+    aliases, kept, ignored = _left_out(target, modules, sd, keys, source_sd, notes)
     skip, ignored_set = set(aliases) | set(kept), set(ignored)
     t_units = _units({k: tuple(sd[k].shape) for k in keys if k not in skip}, modules)
     s_units = _units(
@@ -710,34 +753,7 @@ def match_structure(
     if trace_error:
         notes.append(f"forward trace failed, used the other orders only: {trace_error}")
 
-    results = []
-    failures = []
-    for label, t_list, s_list, extra in candidates:
-        aligned, why = _align(t_list, s_list)
-        if aligned is None:
-            failures.append((label, why))
-        else:
-            results.append((label, aligned, extra, [u.path for u in t_list]))
-    if not results:
-        label, why = failures[0]
-        more = "".join(f"; in {lab}: {w}" for lab, w in failures[1:] if w != why)
-        if guessed:
-            more += "; " + guessed
-        raise TransferError(f"structure match refused ({label}): {why}{more}")
-    chosen = results[0]
-    if source_module is not None:
-        results = results[:1]  # the numerical check after the port decides, not a second order
-    for other in results[1:]:
-        a = {t.path: s.path for t, s, _ in chosen[1]}
-        b = {t.path: s.path for t, s, _ in other[1]}
-        if a != b:
-            disputed = next(t.path for t, _, _ in chosen[1] if a[t.path] != b.get(t.path))
-            raise TransferError(
-                f"structure match is ambiguous: model module {disputed!r} pairs with source module "
-                f"{a[disputed]!r} in {chosen[0]} but with {b[disputed]!r} in {other[0]}; "
-                "pass order='execution' or order='registration' to choose, "
-                "or use match='name' with rename rules"
-            )
+    chosen, results = _choose(candidates, source_module is not None, guessed)
     label, aligned, extra, t_order = chosen
     notes.append(
         f"aligned {len(aligned)} modules by {label}"
