@@ -129,7 +129,11 @@ def _needs(block: Block) -> list[str]:
 
 def _prepare(block: Block, cache: Path, folder: Path) -> None:
     folder.mkdir(parents=True)
-    (folder / "examples").symlink_to(ROOT / "examples")
+    # the docs' commands run from the repository root: its examples/, bench/ and .venv/ (for
+    # `.venv/bin/torchsmith ...` lines) are there, read-only
+    for name in ("examples", "bench", ".venv"):
+        if (ROOT / name).exists():
+            (folder / name).symlink_to(ROOT / name)
     for rel in _needs(block):
         made = cache / _MAKERS[rel]
         with _MADE_LOCK:  # made once per session, by whichever block needs it first
