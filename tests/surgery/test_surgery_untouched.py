@@ -136,7 +136,9 @@ def test_timm_model_with_aliased_modules_keeps_its_weights(timm_name):
     model = timm.create_model(timm_name, pretrained=False).eval()
     before = _fingerprint(model)
     assert find_head(model) == "head"
-    feature_info(model)
+    with contextlib.suppress(SurgeryError):  # CoaT's token stages are refused: the weights must stay
+        feature_info(model)
+    find_input_layers(model)
     _same(before, _fingerprint(model))
 
 
