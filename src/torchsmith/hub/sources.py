@@ -300,7 +300,7 @@ def resolve_weights(model: str | None, weights: Any) -> WeightsSource:
 
 
 def _weights_match(pattern: str, prefix: str, model: str, full: str) -> bool:
-    from torchsmith.zoo.registry import name_matches
+    from torchsmith._names import name_matches
 
     # The pattern may name the model the way `zoo` does (resnet50, 'resnet*'), with or without its
     # prefix, or the weights' full name (torchvision:resnet50:IMAGENET1K_V2, timm:resnet50.a1_in1k).
@@ -318,7 +318,7 @@ def list_weights(pattern: str | None = None) -> list[dict[str, Any]]:
     """
     import torchvision.models as tvm
 
-    from torchsmith.zoo.registry import natural_key
+    from torchsmith._names import natural_key
 
     rows: list[dict[str, Any]] = []
     for model in sorted(tvm.list_models(), key=natural_key):

@@ -15,14 +15,13 @@ Names with a prefix build other libraries' models with random weights (never a d
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import inspect
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from torchsmith._names import name_matches, natural_key
 from torchsmith._provenance import set_provenance
 from torchsmith._sandbox import check_kwargs, preload, sandbox
 from torchsmith.errors import InputError, close_matches
@@ -48,25 +47,6 @@ def _ensure_builtin_models() -> None:
     # Lazy discovery: importing the zoo's model package runs their @register_model decorators, which
     # write to torchsmith.zoo._entries (the models never import this module: no circle).
     importlib.import_module("torchsmith.zoo.models")
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key that orders numbers by value: ``resnet18`` before ``resnet101``, case ignored.
-
-    >>> sorted(["resnet101", "resnet18", "ResNet34", "resnet152"], key=natural_key)
-    ['resnet18', 'ResNet34', 'resnet101', 'resnet152']
-    """
-    parts = re.split(r"(\d+)", name.casefold())
-    return tuple((0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts), name
-
-
-def name_matches(name: str, pattern: str) -> bool:
-    """Whether model ``name`` matches the ``fnmatch`` ``pattern`` (``resnet*``), case ignored.
-
-    A pattern without wildcards matches that name exactly (case ignored), the way ``zoo``,
-    ``list_models`` and ``weights list`` read a model name.
-    """
-    return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
 
 
 def list_models(pattern: str | None = None) -> list[str]:
