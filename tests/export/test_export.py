@@ -168,6 +168,7 @@ def test_saved_model_keeps_provenance_and_the_cli_reports_json(tmp_path, capsys)
 
 @register_model("test_export_mlp", input_shape=(1, 1, 8, 8), overwrite=True)
 def _export_mlp(num_classes: int = 10):
+    """Flatten -> Linear -> ReLU -> Linear: a digits classifier for the export tests."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes))
 
 

@@ -12,11 +12,11 @@ from torchsmith.zoo import create_model, get_entry, list_models
 
 ZOO = [
     "mlp",
-    "resnet101",
-    "resnet152",
     "resnet18",
     "resnet34",
     "resnet50",
+    "resnet101",
+    "resnet152",
     "resnet_fpn",
     "seed_resnet34",
     "simple_cnn",
