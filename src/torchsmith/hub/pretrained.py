@@ -137,7 +137,7 @@ def _read(path: Path, what: str) -> dict[str, Any]:
     from torchsmith.checkpoint import read_state_dict
 
     try:
-        return dict(read_state_dict(path))
+        return read_state_dict(path)  # keeps _metadata (module versions) for load_state_dict
     except CheckpointError as e:
         raise CheckpointError(f"pretrained weights {what}: {e}") from None
 
