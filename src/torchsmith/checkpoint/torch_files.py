@@ -317,12 +317,16 @@ def _read_legacy(path: Path, f, size: int, ident: tuple[int, int], plain: bool) 
 
     if plain:
         result = one()
-        raw = RawCheckpoint(
-            path, "pickle", result.obj, stand_ins=result.stand_ins, calls=result.calls,
-            globals_named=result.globals_named,
-        )  # fmt: skip
-        raw.budget = budget
-        return raw
+        if type(result.obj) is not int or result.obj != _LEGACY_MAGIC:
+            raw = RawCheckpoint(
+                path, "pickle", result.obj, stand_ins=result.stand_ins, calls=result.calls,
+                globals_named=result.globals_named,
+            )  # fmt: skip
+            raw.budget = budget
+            return raw
+        # torch compares the magic number's value, not its bytes (another pickle protocol byte, another
+        # int opcode): a file whose first pickle is that number is a legacy file, read as torch reads it
+        f.seek(0)
     magic = one().obj
     if type(magic) is not int or magic != _LEGACY_MAGIC:
         raise pickle.UnpicklingError("wrong magic number")
