@@ -351,22 +351,10 @@ def read_image(path: str | os.PathLike, mode: str) -> Any:
     16- and 32-bit integer images (``I;16``, ``I``) map their range onto 0..255 (``/257`` for
     16-bit), float images (``F``) their 0..1 range, never clipped at 255.
     """
-    import warnings
-
-    from PIL import Image
-
     regular_file(path, "image")
     limit = max_image_pixels()
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb check would warn or raise with its own limit; ours comes first.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-        with im:
+        with _open_unchecked(path) as im:
             w, h = im.size
             if w * h > limit:
                 raise InputError(
@@ -424,21 +412,26 @@ def _digits(d: dict, seed: int) -> RecipeDataset:
     )
 
 
-def _verify(path: str) -> str | None:
+def _open_unchecked(path: str | os.PathLike) -> Any:
+    """``Image.open`` (header only) without Pillow's own bomb check: its limit, warning or error
+    would come before ours, and the caller checks the size against :func:`max_image_pixels`."""
     import warnings
 
     from PIL import Image
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _verify(path: str) -> str | None:
     limit = max_image_pixels()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-        with im:
+        with _open_unchecked(path) as im:
             w, h = im.size
             if w * h > limit:
                 return f"{w}x{h} pixels, more than the limit of {limit:,} (TORCHSMITH_MAX_IMAGE_PIXELS)"
