@@ -170,41 +170,87 @@ def return_features(
     return report
 
 
-def _declared_strides(model: nn.Module) -> dict[str, float]:
-    """Module path -> stride from the model's own ``feature_info`` (timm: ``module``, ``reduction``)."""
+def _declared_levels(model: nn.Module) -> list[dict]:
+    """The feature levels the model declares (timm's ``feature_info``: ``module``, ``num_chs``,
+    ``reduction``, ``hook_type``), in their order; one module may be named several times."""
     info = getattr(model, "feature_info", None)
     if not isinstance(info, list | tuple):
-        return {}
-    out = {}
-    for entry in info:
-        if isinstance(entry, dict) and isinstance(entry.get("module"), str):
-            red = entry.get("reduction")
-            if isinstance(red, int | float) and not isinstance(red, bool) and red > 0:
-                out[entry["module"]] = red
+        return []
+    return [e for e in info if isinstance(e, dict) and isinstance(e.get("module"), str)]
+
+
+def _reduction(entry: dict) -> int | float | None:
+    red = entry.get("reduction")
+    return red if isinstance(red, int | float) and not isinstance(red, bool) and red > 0 else None
+
+
+def _channel_sizes(t: Any) -> tuple[int, ...]:
+    """The sizes a tensor's channels can have: dimension 1 or the last (channels-last, tokens)."""
+    shape = tuple(t.shape)
+    return (shape[1], shape[-1]) if len(shape) >= 3 else shape[-1:]
+
+
+def _declared_points(model: nn.Module, run: Any, levels: list[dict]) -> list[tuple[dict, int | None, str]]:
+    """Each declared level as ``(entry, index, why)``: ``index`` is the tensor of its module's output
+    that holds it (the k-th naming of a module whose output is a list of k+ tensors, as CrossViT's
+    blocks return one tensor per branch; ``None`` for a single tensor); ``why`` is empty when that
+    tensor is proven to be the level (it has the declared channels), else says why it is not: the
+    module is missing or never runs (HRNet's ``stem``), the level is the module's input
+    (``hook_type="forward_pre"``), or its output has other channels (a features wrapper that takes the
+    level elsewhere)."""
+    modules = dict(model.named_modules())
+    seen: dict[str, int] = {}
+    out = []
+    for e in levels:
+        path = e["module"]
+        k = seen.get(path, 0)
+        seen[path] = k + 1
+        index: int | None = None
+        why = ""
+        if e.get("hook_type", "forward") not in ("forward", None):
+            why = f"declared as the input of the module (hook_type {e['hook_type']!r}), not its output"
+        elif path not in modules:
+            why = "no module at that path"
+        elif path not in run.outputs:
+            why = "the module does not run in a forward pass"
+        else:
+            ts = _tensors(run.outputs[path])
+            if len(ts) > 1:
+                index = k
+            if not ts or (index or 0) >= len(ts) or (len(ts) == 1 and k > 0):
+                why = f"named {k + 1} times, but its output holds {len(ts)} tensor(s)"
+            else:
+                t = ts[index or 0]
+                chs = e.get("num_chs")
+                if isinstance(chs, int) and chs not in _channel_sizes(t):
+                    at = f" [{index}]" if index is not None else ""
+                    why = f"its output{at} has shape {list(t.shape)}, no dimension of {chs} channels"
+        out.append((e, index, why))
     return out
 
 
-def _declared_channels(model: nn.Module) -> dict[str, int]:
-    """Module path -> channels from the model's own ``feature_info`` (timm: ``module``, ``num_chs``)."""
-    info = getattr(model, "feature_info", None)
-    if not isinstance(info, list | tuple):
-        return {}
-    return {
-        e["module"]: e["num_chs"]
-        for e in info
-        if isinstance(e, dict) and isinstance(e.get("module"), str) and isinstance(e.get("num_chs"), int)
-    }
+def _refuse_undeclarable(model: nn.Module, points: list[tuple[dict, int | None, str]]) -> None:
+    bad = [
+        f"{e['module']!r} ({e.get('num_chs')} channels, stride {e.get('reduction')}): {why}"
+        for e, _, why in points
+        if why
+    ]
+    if bad:
+        raise SurgeryError(
+            f"feature_info: {type(model).__name__} declares feature levels that are not the outputs of the "
+            "modules it names, so their layers cannot be given (its features wrapper, such as timm's "
+            "features_only=True, takes them elsewhere): "
+            + "; ".join(bad)
+            + ". Build the library's feature extractor (timm.create_model(..., features_only=True)), or name "
+            "the layers: feature_info(model, ['path', ...])"
+        )
 
 
-def _stride_at(
-    run: Any, path: str, in_hw: tuple[int, ...], declared: dict[str, float], cdim: int = 1
-) -> int | float | None:
-    """The downsampling of ``path``'s output: declared by the model, else traced from the strides of
-    the convolutions, poolings and strided slices on the way (never the input size divided by the
-    output size, which padding makes wrong at sizes that do not divide evenly). ``cdim`` is the
-    channel dimension (1, or -1 for channels-last outputs): the spatial size is read beside it."""
-    if path in declared:
-        return declared[path]
+def _stride_at(run: Any, path: str, in_hw: tuple[int, ...], cdim: int = 1) -> int | float | None:
+    """The downsampling of ``path``'s output, traced from the strides of the convolutions, poolings
+    and strided slices on the way (never the input size divided by the output size, which padding
+    makes wrong at sizes that do not divide evenly). ``cdim`` is the channel dimension (1, or -1 for
+    channels-last outputs): the spatial size is read beside it."""
     out = run.outputs.get(path)
     spatial = (lambda t: tuple(t.shape[2:])) if cdim == 1 else (lambda t: tuple(t.shape[1:-1]))
     if len({spatial(t) for t in _tensors(out)}) > 1:
@@ -264,11 +310,8 @@ def _channel_dim(model: nn.Module, run: Any, path: str, shape: tuple[int, ...]) 
     return 1
 
 
-def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...], declared: dict[str, float]) -> list[str]:
-    """The model's own stages when it declares them; else one module per stride: the shallowest
-    module that runs last at that stride."""
-    if declared:
-        return [p for p in declared if p in run.outputs]
+def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...]) -> list[str]:
+    """One module per stride: the shallowest module that runs last at that stride."""
     by_stride: dict[float, list[tuple[int, int, str]]] = {}
     for i, path in enumerate(run.order):
         if not path:
@@ -279,7 +322,7 @@ def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...], declared: d
         cdim = _channel_dim(model, run, path, shape)
         if all(d <= 1 for d in (shape[2:] if cdim == 1 else shape[1:-1])):
             continue  # globally pooled
-        stride = _stride_at(run, path, in_hw, {}, cdim)
+        stride = _stride_at(run, path, in_hw, cdim)
         if stride is None or stride < 2:
             continue
         by_stride.setdefault(stride, []).append((path.count("."), i, path))
@@ -288,6 +331,45 @@ def _auto_stages(model: nn.Module, run: Any, in_hw: tuple[int, ...], declared: d
         depth = min(d for d, _, _ in by_stride[stride])
         stages.append(max((i, p) for d, i, p in by_stride[stride] if d == depth)[1])
     return stages
+
+
+def _entry(
+    model: nn.Module,
+    run: Any,
+    in_hw: tuple[int, ...],
+    name: str,
+    path: str,
+    index: int | None = None,
+    declared: dict | None = None,
+) -> dict:
+    """One feature_info entry: the tensor ``index`` of ``path``'s output (the first when ``None``),
+    its channels from its layout (the declared channel count decides between dimension 1 and the
+    last when only one of them has it), its stride declared or traced."""
+    ts = _tensors(run.outputs[path])
+    if index is None and len(ts) > 1:
+        index = 0  # a layer whose output holds several tensors: the entry describes the first
+    t = ts[index or 0] if ts else None
+    shape = tuple(t.shape) if t is not None else None
+    channels, cdim = None, 1
+    if shape:
+        spatial = len(shape) == 2 + len(in_hw) and in_hw
+        cdim = _channel_dim(model, run, path, shape) if spatial else -1
+        chs = (declared or {}).get("num_chs")
+        if spatial and isinstance(chs, int) and (shape[1] == chs) != (shape[-1] == chs):
+            cdim = 1 if shape[1] == chs else -1
+        channels = shape[cdim]
+    stride = _reduction(declared) if declared else None
+    if stride is None:
+        stride = _stride_at(run, path, in_hw, cdim)
+    return {
+        "name": name,
+        "path": path,
+        "index": index,
+        "channels": channels,
+        "stride": stride,
+        "shape": list(shape) if shape else None,
+        "layout": "channels_last" if shape and cdim == -1 and len(shape) > 2 else "channels_first",
+    }
 
 
 @on_plain_model
@@ -299,30 +381,53 @@ def feature_info(
 ) -> list[dict]:
     """Channels, stride and shape of the activations at ``features``, from a meta-device pass.
 
-    Strides are the model's own: from its ``feature_info`` when it declares one (timm), else the
-    product of the convolution and pooling strides on the way to each layer (``None`` when that
-    cannot be traced, or for non-spatial outputs). Without ``features``, the stages are the model's
-    declared ones, or for each stride (2, 4, 8, ...) the shallowest module that runs last at that
-    stride (``layer1``..``layer4`` on a ResNet). Channels are read from the output's layout (the
-    last dimension for channels-last outputs such as Swin stages, reported as ``layout``). Each
-    entry is ``{"name", "path", "channels", "stride", "shape", "layout"}``.
+    Without ``features``, the stages are the model's declared ones (timm's ``feature_info``, each
+    level proven to be the output of the module it names, or refused), else for each stride (2, 4,
+    8, ...) the shallowest module that runs last at that stride (``layer1``..``layer4`` on a ResNet).
+    Strides are the declared ``reduction``, else the product of the convolution, pooling and
+    strided-slice strides on the way to each layer (``None`` when that cannot be traced, or for
+    non-spatial outputs). Channels are read from the output's layout (the last dimension for
+    channels-last outputs such as Swin stages, reported as ``layout``). Each entry is ``{"name",
+    "path", "index", "channels", "stride", "shape", "layout"}``; ``index`` is the position of the
+    tensor described in an output that holds several (CrossViT's blocks, one tensor per branch:
+    declared levels are named ``"path[i]"``; a named layer gives its first), else ``None``.
+
+    Why: an FPN or a detection neck needs each level's channels and stride; reading them off the
+    model beats hand-written ``in_channels_list`` that break when the backbone changes.
+
+    Example: ``[(f["path"], f["channels"]) for f in feature_info(resnet18)]`` gives
+    ``[("relu", 64), ("layer1", 64), ("layer2", 128), ("layer3", 256), ("layer4", 512)]``.
     """
     run = dry_run(model, tuple(input_shape) if input_shape else None, train=False)
     in_shape = run.input_shape or shape_of(run.inputs.get("", ()))
     in_hw = tuple(in_shape[2:]) if in_shape and len(in_shape) > 2 else ()
-    declared = _declared_strides(model)
-    declared_chs = _declared_channels(model)
-    names = (
-        _names(features)
-        if features is not None
-        else {p: p for p in _auto_stages(model, run, in_hw, declared)}
-    )
+    points = _declared_points(model, run, _declared_levels(model))
+    if features is None and points:
+        _refuse_undeclarable(model, points)
+        named = [e["module"] for e, _, _ in points]
+        return [
+            _entry(
+                model,
+                run,
+                in_hw,
+                e["module"] if named.count(e["module"]) == 1 else f"{e['module']}[{i}]",
+                e["module"],
+                i,
+                e,
+            )
+            for e, i, _ in points
+        ]
+    names = _names(features) if features is not None else {p: p for p in _auto_stages(model, run, in_hw)}
     if not names:
         raise SurgeryError(
             f"feature_info: {type(model).__name__} declares no stages and no layer output has a spatial "
             "layout with a traceable stride (token sequences, downsampling by reshaping); name the layers: "
             "feature_info(model, ['path', ...])"
         )
+    proven = {}
+    for e, i, why in points:
+        if not why and not i:
+            proven.setdefault(e["module"], e)  # the level the first tensor of its module's output holds
     info = []
     for name, path in names.items():
         get_module(model, path)
@@ -330,20 +435,5 @@ def feature_info(
             raise SurgeryError(
                 f"feature_info: {path!r} does not run in a forward pass of {type(model).__name__}"
             )
-        shape = shape_of(run.outputs[path])
-        channels, cdim = None, 1
-        if shape:
-            spatial = len(shape) == 2 + len(in_hw) and in_hw
-            cdim = _channel_dim(model, run, path, shape) if spatial else -1
-            channels = declared_chs.get(path, shape[cdim])
-        info.append(
-            {
-                "name": name,
-                "path": path,
-                "channels": channels,
-                "stride": _stride_at(run, path, in_hw, declared, cdim),
-                "shape": list(shape) if shape else None,
-                "layout": "channels_last" if shape and cdim == -1 and len(shape) > 2 else "channels_first",
-            }
-        )
+        info.append(_entry(model, run, in_hw, name, path, None, proven.get(path)))
     return info
