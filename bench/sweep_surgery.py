@@ -404,7 +404,46 @@ def _feature_info(case: Case, model: nn.Module) -> str:
         shape = f["shape"]
         if shape and f["channels"] not in (shape[1], shape[-1]):
             raise Wrong(f"{f['path']}: channels {f['channels']} not in shape {shape}")
+    if case.lib == "torchvision" and case.kind != "detection":
+        checked = _against_feature_extractor(case, model, info)
+        return f"{len(info)} stages" + (", equal to create_feature_extractor" if checked else "")
     return f"{len(info)} stages"
+
+
+def _against_feature_extractor(case: Case, model: nn.Module, info: list[dict]) -> bool:
+    """torchvision's oracle: ``create_feature_extractor`` on the same layers, run on the sample input,
+    gives each level's real tensor; its channels (at our layout's dimension) must be ours and its
+    size the input's divided by our stride (rounded up, as padded convolutions do). False when FX
+    cannot trace the model (no oracle)."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    x = case.sample(3)
+    try:
+        with torch.no_grad():
+            got = create_feature_extractor(copy.deepcopy(model).eval(), {f["path"]: f["path"] for f in info})(
+                *x
+            )
+    except Exception:
+        return False
+    in_hw = x[0].shape[-2:]
+    for f in info:
+        t = got[f["path"]]
+        t = t[f["index"]] if f.get("index") is not None else t
+        last = f["layout"] == "channels_last"
+        if f["channels"] != t.shape[-1 if last else 1]:
+            raise Wrong(
+                f"{f['path']}: channels {f['channels']}, the feature extractor gives {tuple(t.shape)}"
+            )
+        hw = t.shape[1:3] if last else t.shape[-2:]
+        if (
+            f["stride"]
+            and t.dim() >= 4
+            and any(abs(size * f["stride"] - full) >= f["stride"] for size, full in zip(hw, in_hw))
+        ):
+            raise Wrong(
+                f"{f['path']}: stride {f['stride']}, but {tuple(t.shape)} from an input {tuple(in_hw)}"
+            )
+    return True
 
 
 def _freeze(case: Case, model: nn.Module) -> str:

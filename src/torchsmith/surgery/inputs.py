@@ -197,6 +197,7 @@ def set_in_channels(
                 "groups=1 is supported"
             )
         convs.append((path, m))
+    _refuse_channel_constants(model, shape[1], in_channels)
     before = snapshot(model)
     saved = [(m, m.weight, m.in_channels, getattr(m, "gain", None)) for _, m in convs]
     originals = {path: copy.deepcopy(m) for path, m in convs if _own_forward(m)}
@@ -248,6 +249,32 @@ def set_in_channels(
 
 
 _COUNT_ATTRS = ("num_channels", "in_chans")
+_PER_CHANNEL = ("image_mean", "image_std")
+
+
+def _refuse_channel_constants(model: nn.Module, c0: int, c: int) -> None:
+    """Refuse, before anything changes, when a module normalises the input with per-channel constants
+    (torchvision detectors' ``transform``: ``image_mean``/``image_std``) of the old channel count: no
+    value for the new channels can be inferred, so the user sets them."""
+    for path, m in model.named_modules():
+        for attr in _PER_CHANNEL:
+            v = getattr(m, attr, None)
+            n = (
+                len(v)
+                if isinstance(v, list | tuple) or (isinstance(v, torch.Tensor) and v.dim() == 1)
+                else None
+            )
+            if n is not None and n == c0 and n != c:
+                where = f"model.{path}" if path else "model"
+                values = {a: list(getattr(m, a)) for a in _PER_CHANNEL if hasattr(m, a)}
+                shown = ", ".join(f"{a}={[round(float(x), 4) for x in vs]}" for a, vs in values.items())
+                raise SurgeryError(
+                    f"set_in_channels: {type(model).__name__} normalises its input in {where!r} "
+                    f"({type(m).__name__}) with {c0} per-channel values ({shown}), which no layer "
+                    f"adaptation can change; nothing was changed. Set {where}.image_mean and "
+                    f"{where}.image_std to {c} values each (the statistics of your {c}-channel data), "
+                    f"then call set_in_channels(model, {c}) again"
+                )
 
 
 def _channel_count_attrs(model: nn.Module, paths: list[str], c0: int) -> list[tuple[Any, str]]:
