@@ -155,12 +155,18 @@ def test_refused_surgery_on_a_detector_leaves_it_running(op):
     x = [torch.rand(3, 96, 96)]
     expected = model(x)
     before = _fingerprint(model)
-    with pytest.raises(SurgeryError):
+    with pytest.raises(
+        SurgeryError, match=r"Set model\.transform\.image_mean and model\.transform\.image_std"
+    ):
         op(model)
     _same(before, _fingerprint(model))
     got = model(x)
     for a, b in zip(expected, got, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    model.transform.image_mean, model.transform.image_std = [0.5], [0.25]  # what the message asks
+    set_in_channels(model, 1)
+    assert model.backbone.body.get_submodule("0.0").weight.shape[1] == 1
+    assert model([torch.rand(1, 96, 96)])[0].keys() == {"boxes", "labels", "scores"}
 
 
 def test_doctor_on_a_detector_checks_in_eval_mode_and_says_so():
