@@ -79,7 +79,7 @@ def test_verify_every_format(files, capsys):
         assert code == 0, (name, err)
         checks = json.loads(out)["checks"]
         if name.startswith("saved") or name.startswith("sharded"):
-            assert "sha256" in checks
+            assert "xxh3-128" in checks
         else:
             assert "no per-tensor checksums" in json.loads(out)["note"]
         if names[name] == "torch-zip":

@@ -268,12 +268,12 @@ def test_verify_checksum_table_of_the_wrong_type_is_damaged(tmp_path, capsys, va
         index = path = save(torchsmith.create_model("mlp"), tmp_path / f"m.{ext}")
 
     def change(meta):
-        names = list(json.loads(meta["torchsmith.sha256"]))
+        names = list(json.loads(meta["torchsmith.checksums"]))
         value = SHA_VARIANTS[variant]
         if value is None:
             inner = {"int_values": 7, "nested": {"a": 1}, "short_hex": "abc"}[variant]
             value = json.dumps({n: inner for n in names})
-        meta["torchsmith.sha256"] = value
+        meta["torchsmith.checksums"] = value
 
     (_rewrite_safetensors_metadata if ext == "safetensors" else _rewrite_zip_metadata)(path, change)
     code, _, err = run_cli(capsys, "verify", index)
@@ -760,7 +760,7 @@ def test_transformers_files_through_verify_convert_diff(hf_gpt2, tmp_path, capsy
     code, out, _ = run_cli(capsys, "diff", src, out_dir, "--json")
     assert code == 0 and json.loads(out)["b"]["format"] == "sharded"
     code, out, _ = run_cli(capsys, "verify", out_dir, "--json")
-    assert code == 0 and "sha256" in json.loads(out)["checks"]
+    assert code == 0 and "xxh3-128" in json.loads(out)["checks"]
 
 
 # --- module versions (_metadata) through save, convert, read_state_dict and load_model ---------------

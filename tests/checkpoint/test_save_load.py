@@ -84,7 +84,8 @@ def test_load_model_rebuilds_without_pickle(tmp_path, ext):
     model = torchsmith.create_model("mlp").eval()
     path = save(model, tmp_path / f"mlp.{ext}", metadata={"note": "hello"})
     meta = read_checkpoint(path).metadata
-    assert meta["note"] == "hello" and "torchsmith.arch" in meta and "torchsmith.sha256" in meta
+    assert meta["note"] == "hello" and "torchsmith.arch" in meta and "torchsmith.checksums" in meta
+    assert meta["torchsmith.checksum_algorithm"] == "xxh3-128" and "torchsmith.sha256" not in meta
     assert meta["torch.version"] == torch.__version__
     loaded = load_model(path).eval()
     x = torch.randn(3, 1, 28, 28)

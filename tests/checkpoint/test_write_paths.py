@@ -12,7 +12,7 @@ from safetensors import safe_open
 import torchsmith._io as tio
 import torchsmith.checkpoint.safetensors_io as st
 from torchsmith.checkpoint import read_state_dict, save
-from torchsmith.checkpoint.saving import tensor_sha256
+from torchsmith.checkpoint.saving import tensor_checksum
 
 
 def awkward_state() -> dict[str, torch.Tensor]:
@@ -42,8 +42,8 @@ def test_safetensors_written_in_batches_reads_back_everywhere(tmp_path, monkeypa
         assert set(f.keys()) == set(sd)
         for k, v in sd.items():
             assert torch.equal(f.get_tensor(k), v), k
-        recorded = json.loads(f.metadata()["torchsmith.sha256"])
-    assert recorded == {k: tensor_sha256(v) for k, v in sd.items()}
+        recorded = json.loads(f.metadata()["torchsmith.checksums"])
+    assert recorded == {k: tensor_checksum(v, "xxh3-128") for k, v in sd.items()}
     assert all(torch.equal(read_state_dict(path)[k], v) for k, v in sd.items())
 
 

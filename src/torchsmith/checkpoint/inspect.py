@@ -82,12 +82,14 @@ def inspect_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -
         key = id(r.storage) if r.storage is not None else id(r)
         storages[key] = max(storages.get(key, 0), r.storage.nbytes if r.storage is not None else r.nbytes)
     metadata = dict(raw.metadata)
-    if "torchsmith.sha256" in metadata:
-        try:
-            n = len(json.loads(metadata["torchsmith.sha256"]))
-        except ValueError:
-            n = 0
-        metadata["torchsmith.sha256"] = f"<SHA-256 of {n} tensors>"
+    for key, algorithm in (("torchsmith.sha256", "SHA-256"), ("torchsmith.checksums", None)):
+        if key in metadata:  # the table itself is long and says nothing to a reader: counted
+            try:
+                n = len(json.loads(metadata[key]))
+            except (ValueError, TypeError, RecursionError):
+                n = 0
+            name = algorithm or str(metadata.get("torchsmith.checksum_algorithm", "?"))[:40]
+            metadata[key] = f"<{name} of {n} tensors>"
     prefixes = Counter(p for p in (wrapper_prefix(k) for k in refs) if p)
     return {
         "path": str(raw.path),

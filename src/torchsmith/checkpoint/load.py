@@ -4,8 +4,9 @@
 ``torchsmith.spec`` from ``build_model``, ``torchsmith.surgery`` from surgery operations).
 :func:`load_model` replays that record with every parameter on the ``meta`` device (no memory, no
 random initialisation), then assigns the memory-mapped tensors of the file in place
-(``load_state_dict(assign=True)``): the file's pages *are* the weights. Checksums are verified and
-tied weights stay tied.
+(``load_state_dict(assign=True)``): the file's pages *are* the weights. Every byte is checked
+against the recorded checksums (xxh3-128, or SHA-256 in older files) in threads while the model is
+built, before it is returned; tied weights stay tied.
 
 >>> import torchsmith
 >>> model = torchsmith.load_model("resnet152.safetensors")       # doctest: +SKIP
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -28,7 +28,7 @@ from torchsmith.checkpoint._refs import FileMaps, TensorRef, materialize
 from torchsmith.checkpoint.formats import RawCheckpoint, open_raw
 from torchsmith.errors import CheckpointError
 
-__all__ = ["checksum_mismatches", "load_model", "params_on_meta"]
+__all__ = ["check_checksums", "checksum_mismatches", "load_model", "params_on_meta"]
 
 
 @contextlib.contextmanager
@@ -72,53 +72,39 @@ def params_on_meta() -> Iterator[None]:
             setattr(init, n, fn)
 
 
-def checksum_mismatches(refs: dict[str, TensorRef], metadata: dict[str, str], maps: FileMaps) -> list[str]:
-    """Names of tensors whose bytes do not match the SHA-256 recorded in ``metadata`` at save time."""
-    text = metadata.get("torchsmith.sha256")
-    if not text:
-        return []
-    # The table is data from the file: any other shape is a damaged file, never a crash here.
-    try:
-        expected = json.loads(text) if isinstance(text, str) else None
-    except (ValueError, RecursionError):
-        expected = None
-    if not isinstance(expected, dict):
-        return ["(the checksum table itself is damaged: not a JSON object of name -> SHA-256)"]
-    wrong = [k for k, v in expected.items() if not (isinstance(v, str) and _is_sha256(v))]
-    if wrong:
-        return [f"(the checksum table itself is damaged: the entry for {wrong[0][:80]!r} is not a SHA-256)"]
+def check_checksums(
+    refs: dict[str, TensorRef], metadata: dict[str, str], maps: FileMaps, where: Any = "checkpoint"
+) -> tuple[list[str], list[str]]:
+    """``(algorithms checked, names of tensors that fail)`` against the checksums ``metadata`` records.
 
-    def check(name: str) -> str | None:
-        ref = refs[name]
-        want = expected.get(name)
-        if want is None:
-            return None
-        rng = ref.byte_range()
-        if rng is None or ref.storage is None:
-            from torchsmith.checkpoint.saving import tensor_sha256
+    Every recorded tensor's bytes are hashed where they lie in the (memory-mapped) file, in threads.
+    Raises :class:`~torchsmith.errors.CheckpointError` for an unknown, empty or ``none`` algorithm.
 
-            got = tensor_sha256(materialize(ref, maps))
-        else:
-            buf = maps.buffer(ref.storage.file)
-            got = hashlib.sha256(memoryview(buf)[rng[0] : rng[1]]).hexdigest()
-        return None if got == want else name
+    >>> check_checksums(refs, raw.metadata, FileMaps(), raw.path)     # doctest: +SKIP
+    (['xxh3-128'], [])
+    """
+    from torchsmith.checkpoint._hashing import check_tensors
+    from torchsmith.checkpoint.safetensors_io import _tensor_bytes
 
-    names = sorted(refs, key=lambda n: -refs[n].nbytes)
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return sorted(n for n in pool.map(check, names) if n)
-
-
-def _is_sha256(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-
-def damaged_message(path: Path, bad: list[str]) -> str:
-    """The one-line message for a file whose tensors ``bad`` fail their recorded checksums."""
-    shown = ", ".join(repr(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    return (
-        f"{path}: damaged: {len(bad)} tensor(s) no longer match the SHA-256 recorded when it was saved: "
-        f"{shown} (bit flips or an incomplete copy; re-copy or re-save the file)"
+    return check_tensors(
+        refs,
+        metadata,
+        lambda st: maps.buffer(st.file, st.ident),
+        lambda ref: _tensor_bytes(materialize(ref, maps)),
+        where=where,
     )
+
+
+def checksum_mismatches(refs: dict[str, TensorRef], metadata: dict[str, str], maps: FileMaps) -> list[str]:
+    """Names of tensors whose bytes do not match the checksums recorded in ``metadata`` at save time."""
+    return check_checksums(refs, metadata, maps)[1]
+
+
+def damaged_message(path: Path, bad: list[str], algorithms: Any = ("sha256",)) -> str:
+    """The one-line message for a file whose tensors ``bad`` fail their recorded checksums."""
+    from torchsmith.checkpoint._hashing import damaged_message as message
+
+    return message(path, bad, algorithms)
 
 
 def _build(raw: RawCheckpoint) -> tuple[Any, list[str]]:
@@ -285,23 +271,36 @@ def _load_recorded(raw: RawCheckpoint) -> Any:
     maps = FileMaps(use_mmap=True)
     for ref in refs.values():  # map the files here, before the build runs beside the hashing
         if ref.storage is not None:
-            maps.buffer(ref.storage.file)
+            maps.buffer(ref.storage.file, ref.storage.ident)
 
-    def check() -> list[str]:
+    def check() -> tuple[list[str], list[str]]:
         # Page tables filled in one call per file (no page fault per 4 KiB in the hashing or in the
-        # first forward), off this thread, then hashed.
+        # first forward), off this thread, then every byte hashed in threads.
         maps.populate_all()
-        return checksum_mismatches(refs, meta, maps)
+        return check_checksums(refs, meta, maps, raw.path)
 
-    # Checksums are hashed in threads (hashlib releases the GIL) while this thread builds the model.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # Every byte is hashed in threads (xxhash releases the GIL) while this thread builds the model
+    # and hands it the mapped tensors; the model is returned only once all of them match.
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchsmith-verify") as pool:
         checking = pool.submit(check)
         try:
             model, notes = _build(raw)
-        finally:
-            bad = checking.result()
+            _assign_weights(model, raw, refs, maps)
+        except BaseException as e:  # a damaged file is named as damaged first, whatever else failed
+            error = e
+        algorithms, bad = checking.result()
     if bad:
-        raise CheckpointError(damaged_message(raw.path, bad))
+        raise CheckpointError(damaged_message(raw.path, bad, algorithms)) from None
+    if error is not None:
+        raise error
+    model._torchsmith_load_notes = raw.notes + notes
+    _restore_weights_info(model, meta)
+    return model
+
+
+def _assign_weights(model: Any, raw: RawCheckpoint, refs: dict[str, TensorRef], maps: FileMaps) -> None:
+    """Put the file's tensors (views of the mapped file) into ``model``, built on meta; ties kept."""
     from torchsmith.checkpoint.keys import fit_keys
 
     target = list(model.state_dict(keep_vars=True).keys())
@@ -312,13 +311,14 @@ def _load_recorded(raw: RawCheckpoint) -> Any:
             f"{fit.unmatched_target[:3]}, unexpected {fit.unmatched_source[:3]}"
         )
     ties = _tie_groups(model)
-    state = fit.apply({k: materialize(r, maps) for k, r in refs.items()})
-    versions = getattr(raw.obj, "_metadata", None)  # module versions the file recorded (MNASNet needs them)
-    if isinstance(versions, dict):
-        from torchsmith.checkpoint.keys import rename_module_metadata
+    state = fit.apply(_mapped_tensors(refs, maps))
+    if not _assign_direct(model, state):
+        versions = getattr(raw.obj, "_metadata", None)  # module versions the file recorded (MNASNet)
+        if isinstance(versions, dict):
+            from torchsmith.checkpoint.keys import rename_module_metadata
 
-        state._metadata = rename_module_metadata(versions, fit.mapping)  # type: ignore[attr-defined]
-    model.load_state_dict(state, strict=True, assign=True)
+            state._metadata = rename_module_metadata(versions, fit.mapping)  # type: ignore[attr-defined]
+        model.load_state_dict(state, strict=True, assign=True)
     for group in ties:
         first = model.get_parameter(group[0])
         for name in group[1:]:
@@ -326,9 +326,98 @@ def _load_recorded(raw: RawCheckpoint) -> Any:
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left:
         raise CheckpointError(f"{raw.path}: the checkpoint leaves {left[:3]} uninitialised")
-    model._torchsmith_load_notes = raw.notes + notes
-    _restore_weights_info(model, meta)
-    return model
+
+
+def _mapped_tensors(refs: dict[str, TensorRef], maps: FileMaps) -> dict[str, Any]:
+    """name -> tensor: each a view of the mapped file, made in one step where its bytes lie aligned.
+
+    A contiguous tensor whose bytes start on a 64-byte boundary (every tensor of a file torchsmith
+    wrote) is set straight onto one storage over the whole map (no copy, no per-tensor buffer
+    object); anything else goes through :func:`materialize`, which checks, views or copies it.
+    """
+    import torch
+
+    from torchsmith.checkpoint._refs import ALIGNMENT, QUANTIZED_DTYPES
+
+    storages: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    for name, ref in refs.items():
+        st, rng = ref.storage, ref.byte_range()
+        fast = (
+            st is not None
+            and rng is not None
+            and ref.numel > 0
+            and rng[0] % ALIGNMENT == 0
+            and ref.dtype not in QUANTIZED_DTYPES
+            and isinstance(getattr(torch, ref.dtype, None), torch.dtype)
+            and ref.check_bounds() is None
+        )
+        buf = maps.buffer(st.file, st.ident) if fast else None
+        if not fast or rng[1] > len(buf):
+            out[name] = materialize(ref, maps)
+            continue
+        storage = storages.get(st.file)
+        if storage is None:
+            storage = storages[st.file] = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
+        dtype = getattr(torch, ref.dtype)
+        stride = ref.stride if ref.stride is not None else ref.contiguous_stride
+        out[name] = torch.empty(0, dtype=dtype).set_(storage, rng[0] // ref.itemsize, ref.shape, stride)
+    return out
+
+
+def _assign_direct(model: Any, state: dict[str, Any]) -> bool:
+    """Assign ``state`` into ``model``'s parameter and buffer slots; False where only torch may.
+
+    What ``load_state_dict(strict=True, assign=True)`` does for plain modules (a new ``Parameter``
+    keeping ``requires_grad``, buffers as they are), without its per-module machinery. Used only
+    when nothing can observe the difference: no load hooks, no module with its own
+    ``_load_from_state_dict`` (BatchNorm's only adds a missing counter), no registration hooks,
+    every key a plain parameter or persistent buffer of the same shape; otherwise torch loads.
+    """
+    import torch
+    import torch.nn as nn
+    from torch.nn.modules import module as module_mod
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    default_loaders = (nn.Module._load_from_state_dict, _BatchNorm._load_from_state_dict)
+    hooks = [getattr(module_mod, n, None) for n in dir(module_mod) if n.startswith("_global_")]
+    if (
+        any(h for h in hooks if isinstance(h, dict))
+        or type(model).load_state_dict is not nn.Module.load_state_dict
+    ):
+        return False
+    if torch.__future__.get_swap_module_params_on_conversion():
+        return False
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for m in modules.values():
+        if (
+            m._load_state_dict_pre_hooks
+            or m._load_state_dict_post_hooks
+            or type(m)._load_from_state_dict not in default_loaders
+            or type(m).set_extra_state is not nn.Module.set_extra_state
+        ):
+            return False
+    plan = []
+    for key, value in state.items():
+        owner_name, _, leaf = key.rpartition(".")
+        owner = modules.get(owner_name)
+        if owner is None or not isinstance(value, torch.Tensor):
+            return False
+        old = owner._parameters.get(leaf)
+        is_param = old is not None
+        if old is None:
+            old = owner._buffers.get(leaf)
+            if old is None or leaf in owner._non_persistent_buffers_set:
+                return False
+        if (is_param and type(old) is not nn.Parameter) or tuple(old.shape) != tuple(value.shape):
+            return False
+        plan.append((owner, leaf, is_param, old, value))
+    for owner, leaf, is_param, old, value in plan:
+        if is_param:
+            owner._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
+        else:
+            owner._buffers[leaf] = value
+    return True
 
 
 def _restore_weights_info(model: Any, meta: dict[str, str]) -> None:

@@ -304,7 +304,9 @@ def read_checkpoint(
     single device. Tensors saved on a GPU are read onto the CPU unless mapped elsewhere. With
     ``mmap`` the tensors are copy-on-write views of the file, so reading costs no memory until they
     are used. When the file's state dict carries module versions (``_metadata``, as
-    ``Module.state_dict()`` writes it), the returned state dict has the same ``_metadata``.
+    ``Module.state_dict()`` writes it), the returned state dict has the same ``_metadata``. A file saved
+    by torchsmith has every tensor checked against its recorded checksums first (``CheckpointError``
+    naming the damaged tensors).
 
     >>> sd = read_checkpoint("resnet.pth").state_dict               # doctest: +SKIP
     """
@@ -346,6 +348,11 @@ def read_checkpoint(
     maps = FileMaps(use_mmap=mmap)
     if not mmap:
         budget.charge_bytes(_file_size(raw.path), "reading the file into memory (mmap=False)")
+    from torchsmith.checkpoint.load import check_checksums, damaged_message
+
+    algorithms, bad = check_checksums(refs, raw.metadata, maps, raw.path)  # recorded checksums: every byte
+    if bad:
+        raise CheckpointError(damaged_message(raw.path, bad, algorithms))
     copied: set[int] = set()
     state_dict: dict[str, Any] = {}
     for k, r in refs.items():

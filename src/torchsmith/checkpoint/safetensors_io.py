@@ -4,12 +4,13 @@ Layout: 8 bytes little-endian header length ``N``, ``N`` bytes of JSON
 (``{"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, "__metadata__": {...}}``),
 then the tensors' bytes. Reading the header needs no torch, so ``inspect`` is instant; tensors are
 memory-mapped views of the file. Writing streams each tensor's bytes straight from its memory (no
-intermediate copy of the whole state dict, unlike ``safetensors.torch.save``), hashing them as it goes.
+intermediate copy of the whole state dict, unlike ``safetensors.torch.save``), hashing them as it goes
+(one pass over memory: each piece is hashed and written while it is still in the CPU cache).
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import math
 import os
@@ -27,8 +28,6 @@ from torchsmith.errors import CheckpointError
 __all__ = ["read_header", "read_safetensors", "validate_header", "write_safetensors"]
 
 _MAX_HEADER = 100 * 1024 * 1024
-# Threads hashing beside the writer: leave one core to the thread that writes.
-_HASH_THREADS = min(4, max(1, (os.cpu_count() or 2) - 1))
 # write_safetensors: threads that each hash and write their own batches of tensors (every core works).
 _WRITE_THREADS = min(4, os.cpu_count() or 1)
 _BATCH = 8 << 20  # bytes of consecutive tensors per task
@@ -165,7 +164,9 @@ def read_safetensors(path: Path) -> RawCheckpoint:
             for alias, target in json.loads(tied).items():
                 a, t = tensors.get(alias), tensors.get(target)
                 if a is not None and t is not None and (a.dtype, a.shape) == (t.dtype, t.shape):
-                    tensors[alias] = t
+                    # One tensor for both names (shared memory); the copy's own bytes are kept
+                    # for the checksum check, so every byte of the file is still verified.
+                    tensors[alias] = dataclasses.replace(t, extra={**t.extra, "own_bytes": a})
         except (ValueError, AttributeError, TypeError, RecursionError):
             raw.notes.append("ignored an unreadable torchsmith.tied entry in the metadata")
     aliases = raw.metadata.get("torchsmith.aliases")
@@ -241,13 +242,33 @@ def write_safetensors(
     aliases: dict[str, str] | None = None,
     hashes: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
+    algorithm: str | None = None,
 ) -> dict[str, str]:
-    """Write ``tensors`` (name -> CPU tensor) to ``path``; return each tensor's SHA-256.
+    """Write ``tensors`` (name -> CPU tensor) to ``path``; return each tensor's checksum.
 
-    ``hashes``, when given, are used as is (already computed); otherwise SHA-256 is computed while
-    writing and stored in the header under ``torchsmith.sha256`` (the header is rewritten in place
-    at the end: the hex strings have a fixed length, so its size does not change).
+    Checksums are made with ``algorithm`` (default: xxh3-128, see ``_hashing.writing_algorithm``)
+    while writing and recorded in the header with the algorithm's name (the header is rewritten in
+    place at the end: hex digests have a fixed length, so its size does not change). ``hashes``,
+    when given, are used as is (already computed with ``algorithm``).
+
+    >>> write_safetensors(Path("w.safetensors"), {"w": torch.ones(2)}, {})  # doctest: +SKIP
+    {'w': '...'}
     """
+    from torchsmith.checkpoint._hashing import (
+        ALGORITHM_KEY,
+        ALGORITHMS,
+        LEGACY_KEY,
+        TABLE_KEY,
+        checksum_metadata,
+        hasher,
+        writing_algorithm,
+    )
+
+    algorithm = algorithm or writing_algorithm()
+    if algorithm not in ALGORITHMS:
+        raise CheckpointError(
+            f"{path}: unknown checksum algorithm {algorithm!r}; expected one of {sorted(ALGORITHMS)}"
+        )
 
     # safetensors allows no gaps between tensors, so alignment comes from the order: data starts
     # 64-byte aligned (the header is padded with spaces), tensors whose size is a multiple of 64
@@ -275,14 +296,15 @@ def write_safetensors(
         }
         offset += nbytes
     placeholder = hashes is None
-    sha = dict(hashes) if hashes is not None else {n: "0" * 64 for n in names}
-    meta = dict(metadata)
+    sha = dict(hashes) if hashes is not None else {n: "0" * ALGORITHMS[algorithm] for n in names}
+    # Checksum entries come only from this write (a stale table copied along would fail every load).
+    meta = {k: v for k, v in metadata.items() if k not in (LEGACY_KEY, ALGORITHM_KEY, TABLE_KEY)}
     if aliases:
         meta["torchsmith.aliases"] = json.dumps(aliases, sort_keys=True)
 
     def encode() -> bytes:
         m = dict(meta)
-        m["torchsmith.sha256"] = json.dumps(sha, sort_keys=True)
+        m.update(checksum_metadata(algorithm, sha))
         # Entries in the state dict's own order (what inspect shows); the bytes are laid out by size.
         ordered = {n: header[n] for n in tensors}
         text = json.dumps({"__metadata__": m, **ordered}, separators=(",", ":")).encode()
@@ -303,12 +325,12 @@ def write_safetensors(
     def write_batch(batch: list[str]) -> tuple[dict[str, str], int]:
         # One pass over memory: each chunk is hashed and then written while it is still in the CPU
         # cache, straight from the tensor's storage (no bytes() copy); several batches run at once
-        # (hashlib and pwritev release the GIL), each at its own offset in the file.
+        # (xxhash, hashlib and pwritev release the GIL), each at its own offset in the file.
         begin = start + header[batch[0]]["data_offsets"][0]
         offset, pending, pending_bytes, digests = begin, [], 0, {}
         for name in batch:
             data = _tensor_bytes(tensors[name])
-            h = hashlib.sha256() if placeholder else None
+            h = hasher(algorithm, str(path)) if placeholder else None
             for i in range(0, len(data), _CHUNK):
                 piece = data[i : i + _CHUNK]
                 if h is not None:

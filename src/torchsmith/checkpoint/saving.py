@@ -3,9 +3,10 @@
 ``torchsmith.save`` picks the format from the extension (``.safetensors`` recommended; ``.pt``,
 ``.pth``, ``.bin``, ``.ckpt``, ``.pkl``, ``.tar`` write a ``torch.save`` zip), strips wrappers
 (``DataParallel``/DDP/``torch.compile``) so keys are plain, refuses the seeds' traps 1 and 2 with an
-explanation, keeps tied tensors tied, and records metadata: torchsmith and torch versions, a SHA-256
-per tensor (verified by every later load) and how the model was built, so ``load_model`` can rebuild
-it without pickle. The file appears atomically: a crash leaves the previous file intact.
+explanation, keeps tied tensors tied, and records metadata: torchsmith and torch versions, a checksum
+per tensor (xxh3-128, with the algorithm's name; hashed while the bytes are written and verified by
+every later load, see ``_hashing``) and how the model was built, so ``load_model`` can rebuild it
+without pickle. The file appears atomically: a crash leaves the previous file intact.
 
 >>> import torchsmith
 >>> model = torchsmith.create_model("torchvision:resnet18")              # doctest: +SKIP
@@ -23,7 +24,6 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,32 @@ from torchsmith.checkpoint._gc import gc_paused
 from torchsmith.checkpoint.keys import strip_wrappers
 from torchsmith.errors import CheckpointError, InputError
 
-__all__ = ["TORCH_EXTENSIONS", "save", "tensor_sha256"]
+__all__ = ["TORCH_EXTENSIONS", "save", "tensor_checksum", "tensor_sha256"]
 
 TORCH_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
 
 
 def tensor_sha256(t: Any) -> str:
-    """SHA-256 of a tensor's bytes in C order (what ``save`` records and loads verify)."""
+    """SHA-256 of a tensor's bytes in C order (what ``save`` recorded before xxh3-128)."""
     from torchsmith.checkpoint.safetensors_io import _tensor_bytes
 
     return hashlib.sha256(_tensor_bytes(t)).hexdigest()
+
+
+def tensor_checksum(t: Any, algorithm: str | None = None) -> str:
+    """The checksum ``save`` records for tensor ``t``: its C-order bytes hashed with ``algorithm``.
+
+    ``algorithm`` is ``"xxh3-128"`` (the default where ``xxhash`` is installed) or ``"sha256"``.
+    Why: lets a test or a tool compare a file's recorded table with tensors it holds.
+
+    >>> import torch
+    >>> len(tensor_checksum(torch.zeros(3), "xxh3-128"))
+    32
+    """
+    from torchsmith.checkpoint._hashing import hexdigest, writing_algorithm
+    from torchsmith.checkpoint.safetensors_io import _tensor_bytes
+
+    return hexdigest(_tensor_bytes(t), algorithm or writing_algorithm())
 
 
 def _versions() -> dict[str, str]:
@@ -196,19 +212,6 @@ def _dedupe(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]
     return tensors, aliases
 
 
-def _hash_all(tensors: dict[str, Any]) -> dict[str, str]:
-    from torchsmith.checkpoint.safetensors_io import _tensor_bytes
-
-    def one(name: str) -> tuple[str, str]:
-        return name, hashlib.sha256(_tensor_bytes(tensors[name])).hexdigest()
-
-    # hashlib releases the GIL on large buffers: two threads hash while torch writes.
-    from torchsmith.checkpoint.safetensors_io import _HASH_THREADS
-
-    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
-        return dict(pool.map(one, sorted(tensors, key=lambda n: -tensors[n].numel())))
-
-
 def _write_one(
     path: Path,
     tensors: dict[str, Any],
@@ -240,13 +243,57 @@ def _write_one(
     versions = meta.pop(MODULE_VERSIONS, None)
     if versions is not None:  # a torch file holds them where torch does: the state dict's _metadata
         full._metadata = OrderedDict(json.loads(versions))  # type: ignore[attr-defined]
-    with ThreadPoolExecutor(max_workers=1) as pool, atomic_path(path) as tmp:
-        hashes = pool.submit(_hash_all, tensors)
+    from torchsmith.checkpoint._hashing import checksum_metadata, writing_algorithm
+
+    algorithm = writing_algorithm()
+    with atomic_path(path) as tmp:
+        plan = _HashPlan(tensors, algorithm, str(path))
         with open(tmp, "wb") as f:
-            torch.save(full, _WritebackFile(f.fileno()))
-        sha = hashes.result()
-        sha.update({a: sha[t] for a, t in aliases.items()})
-        _append_zip_record(tmp, METADATA_RECORD, json.dumps({**meta, "torchsmith.sha256": json.dumps(sha)}))
+            torch.save(full, _WritebackFile(f.fileno(), plan))
+        table = plan.finish()
+        table.update({a: table[t] for a, t in aliases.items()})
+        _append_zip_record(tmp, METADATA_RECORD, json.dumps({**meta, **checksum_metadata(algorithm, table)}))
+
+
+class _HashPlan:
+    """Which storage bytes ``torch.save`` writes belong to which tensor, and their running hashes.
+
+    ``torch.save`` writes each CPU storage in one ``write`` straight from the storage's memory, so a
+    write is recognised by its address and length and hashed piece by piece while it is written
+    (one pass over memory). A tensor whose bytes never pass that way (not contiguous) is hashed
+    by :meth:`finish`.
+    """
+
+    def __init__(self, tensors: dict[str, Any], algorithm: str, where: str) -> None:
+        from torchsmith.checkpoint._hashing import hasher
+
+        self.tensors, self.algorithm, self.where = tensors, algorithm, where
+        self.by_storage: dict[tuple[int, int], list[tuple[str, int, int, Any]]] = {}
+        self.digests: dict[str, str] = {}
+        for name, t in tensors.items():
+            if t.numel() == 0 or not t.is_contiguous():
+                continue
+            storage = t.untyped_storage()
+            begin = t.storage_offset() * t.element_size()
+            key = (storage.data_ptr(), storage.nbytes())
+            entry = (name, begin, begin + t.numel() * t.element_size(), hasher(algorithm, where))
+            self.by_storage.setdefault(key, []).append(entry)
+        self.sizes = {n for _, n in self.by_storage}
+
+    def entries(self, view: memoryview) -> list[tuple[str, int, int, Any]]:
+        """The tensors whose bytes ``view`` holds (a storage being written), else ``[]``."""
+        if len(view) not in self.sizes:
+            return []
+        import numpy as np
+
+        address = int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
+        return self.by_storage.pop((address, len(view)), [])
+
+    def finish(self) -> dict[str, str]:
+        """name -> digest of every tensor (those not seen while writing hashed now)."""
+        left = [n for n in self.tensors if n not in self.digests]
+        self.digests.update({n: tensor_checksum(self.tensors[n], self.algorithm) for n in left})
+        return self.digests
 
 
 class _WritebackFile:
@@ -254,15 +301,26 @@ class _WritebackFile:
 
     Without it the whole file is still dirty in the page cache when ``atomic_path`` fsyncs it, and
     that fsync waits for all of it; with it the disk works while torch is still writing. (Also gives
-    the zip's records the standard ``archive/`` prefix instead of the temporary file's name.)
+    the zip's records the standard ``archive/`` prefix instead of the temporary file's name.) A
+    storage's bytes are hashed in 1 MiB pieces, each just before it is written (``_HashPlan``).
     """
 
-    def __init__(self, fd: int) -> None:
-        self.fd, self.pos, self.started = fd, 0, 0
+    def __init__(self, fd: int, plan: _HashPlan | None = None) -> None:
+        self.fd, self.pos, self.started, self.plan = fd, 0, 0, plan
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        pwrite_all(self.fd, [view], self.pos)
+        entries = self.plan.entries(view) if self.plan is not None and len(view) else []
+        if not entries:
+            pwrite_all(self.fd, [view], self.pos)
+        for i in range(0, len(view), _PIECE) if entries else ():
+            end = min(len(view), i + _PIECE)
+            for _, begin, stop, h in entries:
+                if begin < end and stop > i:
+                    h.update(view[max(begin, i) : min(stop, end)])
+            pwrite_all(self.fd, [view[i:end]], self.pos + i)
+        for name, *_, h in entries:
+            self.plan.digests[name] = h.hexdigest()
         self.pos += len(view)
         if self.pos - self.started >= 8 << 20:
             start_writeback(self.fd, self.started, self.pos - self.started)
@@ -271,6 +329,9 @@ class _WritebackFile:
 
     def flush(self) -> None:
         pass
+
+
+_PIECE = 1 << 20  # bytes hashed and then written while still in the CPU cache
 
 
 def _append_zip_record(path: Path, name: str, text: str) -> None:

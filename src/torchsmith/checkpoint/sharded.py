@@ -11,6 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torchsmith.checkpoint._hashing import (
+    ALGORITHM_KEY,
+    LEGACY_KEY,
+    TABLE_KEY,
+    checksum_metadata,
+    recorded_checksums,
+)
 from torchsmith.checkpoint._raw import RawCheckpoint, register_reader
 from torchsmith.errors import CheckpointError, close_matches
 
@@ -89,7 +96,8 @@ def read_sharded(path: Path) -> RawCheckpoint:
     meta = index.get("metadata")
     if isinstance(meta, dict):
         raw.metadata.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
-    hashes: dict[str, str] = {}
+    hashes: dict[str, dict[str, str]] = {}  # algorithm -> name -> digest, over every shard
+    refused: dict[str, str] = {}  # a shard's entries that name no known algorithm: kept, so checks refuse
     for name in files:
         shard_path = path.parent / name
         try:
@@ -110,16 +118,7 @@ def read_sharded(path: Path) -> RawCheckpoint:
                 f"{path}: shard {name!r} lacks {len(lost)} tensors the index puts there, e.g. {lost[0]!r}"
             )
         tensors.update({k: found[k] for k in expected})
-        try:
-            table = json.loads(shard.metadata.pop("torchsmith.sha256", "{}"))
-            if not isinstance(table, dict):
-                raise TypeError(f"a JSON {type(table).__name__}")
-            hashes.update(table)
-        except (ValueError, TypeError, RecursionError):
-            # Kept as an entry that is no SHA-256, so verify and load_model call the file damaged
-            # (checksum_mismatches) instead of passing it as one without checksums.
-            hashes[f"(checksum table of shard {name})"] = "unreadable"
-            raw.notes.append(f"shard {name!r} has unreadable checksums")
+        _merge_checksums(shard, name, hashes, refused, raw.notes)
         for k, v in shard.metadata.items():
             raw.metadata.setdefault(k, v)
         raw.notes.extend(n for n in shard.notes if n not in raw.notes)
@@ -127,13 +126,43 @@ def read_sharded(path: Path) -> RawCheckpoint:
         raw.stand_ins |= shard.stand_ins
         raw.globals_named |= shard.globals_named
         raw.calls.extend(shard.calls)
-    if hashes:
-        raw.metadata["torchsmith.sha256"] = json.dumps(hashes, sort_keys=True)
+    for algorithm, table in hashes.items():
+        raw.metadata.update(checksum_metadata(algorithm, table))
+    raw.metadata.update(refused)
     raw.metadata["torchsmith.shard_format"] = sniff(raw.files[0])
     from torchsmith.checkpoint.safetensors_io import attach_module_versions
 
     attach_module_versions(raw)  # the index's copy of the module versions, whatever the shards' format
     return raw
+
+
+def _merge_checksums(
+    shard: RawCheckpoint,
+    name: str,
+    hashes: dict[str, dict[str, str]],
+    refused: dict[str, str],
+    notes: list[str],
+) -> None:
+    """Move ``shard``'s checksum tables into ``hashes`` (per algorithm), out of its metadata."""
+    entries = {
+        k: shard.metadata.pop(k) for k in (LEGACY_KEY, ALGORITHM_KEY, TABLE_KEY) if k in shard.metadata
+    }
+    try:
+        tables = recorded_checksums(entries, name)
+    except CheckpointError:
+        # An unknown or empty algorithm: the shard's entries are kept as they are, so that verify
+        # and load_model refuse the checkpoint as they refuse such a single file.
+        refused.setdefault(ALGORITHM_KEY, str(entries.get(ALGORITHM_KEY, "")))
+        refused.setdefault(TABLE_KEY, str(entries.get(TABLE_KEY, "{}")))
+        return
+    for t in tables:
+        if t.problem is not None:
+            # Kept as an entry that is no digest, so verify and load_model call the file damaged
+            # instead of passing it as one without checksums.
+            hashes.setdefault(t.algorithm, {})[f"(checksum table of shard {name})"] = "unreadable"
+            notes.append(f"shard {name!r} has unreadable checksums")
+        else:
+            hashes.setdefault(t.algorithm, {}).update(t.table)
 
 
 register_reader("sharded", read_sharded)

@@ -1,4 +1,8 @@
-"""Check a checkpoint's integrity: structure, zip CRCs and the SHA-256 recorded per tensor.
+"""Check a checkpoint's integrity: structure, zip CRCs and the checksum recorded per tensor.
+
+Files written by ``torchsmith.save`` record one checksum per tensor with the algorithm's name
+(xxh3-128; files written before hold SHA-256): the result's ``checks`` names the algorithm that was
+checked, and ``checksum`` says it on its own.
 
 A folder holding several model files (``accelerate``'s ``save_state``: ``model.safetensors`` and
 ``model_1.safetensors``, ``optimizer.bin``...; a Trainer checkpoint) is checked file by file: a
@@ -16,10 +20,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from torchsmith.checkpoint._hashing import ALGORITHMS
 from torchsmith.checkpoint._raw import RawCheckpoint
 from torchsmith.checkpoint._refs import FileMaps, TensorRef
 from torchsmith.checkpoint.formats import open_raw, sniff
-from torchsmith.checkpoint.load import checksum_mismatches, damaged_message
+from torchsmith.checkpoint.load import check_checksums, damaged_message
 from torchsmith.checkpoint.read import select_tensors
 from torchsmith.errors import CheckpointError
 
@@ -31,13 +36,15 @@ _MODEL_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Verify ``path``; return ``{"path", "format", "tensors", "checks", "ok"}`` or raise.
+    """Verify ``path``; return ``{"path", "format", "tensors", "checks", "checksum", "ok"}`` or raise.
 
     ``checks`` lists what was verified: ``structure`` (every tensor lies inside the file),
-    ``crc32`` (torch zips: every record's CRC), ``sha256`` (files saved by torchsmith: every
-    tensor's bytes), ``tied`` (copies of tied tensors written under each name hold equal bytes).
-    Raises :class:`~torchsmith.errors.CheckpointError` naming the damaged file and tensors.
-    A file without recorded checksums passes with ``sha256`` absent from ``checks``.
+    ``crc32`` (torch zips: every record's CRC), the checksum algorithm of files saved by
+    torchsmith (``xxh3-128``, or ``sha256`` for files written before: every tensor's bytes),
+    ``tied`` (copies of tied tensors written under each name hold equal bytes). ``checksum`` names
+    that algorithm (``None`` when the file records no checksums).
+    Raises :class:`~torchsmith.errors.CheckpointError` naming the damaged file and tensors, or an
+    unknown/empty recorded algorithm. A file without recorded checksums passes with a note.
 
     A folder with several model files (see :func:`folder_model_files`) is verified file by file;
     the result then has format ``folder`` and a ``files`` list with each file's own result.
@@ -55,11 +62,13 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             where = "" if str(f) in text else f"{f}: "
             raise CheckpointError(f"{path}: file {f.name!r} of {len(files)} fails: {where}{text}") from None
     checks = sorted({c for r in results for c in r["checks"]})
+    algorithms = sorted({r["checksum"] for r in results if r.get("checksum")})
     return {
         "path": str(path),
         "format": "folder",
         "tensors": sum(r["tensors"] for r in results),
         "checks": checks,
+        "checksum": "+".join(algorithms) or None,
         "ok": True,
         "files": results,
     }
@@ -93,18 +102,20 @@ def _verify_one(path: Path) -> dict[str, Any]:
     raw = open_raw(path)
     refs = _tensors_or_none(raw)
     checks = check_integrity(raw, refs or {})
+    algorithms = [c for c in checks if c in ALGORITHMS]
     result = {
         "path": str(raw.path),
         "format": raw.format,
         "tensors": len(refs or {}),
         "checks": checks,
+        "checksum": "+".join(algorithms) or None,
         "ok": True,
     }
     if refs is None:
         result["note"] = (
             "holds no tensors (a scheduler or training state?): not weights; its structure was checked"
         )
-    elif "sha256" not in checks:
+    elif not algorithms:
         result["note"] = (
             "no per-tensor checksums recorded (not saved by torchsmith.save); re-save to add them"
         )
@@ -138,7 +149,7 @@ def _holds_tensor(obj: Any, depth: int = 0) -> bool:
 
 
 def check_integrity(raw: RawCheckpoint, refs: dict[str, TensorRef]) -> list[str]:
-    """Check ``raw``'s structure, CRCs, recorded SHA-256 and tied copies; return the checks made.
+    """Check ``raw``'s structure, CRCs, recorded checksums and tied copies; return the checks made.
 
     Raises :class:`~torchsmith.errors.CheckpointError` naming the damaged file and tensor. Used by
     ``verify`` and by ``convert`` (which refuses to copy a damaged file unless asked).
@@ -176,12 +187,13 @@ def check_integrity(raw: RawCheckpoint, refs: dict[str, TensorRef]) -> list[str]
         load_dcp_tensors(raw)
         checks.append("readable")
     maps = FileMaps(use_mmap=True)
-    if "torchsmith.sha256" in raw.metadata:
-        bad = checksum_mismatches(refs, raw.metadata, maps)
-        if bad:
-            raise CheckpointError(damaged_message(raw.path, bad))
-        checks.append("sha256")
-    if _check_tied_copies(raw, maps):
+    # Tied copies first: their message names the shard and the copy, more than a checksum's would.
+    tied = _check_tied_copies(raw, maps)
+    algorithms, bad = check_checksums(refs, raw.metadata, maps, raw.path)
+    if bad:
+        raise CheckpointError(damaged_message(raw.path, bad, algorithms))
+    checks.extend(dict.fromkeys(algorithms))  # the algorithm(s) checked: xxh3-128, sha256
+    if tied:
         checks.append("tied")
     return checks
 
