@@ -18,13 +18,13 @@ from torchsmith.surgery import feature_info, return_features
 class _TwoBranches(nn.Module):
     """Each block returns a list with one tensor per branch; both branches are declared per block."""
 
-    def __init__(self) -> None:
+    def __init__(self, b: int = 16, stride_b: int = 4) -> None:
         super().__init__()
-        self.stem = nn.ModuleList([nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(3, 16, 3, 4, 1)])
-        self.blocks = nn.ModuleList(_Pair(8, 16) for _ in range(2))
+        self.stem = nn.ModuleList([nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(3, b, 3, stride_b, 1)])
+        self.blocks = nn.ModuleList(_Pair(8, b) for _ in range(2))
         self.feature_info = [
             {"module": f"blocks.{i}", "num_chs": c, "reduction": r}
-            for c, r in ((8, 2), (16, 4))
+            for c, r in ((8, 2), (b, stride_b))
             for i in range(2)
         ]
 
@@ -85,6 +85,14 @@ def test_a_level_taken_elsewhere_is_refused_naming_it_and_the_model_untouched(le
     with torch.no_grad():
         assert torch.equal(net(x), out)
     assert feature_info(net, ["blocks.0.a"], input_shape=(1, 3, 32, 32))[0]["channels"] == 8  # by path: fine
+
+
+def test_levels_a_module_output_holds_twice_alike_are_refused_not_taken_by_position():
+    net = _TwoBranches(b=8, stride_b=2)  # both branches: 8 channels at stride 2
+    with pytest.raises(
+        SurgeryError, match=r"'blocks.0' \(8 channels, stride 2\): its output holds 2 tensors .*several"
+    ):
+        feature_info(net, input_shape=(1, 3, 32, 32))
 
 
 def _meta(name: str, **kw) -> nn.Module:

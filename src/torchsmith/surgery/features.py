@@ -190,14 +190,32 @@ def _channel_sizes(t: Any) -> tuple[int, ...]:
     return (shape[1], shape[-1]) if len(shape) >= 3 else shape[-1:]
 
 
-def _declared_points(model: nn.Module, run: Any, levels: list[dict]) -> list[tuple[dict, int | None, str]]:
+def _fits(t: Any, chs: Any, red: float | None, in_hw: tuple[int, ...]) -> bool:
+    """True when tensor ``t`` can be a level of ``chs`` channels at stride ``red``: one of its channel
+    dimensions has that size and, for a spatial tensor, the sizes beside it are the input's / ``red``."""
+    if not isinstance(chs, int):
+        return False
+    shape = tuple(t.shape)
+    layouts = [d for d, ok in ((1, len(shape) >= 3 and shape[1] == chs), (-1, shape[-1] == chs)) if ok]
+    if not layouts or not red or not in_hw or len(shape) != 2 + len(in_hw):
+        return bool(layouts)
+    for d in layouts:
+        hw = shape[2:] if d == 1 else shape[1:-1]
+        if all(abs(size * red - full) < red for size, full in zip(hw, in_hw)):
+            return True
+    return False
+
+
+def _declared_points(
+    model: nn.Module, run: Any, levels: list[dict], in_hw: tuple[int, ...] = ()
+) -> list[tuple[dict, int | None, str]]:
     """Each declared level as ``(entry, index, why)``: ``index`` is the tensor of its module's output
-    that holds it (the k-th naming of a module whose output is a list of k+ tensors, as CrossViT's
-    blocks return one tensor per branch; ``None`` for a single tensor); ``why`` is empty when that
-    tensor is proven to be the level (it has the declared channels), else says why it is not: the
-    module is missing or never runs (HRNet's ``stem``), the level is the module's input
-    (``hook_type="forward_pre"``), or its output has other channels (a features wrapper that takes the
-    level elsewhere)."""
+    that holds it (when the output holds several, as CrossViT's blocks return one tensor per branch:
+    the only one with the declared channels and stride; ``None`` for a single tensor); ``why`` is
+    empty when that tensor is proven to be the level (it has the declared channels), else says why
+    it is not: the module is missing or never runs (HRNet's ``stem``), the level is the module's
+    input (``hook_type="forward_pre"``), or its output has other channels (a features wrapper that
+    takes the level elsewhere)."""
     modules = dict(model.named_modules())
     seen: dict[str, int] = {}
     out = []
@@ -215,16 +233,23 @@ def _declared_points(model: nn.Module, run: Any, levels: list[dict]) -> list[tup
             why = "the module does not run in a forward pass"
         else:
             ts = _tensors(run.outputs[path])
-            if len(ts) > 1:
-                index = k
-            if not ts or (index or 0) >= len(ts) or (len(ts) == 1 and k > 0):
-                why = f"named {k + 1} times, but its output holds {len(ts)} tensor(s)"
-            else:
-                t = ts[index or 0]
-                chs = e.get("num_chs")
-                if isinstance(chs, int) and chs not in _channel_sizes(t):
-                    at = f" [{index}]" if index is not None else ""
-                    why = f"its output{at} has shape {list(t.shape)}, no dimension of {chs} channels"
+            chs = e.get("num_chs")
+            if len(ts) == 1 and k > 0:
+                why = f"named {k + 1} times, but its output is one tensor"
+            elif len(ts) == 1 and isinstance(chs, int) and chs not in _channel_sizes(ts[0]):
+                why = f"its output has shape {list(ts[0].shape)}, no dimension of {chs} channels"
+            elif len(ts) != 1:
+                # several tensors: the level is the one tensor with its channels (and stride), or
+                # none is proven (never the k-th by position: CoaT's parallel outputs all have 152)
+                fits = [i for i, t in enumerate(ts) if _fits(t, chs, _reduction(e), in_hw)]
+                if len(fits) == 1:
+                    index = fits[0]
+                else:
+                    shapes = ", ".join(str(list(t.shape)) for t in ts[:6])
+                    why = (
+                        f"its output holds {len(ts)} tensors ({shapes}), "
+                        f"{'several' if fits else 'none'} with {chs} channels at stride {e.get('reduction')}"
+                    )
         out.append((e, index, why))
     return out
 
@@ -401,7 +426,7 @@ def feature_info(
     run = dry_run(model, tuple(input_shape) if input_shape else None, train=False)
     in_shape = run.input_shape or shape_of(run.inputs.get("", ()))
     in_hw = tuple(in_shape[2:]) if in_shape and len(in_shape) > 2 else ()
-    points = _declared_points(model, run, _declared_levels(model))
+    points = _declared_points(model, run, _declared_levels(model), in_hw)
     if features is None and points:
         _refuse_undeclarable(model, points)
         named = [e["module"] for e, _, _ in points]
