@@ -274,9 +274,8 @@ def _load_recorded(raw: RawCheckpoint) -> Any:
             maps.buffer(ref.storage.file, ref.storage.ident)
 
     def check() -> tuple[list[str], list[str]]:
-        # Page tables filled in one call per file (no page fault per 4 KiB in the hashing or in the
-        # first forward), off this thread, then every byte hashed in threads.
-        maps.populate_all()
+        # No madvise(POPULATE) first: Python's madvise holds the GIL for its whole duration (it
+        # stalled the build), while the hashing maps every page itself with the GIL released.
         return check_checksums(refs, meta, maps, raw.path)
 
     # Every byte is hashed in threads (xxhash releases the GIL) while this thread builds the model
@@ -340,26 +339,25 @@ def _mapped_tensors(refs: dict[str, TensorRef], maps: FileMaps) -> dict[str, Any
     from torchsmith.checkpoint._refs import ALIGNMENT, QUANTIZED_DTYPES
 
     storages: dict[str, Any] = {}
+    dtypes: dict[str, Any] = {}
     out: dict[str, Any] = {}
     for name, ref in refs.items():
         st, rng = ref.storage, ref.byte_range()
-        fast = (
-            st is not None
-            and rng is not None
-            and ref.numel > 0
-            and rng[0] % ALIGNMENT == 0
-            and ref.dtype not in QUANTIZED_DTYPES
-            and isinstance(getattr(torch, ref.dtype, None), torch.dtype)
-            and ref.check_bounds() is None
-        )
-        buf = maps.buffer(st.file, st.ident) if fast else None
-        if not fast or rng[1] > len(buf):
+        dtype = dtypes.get(ref.dtype)
+        if dtype is None and ref.dtype not in QUANTIZED_DTYPES:
+            dtype = getattr(torch, ref.dtype, None)
+            dtype = dtypes[ref.dtype] = dtype if isinstance(dtype, torch.dtype) else None
+        # In place only when the bytes lie inside the storage, and the storage inside the file.
+        buf = None
+        if st is not None and rng is not None and dtype is not None and rng[0] % ALIGNMENT == 0:
+            inside = st.offset <= rng[0] and rng[1] <= st.offset + st.nbytes and min(ref.shape, default=1) > 0
+            buf = maps.buffer(st.file, st.ident) if inside else None
+        if buf is None or rng[1] > len(buf):
             out[name] = materialize(ref, maps)
             continue
         storage = storages.get(st.file)
         if storage is None:
             storage = storages[st.file] = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
-        dtype = getattr(torch, ref.dtype)
         stride = ref.stride if ref.stride is not None else ref.contiguous_stride
         out[name] = torch.empty(0, dtype=dtype).set_(storage, rng[0] // ref.itemsize, ref.shape, stride)
     return out

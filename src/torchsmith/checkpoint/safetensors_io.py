@@ -36,6 +36,12 @@ _CHUNK = 1 << 20  # hashed, then written while still in cache
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
     """The parsed JSON header of a safetensors file and the offset where tensor data begins."""
+    text, _ = _header_text(path)
+    return _parse_header(path, text), 8 + len(text)
+
+
+def _header_text(path: Path) -> tuple[bytes, int]:
+    """The header's JSON bytes and the file's size (header length checked against the size)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -48,6 +54,12 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
                 f"{size} bytes"
             )
         text = f.read(n)
+    if len(text) < n:
+        raise CheckpointError(f"{path}: truncated safetensors file: the header ends after {len(text)} bytes")
+    return text, size
+
+
+def _parse_header(path: Path, text: bytes) -> dict[str, Any]:
     try:
         header = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # nesting deeper than Python's stack
@@ -56,7 +68,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         raise CheckpointError(
             f"{path}: damaged safetensors header (a JSON {type(header).__name__}, not an object)"
         )
-    return header, 8 + n
+    return header
 
 
 def validate_header(header: dict[str, Any], data_size: int, where: str | os.PathLike = "safetensors") -> None:
@@ -122,10 +134,20 @@ def validate_header(header: dict[str, Any], data_size: int, where: str | os.Path
         )
 
 
-def read_safetensors(path: Path) -> RawCheckpoint:
-    """Describe a safetensors file: ``TensorRef`` per tensor, plus its ``__metadata__``."""
-    header, start = read_header(path)
-    size = path.stat().st_size
+# The last header described: opening a file sniffs its format by describing it whole
+# (formats._sniff), then describes it again; the second time, the same path, size and header bytes
+# take the first result instead of parsing and checking the JSON again (TensorRefs are frozen).
+_LAST: dict[tuple, tuple[dict[str, TensorRef], dict[str, str]]] = {}
+
+
+def _described(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
+    """``(name -> TensorRef, metadata)`` of a safetensors file, its header checked whole."""
+    text, size = _header_text(path)
+    key = (str(path), size, text)
+    hit = _LAST.get(key)
+    if hit is not None:
+        return hit
+    header, start = _parse_header(path, text), 8 + len(text)
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: damaged safetensors header: __metadata__ is not an object")
@@ -155,7 +177,17 @@ def read_safetensors(path: Path) -> RawCheckpoint:
             )
         end_max = max(end_max, end)
         tensors[name] = ref
-    raw = RawCheckpoint(path, "safetensors", tensors, metadata={str(k): str(v) for k, v in meta.items()})
+    result = (tensors, {str(k): str(v) for k, v in meta.items()})
+    _LAST.clear()
+    _LAST[key] = result
+    return result
+
+
+def read_safetensors(path: Path) -> RawCheckpoint:
+    """Describe a safetensors file: ``TensorRef`` per tensor, plus its ``__metadata__``."""
+    described, meta = _described(path)
+    tensors = dict(described)
+    raw = RawCheckpoint(path, "safetensors", tensors, metadata=dict(meta))
     tied = raw.metadata.get("torchsmith.tied")
     if tied:
         # Tied tensors written under each name (so plain readers get every key): torchsmith reads one
