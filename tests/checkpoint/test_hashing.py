@@ -238,6 +238,20 @@ def test_sharded_files_verify_each_shard_with_its_algorithm(tmp_path, monkeypatc
     assert code == 2 and "damaged" in err and "xxh3-128" in err
 
 
+def test_a_shard_naming_an_unknown_algorithm_fails_the_checkpoint(tmp_path, capsys):
+    index = save(
+        {f"w{i}": torch.randn(64, 8) for i in range(3)}, tmp_path / "m.safetensors", max_shard_size="3KB"
+    )
+    shard = sorted(tmp_path.glob("m-*-of-*.safetensors"))[1]
+    _rewrite_safetensors_metadata(
+        shard, lambda meta: meta.__setitem__("torchsmith.checksum_algorithm", "md5")
+    )
+    code, _, err = run_cli(capsys, "verify", index)
+    assert code == 2 and "'md5'" in err and "does not know" in err, err
+    with pytest.raises(CheckpointError, match="md5"):
+        read_state_dict(index)
+
+
 def test_inspect_counts_the_table_and_names_the_algorithm(tmp_path):
     path = save(small_state(), tmp_path / "w.safetensors")
     info = torchsmith.inspect_checkpoint(path)

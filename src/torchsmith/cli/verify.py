@@ -1,10 +1,10 @@
-"""``torchsmith verify CKPT``: check structure, CRCs and the SHA-256 recorded per tensor."""
+"""``torchsmith verify CKPT``: check structure, CRCs and the checksum recorded per tensor."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "verify a checkpoint's integrity (structure, CRC-32, per-tensor SHA-256; every model file of a folder)"
+HELP = "verify a checkpoint's integrity (structure, CRC-32, tensor checksums; every model file of a folder)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
