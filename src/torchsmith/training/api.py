@@ -96,12 +96,27 @@ def train(
     ``callbacks``: :class:`torchsmith.Callback` objects whose hooks the loop calls (after the
     recipe's built-in ones: EMA, early stopping, retention, TensorBoard, max_time, profiler).
     """
+    from torchsmith.training.determinism import deterministic_mode
+
+    r = load_recipe(recipe, overrides)
+    # train.deterministic: set before the process group (NCCL) or anything else starts CUDA.
+    with deterministic_mode(r["train"]["deterministic"]):
+        return _train(r, out, resume, log, callbacks, overwrite)
+
+
+def _train(
+    r: Recipe,
+    out: str | os.PathLike | None,
+    resume: bool | str,
+    log: Callable[[str], None] | None,
+    callbacks: Iterable[Any],
+    overwrite: bool,
+) -> TrainResult:
     import torch
 
     from torchsmith.training import distributed as dist_
     from torchsmith.training.loop import Trainer, plot_curves
 
-    r = load_recipe(recipe, overrides)
     ctx = dist_.setup(r)
     try:
         # Rank 0 chooses and every rank takes its choice: a slow rank could otherwise see the
@@ -154,7 +169,12 @@ def train(
         if ctx.is_main:  # files and a local re-evaluation only; no collective in here
             if r["train"]["plot"]:
                 plot = plot_curves(
-                    trainer.history, out_dir / "curves.png", title=r["name"], best_epoch=trainer.best_epoch
+                    trainer.history,
+                    out_dir / "curves.png",
+                    title=r["name"],
+                    best_epoch=trainer.best_epoch,
+                    lr_steps=trainer.lr_trace,
+                    steps_per_epoch=trainer.steps_per_epoch,
                 )
             model_file, reloaded = _save_and_reload(trainer, out_dir, model, log)
         dist_.barrier(ctx)

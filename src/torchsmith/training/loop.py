@@ -51,6 +51,8 @@ from torchsmith.training.setup import RunSetup
 
 __all__ = ["Trainer", "evaluate_model", "plot_curves"]
 
+_LR_POINTS = 2000  # at most twice this many [step, lr] points are kept for the LR panel
+
 
 class Trainer(RunSetup, RunState):
     """Runs one recipe: holds the model, data, optimizer, the loop's position and its callbacks.
@@ -93,6 +95,10 @@ class Trainer(RunSetup, RunState):
         self.stop_reason: str | None = None
         self.at_epoch_end = False
         self.eval_model: Any = None  # what validation runs on; None: the trained model
+        # The LR each optimizer step used, [step, lr] every lr_stride-th step (thinned to at most
+        # _LR_POINTS points as the run grows): the LR panel of curves.png, warmups included.
+        self.lr_trace: list[list] = []
+        self.lr_stride = 1
         user = list(callbacks)
         for cb in user:
             if not isinstance(cb, Callback):
@@ -133,6 +139,13 @@ class Trainer(RunSetup, RunState):
             if self.stop_reason and self.ctx.is_main:
                 self.log(f"stopped: {self.stop_reason}")
             self.callbacks("on_train_end", self)
+        except RuntimeError as e:
+            from torchsmith.training.determinism import translate_error
+
+            found = translate_error(e, f"in epoch {self.epoch + 1}, after optimizer step {self.step}")
+            if found is e:
+                raise
+            raise found from None  # train.deterministic: the op named, and the ways out
         finally:
             self._teardown_callbacks()
 
@@ -196,6 +209,13 @@ class Trainer(RunSetup, RunState):
         if better:
             self.best, self.best_epoch = value, record["epoch"]
         return better
+
+    def _record_lr(self, lr: Any) -> None:
+        """Note the LR of this step; past ``2 * _LR_POINTS`` points keep every other one."""
+        self.lr_trace.append([self.step, float(lr)])
+        if len(self.lr_trace) >= 2 * _LR_POINTS:
+            self.lr_stride *= 2
+            self.lr_trace = [p for p in self.lr_trace if p[0] % self.lr_stride == 0]
 
     def _scheduler_step(self, record: dict) -> None:
         from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -328,6 +348,9 @@ class Trainer(RunSetup, RunState):
         clip = t["clip_grad_norm"]
         channels_last = t["channels_last"]
         sched_per_step = self.scheduler is not None and r["scheduler"]["interval"] == "step"
+        # A warmup counted in steps in front of a per-epoch plateau (training.schedulers).
+        step_update = None if sched_per_step else getattr(self.scheduler, "step_update", None)
+        group0 = self.optimizer.param_groups[0]
         step_hooks = self.callbacks.has("on_step_end")
         # Set up once per epoch, not per step: the batches come from the loader on the CPU, so on a
         # CPU run without channels_last there is nothing to move; one autocast context (a null one
@@ -382,8 +405,12 @@ class Trainer(RunSetup, RunState):
             if not self.is_lbfgs:  # LBFGS stepped in its closure
                 self._optimizer_step(params, clip)
             self.step += 1
+            if self.step % self.lr_stride == 0:
+                self._record_lr(group0["lr"])
             if sched_per_step:
                 self.scheduler.step()
+            elif step_update is not None:
+                step_update()
             if bar is not None and self.step % log_every == 0:
                 # One host sync per log interval, for the progress bar only.
                 bar.set_postfix(loss=f"{sums.flush()[0].item() / max(count, 1):.4f}", refresh=False)

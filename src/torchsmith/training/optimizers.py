@@ -24,6 +24,7 @@ from torchsmith.training.losses import _check_args
 from torchsmith.training.names import canonical_name
 
 __all__ = [
+    "SCHEDULER_ALIASES",
     "SEED_OPTIMIZERS",
     "build_optimizer",
     "build_scheduler",
@@ -92,9 +93,33 @@ def optimizer_name(name: str) -> str:
     return canonical_name(name, _optimizer_classes(), "optimizer.name", "optimizer")
 
 
+# Short names as timm and Lightning users write them (case ignored), for the torch classes.
+SCHEDULER_ALIASES = {
+    "cosine": "CosineAnnealingLR",
+    "cosine_restarts": "CosineAnnealingWarmRestarts",
+    "step": "StepLR",
+    "multistep": "MultiStepLR",
+    "exponential": "ExponentialLR",
+    "plateau": "ReduceLROnPlateau",
+    "onecycle": "OneCycleLR",
+    "linear": "LinearLR",
+    "poly": "PolynomialLR",
+    "polynomial": "PolynomialLR",
+    "constant": "ConstantLR",
+    "cyclic": "CyclicLR",
+}
+
+
 def scheduler_name(name: str) -> str:
-    """The ``torch.optim.lr_scheduler`` class name ``name`` means (case ignored)."""
+    """The ``torch.optim.lr_scheduler`` class name ``name`` means (case ignored; short names such as
+    ``cosine``, ``step``, ``multistep``, ``exponential``, ``plateau`` in :data:`SCHEDULER_ALIASES`).
+
+    >>> scheduler_name("cosine"), scheduler_name("steplr")
+    ('CosineAnnealingLR', 'StepLR')
+    """
     classes = _scheduler_classes()
+    if isinstance(name, str) and name.casefold() in SCHEDULER_ALIASES:
+        return SCHEDULER_ALIASES[name.casefold()]
     unsupported = {n.casefold(): n for n in _UNSUPPORTED_SCHEDULERS}
     if isinstance(name, str) and name not in classes and name.casefold() in unsupported:
         raise RecipeError(

@@ -139,6 +139,11 @@ SCHEMA: dict[str, Any] = {
         "name": _f(_OPT_STR, None),
         "args": _f(dict, {}),
         "interval": _f(str, "epoch", choices=("epoch", "step")),
+        "warmup_epochs": _f(_OPT_NUM, None, minimum=0, doc="a warmup this many epochs long in front"),
+        "warmup_steps": _f(_OPT_INT, None, minimum=0, doc="a warmup this many optimizer steps long"),
+        "warmup_lr": _f(_NUM, 0.0, minimum=0.0, doc="the LR the warmup starts from (timm's warmup_lr_init)"),
+        "warmup_mode": _f(str, "linear", choices=("linear", "constant")),
+        "min_lr": _f(_OPT_NUM, None, minimum=0.0, doc="the cosine's floor (eta_min; plateau's min_lr)"),
     },
     "train": {
         "epochs": _f(int, 1, minimum=1),
@@ -165,6 +170,12 @@ SCHEMA: dict[str, Any] = {
             (int, float, str, type(None)), None, doc="stop after this much training: seconds or 'HH:MM:SS'"
         ),
         "profile": _f((dict, type(None)), None, sub=_PROFILE, doc="a torch.profiler trace of some steps"),
+        "deterministic": _f(
+            bool,
+            False,
+            doc="bit-identical reruns: torch.use_deterministic_algorithms, cuDNN flags, "
+            "CUBLAS_WORKSPACE_CONFIG, seeded workers (training.determinism)",
+        ),
         "mixup": _f(
             (dict, bool, type(None)),
             None,
@@ -501,6 +512,9 @@ def _check_semantics(r: dict) -> None:
     optimizers.check_optimizer(r["optimizer"]["name"], r["optimizer"]["args"])
     if r["scheduler"]["name"] is not None:
         optimizers.check_scheduler(r["scheduler"]["name"], r["scheduler"]["args"])
+    from torchsmith.training.schedulers import check_schedule
+
+    check_schedule(r["scheduler"])
     t = r["train"]
     if t["precision"] == "fp16" and r["optimizer"]["name"] == "LBFGS":
         raise RecipeError(

@@ -103,6 +103,8 @@ class RunState:
             "ks": self._ks,
             "history": json.dumps(self.history),
             "val_steps": json.dumps(self.val_steps),
+            "lr_trace": json.dumps(self.lr_trace),
+            "lr_stride": self.lr_stride,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "classes": list(self.train_ds.classes),
@@ -268,6 +270,8 @@ class RunState:
         self.batches_done = state["batches_done"]
         self.history = json.loads(state["history"])
         self.val_steps = json.loads(state.get("val_steps", "[]"))
+        self.lr_trace = json.loads(state.get("lr_trace", "[]"))
+        self.lr_stride = int(state.get("lr_stride", 1))
         self.callbacks.load_states(state.get("callbacks"))
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self._ks = state["ks"]

@@ -86,8 +86,10 @@ class RunSetup:
         from torch.utils.data import DataLoader
 
         from torchsmith.training.data import ResumableSampler
+        from torchsmith.training.determinism import worker_init
 
         r, ctx, seed = self.recipe, self.ctx, self.recipe["seed"]
+        init_fn = worker_init(r)  # train.deterministic: workers seeded from (seed, epoch, worker)
         self.sampler = ResumableSampler(
             len(self.train_ds), shuffle=True, seed=seed, rank=ctx.rank, world_size=ctx.world_size
         )
@@ -103,6 +105,7 @@ class RunSetup:
             drop_last=r["data"]["drop_last"],
             pin_memory=pin,
             generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=init_fn,
         )
         self.val_loader = None
         if self.val_ds is not None and len(self.val_ds):
@@ -117,6 +120,7 @@ class RunSetup:
                 num_workers=nw,
                 pin_memory=pin,
                 generator=torch.Generator().manual_seed(seed),
+                worker_init_fn=init_fn,
             )
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch == 0:
@@ -131,7 +135,8 @@ class RunSetup:
 
         from torchsmith.training.build import build_param_groups
         from torchsmith.training.losses import build_loss
-        from torchsmith.training.optimizers import build_optimizer, build_scheduler
+        from torchsmith.training.optimizers import build_optimizer
+        from torchsmith.training.schedulers import build_schedule
 
         r, ctx, t = self.recipe, self.ctx, self.recipe["train"]
         device = ctx.device
@@ -154,16 +159,14 @@ class RunSetup:
             model=self.raw_model,
         )
         self.is_lbfgs = r["optimizer"]["name"] == "LBFGS"
-        self.scheduler = None
-        if r["scheduler"]["name"]:
-            self.scheduler = build_scheduler(
-                r["scheduler"]["name"],
-                self.optimizer,
-                r["scheduler"]["args"],
-                interval=r["scheduler"]["interval"],
-                epochs=t["epochs"],
-                steps_per_epoch=self.steps_per_epoch,
-            )
+        # A warmup in front of any scheduler (training.schedulers); None without name and warmup.
+        self.scheduler = build_schedule(
+            r["scheduler"],
+            self.optimizer,
+            epochs=t["epochs"],
+            steps_per_epoch=self.steps_per_epoch,
+            optimizer_lr=r["optimizer"]["lr"],
+        )
         self.mixer = None
         if t.get("mixup"):
             from torchsmith.training.mixup import BatchMixer
@@ -212,6 +215,10 @@ class RunSetup:
                 with _autocast(dev, t["precision"]):
                     out = self.raw_model(_to_device(x, dev, t["channels_last"]))
             except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                from torchsmith.training.determinism import translate_error
+
+                if (found := translate_error(e, "in the model's forward")) is not e:
+                    raise found from None  # train.deterministic met an op without a deterministic form
                 # The data and the model disagree (channels, image size, in_features): say so now, as
                 # a recipe error, not as a matrix-shape traceback at the first step.
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
