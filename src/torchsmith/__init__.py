@@ -37,6 +37,7 @@ _PUBLIC: dict[str, list[str]] = {
     "torchsmith.transfer": ["init_weights", "InitRule", "InitReport", "load_weights", "TransferReport"],
     "torchsmith.hub": ["resolve_weights", "fetch_weights", "list_weights"],
     "torchsmith.training": ["train", "evaluate", "predict", "load_recipe", "TrainResult", "Callback"],
+    "torchsmith.training.tune": ["tune_lr", "tune_batch_size"],
     "torchsmith.export": ["export", "ExportReport", "ExportError"],
 }  # fmt: skip
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 # command name -> module. Keep this table the only place a command is declared.
 COMMANDS: dict[str, str] = {
     "train": "torchsmith.cli.train",
+    "tune": "torchsmith.cli.tune",
     "eval": "torchsmith.cli.eval",
     "predict": "torchsmith.cli.predict",
     "zoo": "torchsmith.cli.zoo",
