@@ -99,7 +99,12 @@ def test_a_library_head_that_fails_its_check_pass_is_rolled_back():
 
 @pytest.mark.parametrize(
     ("name", "n"),
-    [("deit_tiny_distilled_patch16_224", 6), ("deit_tiny_distilled_patch16_224", 0), ("convnext_atto", 0)],
+    [
+        ("deit_tiny_distilled_patch16_224", 6),
+        ("deit_tiny_distilled_patch16_224", 0),
+        ("convnext_atto", 0),
+        ("repvit_m1", 7),  # its reset_classifier(n) drops the distilled head unless told to keep it
+    ],
 )
 def test_timm_heads_match_num_classes(name, n):
     model = timm.create_model(name, pretrained=False)

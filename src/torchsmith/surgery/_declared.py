@@ -19,6 +19,7 @@ Changes are made under a :class:`Transaction`: the replaced module objects are p
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -203,9 +204,27 @@ def _timm(model: nn.Module) -> Declared | None:
         return None
 
     def apply(target: nn.Module, num_classes: int) -> None:
-        target.reset_classifier(num_classes)
+        target.reset_classifier(num_classes, **_timm_kept(target))
 
     return Declared(f"timm {type(model).__name__}.reset_classifier", layers, n, [], True, apply)
+
+
+def _timm_kept(model: nn.Module) -> dict[str, Any]:
+    """What a timm ``reset_classifier`` would reset to its own default but ``num_classes=`` keeps: the
+    distilled head (RepVit's ``reset_classifier(n)`` drops ``head_dist`` unless told
+    ``distillation=True``; ``create_model(..., num_classes=n)`` keeps it)."""
+    try:
+        params = inspect.signature(model.reset_classifier).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "distillation" not in params:
+        return {}
+    getter = getattr(model, "get_classifier", None)
+    for owner in (model, getter() if callable(getter) else None):
+        value = getattr(owner, "distillation", None)
+        if isinstance(value, bool):
+            return {"distillation": value}
+    return {}
 
 
 def _transformers(model: nn.Module) -> Declared | None:
