@@ -46,7 +46,7 @@ CLI = [PY, "-m", "torchsmith.cli.main"]
 _CHILD = r"""
 import json, resource, sys, time
 import torch, torchvision, torchsmith, safetensors.torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[3]))
 def rss_kib():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -95,9 +95,10 @@ print(json.dumps({"seconds": elapsed, "ready": ready, "peak_above_base_kib": pea
 """
 
 
-def run_child(variant: str, path: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    out = subprocess.run([PY, "-c", _CHILD, variant, str(path)], capture_output=True, text=True, env=env)
+def run_child(variant: str, path: Path, threads: int = 2) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [PY, "-c", _CHILD, variant, str(path), str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -115,6 +116,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (the median is kept)")
     ap.add_argument(
         "--tools", action="store_true", help="only convert / diff / verify against plain-library baselines"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads in each load process (1 keeps oneDNN from spinning on an oversubscribed machine)",
     )
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_ckpt_"))
@@ -154,7 +161,7 @@ def main() -> None:
     all_runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
     for _ in range(r):
         for name, path, _ in variants:
-            all_runs[name].append(run_child(name, path))
+            all_runs[name].append(run_child(name, path, args.threads))
     results = {}
     for name, _, _ in variants:
         runs = all_runs[name]
@@ -167,7 +174,7 @@ def main() -> None:
         }
     base = results["seeds"]["seconds"]
     base_ready = results["seeds"]["ready"]
-    print(f"\nfile -> model ready (+ first forward), median of {r} fresh processes")
+    print(f"\nfile -> model ready (+ first forward), median of {r} fresh processes ({args.threads} threads)")
     print(f"  {'variant':55s} {'ready':>7s} {'ratio':>6s} {'+fwd':>7s} {'ratio':>6s}  peak RSS above imports")
     for name, _, label in variants:
         res = results[name]
