@@ -230,3 +230,20 @@ def test_a_run_records_the_lr_of_every_step_and_the_warmup_shows(tmp_path):
     assert lrs[0] == pytest.approx(1e-4) and lrs[6] == pytest.approx(0.01)  # optimizer.lr after warmup
     assert lrs[:7] == sorted(lrs[:7]) and lrs[6:] == sorted(lrs[6:], reverse=True)
     assert result.plot_file is not None and result.plot_file.stat().st_size > 0
+
+
+def test_the_docs_warmup_recipe_loads_and_builds_its_schedule():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    section = text[text.index("## Warmup in front of any scheduler") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    r = load_recipe(yaml.safe_load(block))
+    assert r["scheduler"]["name"] == "CosineAnnealingLR" and r["train"]["deterministic"] is True
+    opt = _opt(r["optimizer"]["lr"])
+    sched = build_schedule(r["scheduler"], opt, epochs=r["train"]["epochs"], steps_per_epoch=4)
+    lrs = _run(opt, sched, 40)
+    assert lrs[0] == pytest.approx(1e-5) and lrs[8] == pytest.approx(0.003) and lrs[-1] > 1e-6
