@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
 from _tiny import recipe
 
 import torchsmith
@@ -25,6 +30,8 @@ from torchsmith.training.determinism import (
     translate_error,
 )
 from torchsmith.zoo import register_model
+
+KILL = str(Path(__file__).with_name("_kill.py"))  # trains, SIGKILLs itself at a hook and step
 
 
 def _recipe(**train_extra) -> dict:
@@ -50,21 +57,6 @@ def _recipe(**train_extra) -> dict:
     )
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAt(torchsmith.Callback):
-    """Dies after optimizer step ``step`` (between checkpoints), as a kill would, once."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer, loss) -> None:
-        if trainer.step == self.step:
-            raise _Crash(f"crash after step {self.step}")
-
-
 class _SeesFlags(torchsmith.Callback):
     def __init__(self):
         self.seen = None
@@ -80,18 +72,26 @@ def _final(path) -> tuple[dict, list]:
     return state, history
 
 
-def test_two_runs_and_a_resume_after_a_crash_mid_warmup_are_bit_identical(tmp_path):
+def test_two_runs_and_a_resume_after_kill_9_mid_warmup_are_bit_identical(tmp_path):
+    path = tmp_path / "det.yaml"
+    path.write_text(yaml.safe_dump(_recipe()))
     flags = _SeesFlags()
-    a = train(_recipe(), out=tmp_path / "a", log=None, callbacks=[flags])
+    a = train(path, out=tmp_path / "a", log=None, callbacks=[flags])
     assert flags.seen == (True, True, False)
     assert not torch.are_deterministic_algorithms_enabled()  # the process's settings came back
-    train(_recipe(), out=tmp_path / "b", log=None)
-    with pytest.raises(_Crash):
-        train(_recipe(), out=tmp_path / "c", log=None, callbacks=[_CrashAt(4)])
-    crashed = load_checkpoint(tmp_path / "c" / "last.pt")
-    assert crashed["step"] == 3 and crashed["batches_done"] == 3  # mid-warmup, mid-epoch
-    assert not torch.are_deterministic_algorithms_enabled()  # restored after the error too
-    resumed = train(_recipe(), out=tmp_path / "c", resume=True, log=None)
+    train(path, out=tmp_path / "b", log=None)
+    # SIGKILL after optimizer step 4 (the helper's callback), past the checkpoint of step 3.
+    proc = subprocess.run(
+        [sys.executable, KILL, str(path), str(tmp_path / "c"), "on_step_end", "4"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    killed = load_checkpoint(tmp_path / "c" / "last.pt")
+    assert killed["step"] == 3 and killed["batches_done"] == 3  # mid-warmup, mid-epoch
+    resumed = train(path, out=tmp_path / "c", resume=True, log=None)
     assert resumed.resumed_from["step"] == 3
     sa, ha = _final(tmp_path / "a")
     assert a.steps == sa["step"] == 12
@@ -103,6 +103,9 @@ def test_two_runs_and_a_resume_after_a_crash_mid_warmup_are_bit_identical(tmp_pa
         for x, y in zip(so["optimizer"]["state"].values(), sa["optimizer"]["state"].values()):
             assert torch.equal(x["exp_avg"], y["exp_avg"]) and torch.equal(x["exp_avg_sq"], y["exp_avg_sq"])
         assert json.loads(so["lr_trace"]) == json.loads(sa["lr_trace"])
+        assert (
+            so["scheduler"]["_schedulers"][1]["last_epoch"] == sa["scheduler"]["_schedulers"][1]["last_epoch"]
+        )
 
 
 class _UnpoolNet(nn.Module):

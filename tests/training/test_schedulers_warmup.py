@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pytest
@@ -213,22 +214,29 @@ def test_short_names_are_the_torch_classes():
     assert r["scheduler"]["name"] == "CosineAnnealingLR"
 
 
-def test_a_run_records_the_lr_of_every_step_and_the_warmup_shows(tmp_path):
-    sched = {"name": "cosine", "interval": "step", "warmup_steps": 6, "warmup_lr": 1e-4, "min_lr": 1e-5}
+@pytest.mark.parametrize(
+    "sched",
+    [
+        {"name": "cosine", "interval": "step", "min_lr": 1e-5},
+        {"name": "plateau", "interval": "epoch"},  # per-epoch plateau, its warmup per step
+    ],
+)
+def test_a_run_records_the_lr_of_every_step_and_the_warmup_shows(tmp_path, sched):
     r = recipe(
-        data={"batch_size": 32, "limit": 160},
-        scheduler=sched,
+        data={"batch_size": 32, "limit": 160},  # 4 steps an epoch
+        scheduler={**sched, "warmup_steps": 6, "warmup_lr": 1e-4},
         train={"epochs": 2, "plot": True, "checkpoint_every_steps": 5},
     )
     result = train(r, out=tmp_path / "run", log=None)
-    trace = load_checkpoint(tmp_path / "run" / "last.pt")["lr_trace"]
-    import json
-
-    trace = json.loads(trace)
-    assert [s for s, _ in trace] == list(range(1, result.steps + 1))
+    trace = json.loads(load_checkpoint(tmp_path / "run" / "last.pt")["lr_trace"])
+    assert [s for s, _ in trace] == list(range(1, result.steps + 1)) == list(range(1, 9))
     lrs = [lr for _, lr in trace]
     assert lrs[0] == pytest.approx(1e-4) and lrs[6] == pytest.approx(0.01)  # optimizer.lr after warmup
-    assert lrs[:7] == sorted(lrs[:7]) and lrs[6:] == sorted(lrs[6:], reverse=True)
+    assert lrs[:7] == sorted(lrs[:7]) and len(set(lrs[:7])) == 7
+    if sched["name"] == "cosine":
+        assert lrs[7] < lrs[6]
+    else:
+        assert lrs[7] == lrs[6]  # the plateau only acts at an epoch's end, after its warmup
     assert result.plot_file is not None and result.plot_file.stat().st_size > 0
 
 
