@@ -193,7 +193,8 @@ def lr_range_test(
     """Run the LR range test with ``step(i)`` doing one optimizer step and returning its loss.
 
     Before step ``i`` each parameter group's LR is set to ``min_lr * (max_lr/min_lr)**(i/(steps-1))``
-    times the group's share of the first group's LR (ratios between groups kept). Model, optimizer
+    times the group's share of the first group's LR (ratios between groups kept; a group's
+    ``initial_lr``, where a scheduler set one, is its LR). Model, optimizer
     and RNG state are restored afterwards, whatever happens.
 
     >>> import torch
@@ -215,8 +216,11 @@ def lr_range_test(
         smoothing = max(0.5, 1 - 8 / steps)
     if not 0 <= smoothing < 1:
         raise InputError(f"smoothing: expected a number in [0, 1), got {smoothing}")
-    ref = optimizer.param_groups[0]["lr"] or 1.0
-    shares = [(g["lr"] / ref) if ref else 1.0 for g in optimizer.param_groups]
+    # A recipe's scheduler has already set its first LR (a warmup from 0, OneCycle's start): the
+    # groups' ratios come from the LRs they were given (``initial_lr``, which schedulers keep).
+    bases = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+    ref = bases[0] or 1.0
+    shares = [b / ref for b in bases]
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
