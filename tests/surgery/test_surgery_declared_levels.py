@@ -18,13 +18,13 @@ from torchsmith.surgery import feature_info, return_features
 class _TwoBranches(nn.Module):
     """Each block returns a list with one tensor per branch; both branches are declared per block."""
 
-    def __init__(self, b: int = 16, stride_b: int = 4) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.ModuleList([nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(3, b, 3, stride_b, 1)])
-        self.blocks = nn.ModuleList(_Pair(8, b) for _ in range(2))
+        self.stem = nn.ModuleList([nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(3, 16, 3, 4, 1)])
+        self.blocks = nn.ModuleList(_Pair(8, 16) for _ in range(2))
         self.feature_info = [
             {"module": f"blocks.{i}", "num_chs": c, "reduction": r}
-            for c, r in ((8, 2), (b, stride_b))
+            for c, r in ((8, 2), (16, 4))
             for i in range(2)
         ]
 
@@ -87,12 +87,44 @@ def test_a_level_taken_elsewhere_is_refused_naming_it_and_the_model_untouched(le
     assert feature_info(net, ["blocks.0.a"], input_shape=(1, 3, 32, 32))[0]["channels"] == 8  # by path: fine
 
 
-def test_levels_a_module_output_holds_twice_alike_are_refused_not_taken_by_position():
-    net = _TwoBranches(b=8, stride_b=2)  # both branches: 8 channels at stride 2
+class _ThreeOut(nn.Module):
+    """A block returning (a 5-channel map, then two 8-channel maps at the same stride)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(3, c, 3, 2, 1) for c in (5, 8, 8))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(conv(x) for conv in self.convs)
+
+
+class _Taps(nn.Module):
+    def __init__(self, levels: list[dict]) -> None:
+        super().__init__()
+        self.block = _ThreeOut()
+        self.feature_info = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.block(x)
+        return a.mean((2, 3)) + b.mean((2, 3))[:, :5] + c.mean((2, 3))[:, :5]
+
+
+def test_a_level_is_the_kth_tensor_when_it_fits_else_the_only_one_that_fits_else_refused():
+    shape = (1, 3, 32, 32)
+    five = feature_info(_Taps([{"module": "block", "num_chs": 5, "reduction": 2}]), input_shape=shape)
+    assert [(f["index"], f["channels"]) for f in five] == [(0, 5)]  # timm's wrappers take x[0]
+    two = feature_info(
+        _Taps([{"module": "block", "num_chs": c, "reduction": 2} for c in (5, 8)]), input_shape=shape
+    )
+    assert [(f["name"], f["index"], f["channels"]) for f in two] == [("block[0]", 0, 5), ("block[1]", 1, 8)]
     with pytest.raises(
-        SurgeryError, match=r"'blocks.0' \(8 channels, stride 2\): its output holds 2 tensors .*several"
+        SurgeryError, match=r"'block' \(8 channels, stride 2\): its output holds 3 tensors .*several"
     ):
-        feature_info(net, input_shape=(1, 3, 32, 32))
+        feature_info(_Taps([{"module": "block", "num_chs": 8, "reduction": 2}]), input_shape=shape)
+    with pytest.raises(
+        SurgeryError, match=r"'block' \(8 channels, stride 8\): its output holds 3 tensors .*none"
+    ):
+        feature_info(_Taps([{"module": "block", "num_chs": 8, "reduction": 8}]), input_shape=shape)
 
 
 def _meta(name: str, **kw) -> nn.Module:

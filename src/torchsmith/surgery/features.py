@@ -21,6 +21,7 @@ an FPN can be wired onto any backbone without hand-computed ``in_channels_list``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -190,20 +191,27 @@ def _channel_sizes(t: Any) -> tuple[int, ...]:
     return (shape[1], shape[-1]) if len(shape) >= 3 else shape[-1:]
 
 
-def _fits(t: Any, chs: Any, red: float | None, in_hw: tuple[int, ...]) -> bool:
-    """True when tensor ``t`` can be a level of ``chs`` channels at stride ``red``: one of its channel
-    dimensions has that size and, for a spatial tensor, the sizes beside it are the input's / ``red``."""
+def _fits(t: Any, chs: Any, red: float | None, in_hw: tuple[int, ...]) -> int:
+    """How well tensor ``t`` can be a level of ``chs`` channels at stride ``red``: 0 not at all (no
+    channel dimension of that size, or a size that stride does not give: a spatial size more than
+    twice off the input's / ``red``, a token count other than that grid's plus a few class tokens),
+    2 proven by channels and size, 1 by channels only (the size cannot be checked)."""
     if not isinstance(chs, int):
-        return False
+        return 0
     shape = tuple(t.shape)
     layouts = [d for d, ok in ((1, len(shape) >= 3 and shape[1] == chs), (-1, shape[-1] == chs)) if ok]
-    if not layouts or not red or not in_hw or len(shape) != 2 + len(in_hw):
-        return bool(layouts)
-    for d in layouts:
-        hw = shape[2:] if d == 1 else shape[1:-1]
-        if all(abs(size * red - full) < red for size, full in zip(hw, in_hw)):
-            return True
-    return False
+    if not layouts or not red or not in_hw:
+        return 1 if layouts else 0
+    if len(shape) == 2 + len(in_hw):
+        for d in layouts:
+            hw = shape[2:] if d == 1 else shape[1:-1]
+            if all(size and 0.5 <= full / size / red <= 2 for size, full in zip(hw, in_hw)):
+                return 2
+        return 0
+    if len(shape) == 3 and -1 in layouts:
+        grid = math.prod(max(1, round(full / red)) for full in in_hw)
+        return 2 if 0 <= shape[1] - grid <= 8 else 0
+    return 1
 
 
 def _declared_points(
@@ -239,11 +247,13 @@ def _declared_points(
             elif len(ts) == 1 and isinstance(chs, int) and chs not in _channel_sizes(ts[0]):
                 why = f"its output has shape {list(ts[0].shape)}, no dimension of {chs} channels"
             elif len(ts) != 1:
-                # several tensors: the level is the one tensor with its channels (and stride), or
-                # none is proven (never the k-th by position: CoaT's parallel outputs all have 152)
-                fits = [i for i, t in enumerate(ts) if _fits(t, chs, _reduction(e), in_hw)]
-                if len(fits) == 1:
-                    index = fits[0]
+                # several tensors: the k-th naming is the k-th tensor if it has the level's channels
+                # and size, else the only tensor that has them; else none is proven (CoaT's parallel
+                # outputs all have 152 channels: their sizes tell them apart)
+                score = [_fits(t, chs, _reduction(e), in_hw) for t in ts]
+                fits = [i for i, f in enumerate(score) if f and f == max(score)]
+                if k in fits or len(fits) == 1:  # timm's wrappers take x[0] of a tuple output
+                    index = k if k in fits else fits[0]
                 else:
                     shapes = ", ".join(str(list(t.shape)) for t in ts[:6])
                     why = (
