@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python bench/sweep_surgery.py [--libs torchvision,timm,transformers] [--sample N]
           [--seed 0] [--out bench/results/sweep_surgery.jsonl] [--part I/N] [--ops set_num_classes_7,...]
+          [--models a,b --redo]   (judge those models' --ops again, replacing their rows)
 
 Each (model, op) gets one verdict, appended to a jsonl file as soon as it is known, so a sweep can be
 stopped and resumed (rows already in the file are skipped) or run in parts (``--part 2/4``):
@@ -39,6 +40,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from torchsmith._io import atomic_write
 
 OPS = (
     "set_num_classes_7",
@@ -608,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--kinds", default="", help="torchvision kinds only: classification,detection,...")
     ap.add_argument("--max-params", type=float, default=0, help="SKIP models with more parameters (0: none)")
+    ap.add_argument("--models", default="", help="only these models (comma list), e.g. to redo rows")
+    ap.add_argument("--redo", action="store_true", help="drop the chosen models' rows for --ops first")
     ap.add_argument(
         "--measure", type=int, default=6, help="timm: smallest by parameters of the first N names"
     )
@@ -624,6 +629,13 @@ def main(argv: list[str] | None = None) -> int:
             cases = [c for c in cases if c.kind in args.kinds.split(",")]
         if args.limit:
             cases = random.Random(args.seed).sample(cases, min(args.limit, len(cases)))
+        if args.models:
+            cases = [c for c in cases if c.name in args.models.split(",")]
+        if args.redo:
+            chosen = {(c.lib, c.name) for c in cases}
+            rows = [r for r in rows if (r["lib"], r["model"]) not in chosen or r["op"] not in ops]
+            with atomic_write(out, "w") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
         i, n = (int(v) for v in args.part.split("/"))
         cases = cases[i - 1 :: n]
         done = {(r["lib"], r["model"], r["op"]) for r in rows}
