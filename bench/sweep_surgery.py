@@ -414,38 +414,45 @@ def _feature_info(case: Case, model: nn.Module) -> str:
 
 
 def _against_feature_extractor(case: Case, model: nn.Module, info: list[dict]) -> bool:
-    """torchvision's oracle: ``create_feature_extractor`` on the same layers, run on the sample input,
-    gives each level's real tensor; its channels (at our layout's dimension) must be ours and its
-    size the input's divided by our stride (rounded up, as padded convolutions do). False when FX
-    cannot trace the model (no oracle)."""
+    """torchvision's oracle: ``create_feature_extractor`` on the same layers gives each level's real
+    tensor; its channels (at our layout's dimension) must be ours, and its stride, measured as 64
+    divided by how much each spatial size grows when the input grows by 64 pixels (exact through
+    padded and unpadded convolutions alike), must be ours. False when FX cannot trace the model."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
     x = case.sample(3)
+    bigger = tuple(torch.rand(*t.shape[:-2], t.shape[-2] + 64, t.shape[-1] + 64) for t in x)
     try:
+        fx = create_feature_extractor(copy.deepcopy(model).eval(), {f["path"]: f["path"] for f in info})
         with torch.no_grad():
-            got = create_feature_extractor(copy.deepcopy(model).eval(), {f["path"]: f["path"] for f in info})(
-                *x
-            )
+            got = fx(*x)
     except Exception:
         return False
-    in_hw = x[0].shape[-2:]
+    try:
+        with torch.no_grad():
+            got2 = fx(*bigger)
+    except Exception:
+        got2 = None  # a fixed input size (ViT): channels only
+
+    def level(out: dict, f: dict) -> torch.Tensor:
+        t = out[f["path"]]
+        return t[f["index"]] if f.get("index") is not None else t
+
     for f in info:
-        t = got[f["path"]]
-        t = t[f["index"]] if f.get("index") is not None else t
+        t = level(got, f)
         last = f["layout"] == "channels_last"
         if f["channels"] != t.shape[-1 if last else 1]:
             raise Wrong(
                 f"{f['path']}: channels {f['channels']}, the feature extractor gives {tuple(t.shape)}"
             )
-        hw = t.shape[1:3] if last else t.shape[-2:]
-        if (
-            f["stride"]
-            and t.dim() >= 4
-            and any(abs(size * f["stride"] - full) >= f["stride"] for size, full in zip(hw, in_hw))
-        ):
-            raise Wrong(
-                f"{f['path']}: stride {f['stride']}, but {tuple(t.shape)} from an input {tuple(in_hw)}"
-            )
+        if got2 is None or t.dim() < 4:
+            continue
+        t2 = level(got2, f)
+        dims = (1, 2) if last else (-2, -1)
+        grown = {t2.shape[d] - t.shape[d] for d in dims}
+        stride = 64 / grown.pop() if len(grown) == 1 and 0 not in grown else None
+        if stride != f["stride"]:
+            raise Wrong(f"{f['path']}: stride {f['stride']}, the feature extractor's sizes give {stride}")
     return True
 
 

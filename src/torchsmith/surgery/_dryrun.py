@@ -268,11 +268,19 @@ def _op_stride(fname: str, args: tuple, kwargs: dict, x: torch.Tensor, out: Any)
     if fname == "pixel_shuffle":
         s = _last(args[1] if len(args) > 1 else kwargs.get("upscale_factor"))
         return 1.0 / s if s else None
-    if fname.startswith(("adaptive_", "interpolate", "upsample")):
+    if fname.startswith("adaptive_"):
+        return _UNKNOWN  # a pooling to a fixed size: its factor depends on the input size
+    if fname.startswith(("interpolate", "upsample")):
+        scale = kwargs.get("scale_factor", args[2] if len(args) > 2 else None)
         o = out[0] if isinstance(out, tuple) else out
+        if scale is None:
+            return _UNKNOWN  # a resize to a given size: no fixed factor
         if isinstance(o, torch.Tensor) and o.dim() == x.dim() and x.dim() > 2 and o.shape[-1]:
-            return x.shape[-1] / o.shape[-1]  # a resize to a given size: that is its factor
+            return x.shape[-1] / o.shape[-1]  # a resize by a scale factor
     return None
+
+
+_UNKNOWN = -1.0  # _op_stride: the op has no fixed stride (its output has none either)
 
 
 class _Recorder(TorchFunctionMode):
@@ -352,6 +360,8 @@ class _Recorder(TorchFunctionMode):
         x = flat_in[0]
         if id(x) in self.stride and x.dim() > 2:
             factor = _op_stride(fname, args, kwargs, x, out)
+            if factor == _UNKNOWN:
+                return None
             if factor is not None:
                 return self.stride[id(x)] * factor
         return max(known)
