@@ -22,11 +22,13 @@ until a step does not fit, then the boundary is bisected. What "fits" means:
 * on a GPU: no ``torch.cuda.OutOfMemoryError``, and with ``max_memory`` the step's peak of
   ``torch.cuda.max_memory_allocated`` (all tensors on the device, the model included) within it;
 * on the CPU (where running out of memory kills the process, so a budget is required): the
-  process's peak resident memory during the step (Linux ``VmHWM``, reset through
-  ``/proc/self/clear_refs`` before each step, freed heap returned with ``malloc_trim`` first)
-  above the resident memory before the first step (the process with the model and data set up),
-  within ``max_memory``. It counts what the step really makes resident (the batch, activations,
-  gradients, optimizer state, allocator slack), so it is a little noisy on small models.
+  resident memory the step added at its peak (Linux ``VmHWM``, reset through
+  ``/proc/self/clear_refs`` just before the step, freed heap returned with ``malloc_trim``
+  first; glibc's mmap threshold is set to 64 KiB meanwhile, so freed tensors leave at once:
+  activations, gradients, a first step's optimizer state, oneDNN's buffers, as the kernel counts
+  them) plus the bytes of what the step holds that is already
+  resident (the batch, the optimizer state of earlier trials), within ``max_memory``. The model's
+  own parameters are not counted. It is measured, so it is some MB noisy.
 
 The batch never exceeds the training set (a bigger one cannot be formed); ``max_batch`` caps it too.
 
@@ -502,10 +504,16 @@ def _rss() -> tuple[int, int]:
     return int(rss.group(1)) * 1024, int(hwm.group(1)) * 1024
 
 
-class _CpuMeter:
-    """Peak resident memory of a step above the set-up process (Linux; see the module docstring)."""
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
-    measure = "peak resident memory (VmHWM) during the step, above the process before the first step"
+
+class _CpuMeter:
+    """A step's peak resident memory on the CPU (Linux; see the module docstring)."""
+
+    measure = (
+        "peak resident memory (VmHWM) the step added, plus the batch and the optimizer state it "
+        "holds (bytes of their tensors)"
+    )
 
     def __init__(self) -> None:
         import ctypes
@@ -518,8 +526,21 @@ class _CpuMeter:
             )
         name = ctypes.util.find_library("c")
         self._libc = ctypes.CDLL(name) if name else None
-        self._trim()
-        self.base = _rss()[0]
+        self._start = 0
+        self._held = 0
+        # Every allocation of 64 KiB or more gets its own mapping, returned to the system when
+        # freed: the resident peak then follows the live tensors. With glibc's default, memory
+        # freed inside a step stays resident and fragments, and the measure crept up by tens of
+        # MB from one trial to the next (same batch size: 99 MiB steady, 137-205 MiB by default).
+        self._mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+
+    def _mallopt(self, param: int, value: int) -> None:
+        if self._libc is not None and hasattr(self._libc, "mallopt"):
+            self._libc.mallopt(param, value)
+
+    def close(self) -> None:
+        """glibc's initial mmap threshold (128 KiB) back for the rest of the process."""
+        self._mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
     def _trim(self) -> None:
         # No gc.collect(): tensors go with their last reference, and a full collection of a
@@ -527,13 +548,17 @@ class _CpuMeter:
         if self._libc is not None and hasattr(self._libc, "malloc_trim"):
             self._libc.malloc_trim(0)
 
-    def start(self) -> None:
+    def start(self, held: int = 0) -> None:
+        """Before the step: ``held`` bytes of tensors it will hold that are already resident."""
         self._trim()
+        # Measured from here, not from the first trial: what earlier trials left resident (oneDNN
+        # keeps primitives and scratchpads per input shape) is not this batch size's cost.
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident size
+        self._start, self._held = _rss()[0], held
 
     def peak(self) -> int:
-        return _rss()[1] - self.base
+        return _rss()[1] - self._start + self._held
 
 
 class _CudaMeter:
@@ -542,7 +567,7 @@ class _CudaMeter:
     def __init__(self, device: Any) -> None:
         self.device = device
 
-    def start(self) -> None:
+    def start(self, held: int = 0) -> None:
         import torch
 
         torch.cuda.synchronize(self.device)
@@ -553,6 +578,26 @@ class _CudaMeter:
 
         torch.cuda.synchronize(self.device)
         return int(torch.cuda.max_memory_allocated(self.device))
+
+    def close(self) -> None:
+        pass
+
+
+def _nbytes(*values: Any) -> int:
+    """Bytes of the tensors in ``values`` (nested in dicts, lists and tuples)."""
+    import torch
+
+    total = 0
+    stack = list(values)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return total
 
 
 def _batch(ds: Any, n: int) -> tuple[Any, Any]:
@@ -587,6 +632,9 @@ def tune_batch_size(
 
     t0 = time.perf_counter()
     budget = parse_size(max_memory) if max_memory is not None else None
+    for what, value in (("--max-batch", max_batch), ("--start", start)):
+        if value is not None and value < 1:
+            raise InputError(f"{what}: expected a positive integer, got {value}")
     setup = _Setup(recipe, overrides, log)
     say = setup.log
     with setup.trainer() as t:
@@ -602,13 +650,8 @@ def tune_batch_size(
             meter = _CpuMeter()
         limit = len(t.train_ds)
         limited_by = f"the training set ({limit} samples)"
-        if max_batch is not None:
-            if max_batch < 1:
-                raise InputError(f"--max-batch: expected a positive integer, got {max_batch}")
-            if max_batch < limit:
-                limit, limited_by = max_batch, f"--max-batch {max_batch}"
-        if start is not None and start < 1:
-            raise InputError(f"--start: expected a positive integer, got {start}")
+        if max_batch is not None and max_batch < limit:
+            limit, limited_by = max_batch, f"--max-batch {max_batch}"
         first = start or t.recipe["data"]["batch_size"]
         one_step = _train_step(t)
         cl = t.recipe["train"]["channels_last"]
@@ -618,7 +661,7 @@ def tune_batch_size(
             x, y = _batch(t.train_ds, n)
             x, y = _to_device(x, dev, cl), _to_device(y, dev, False)
             oom = None
-            meter.start()
+            meter.start(_nbytes(x, y, t.optimizer.state))
             try:
                 one_step(0, 0, x, y)
             except torch.cuda.OutOfMemoryError as e:
@@ -639,7 +682,10 @@ def tune_batch_size(
             )
             return ok
 
-        best = find_largest(fits, first, limit)
+        try:
+            best = find_largest(fits, first, limit)
+        finally:
+            meter.close()
     if best == limit and any(tr["batch_size"] == limit and tr["fits"] for tr in trials):
         reason = limited_by
     else:
