@@ -83,7 +83,7 @@ FIELD_ERRORS = [
     ("name: x\n\n\noptimizer:\n  name: Adamm\n", "optimizer.name", 5),
     ("name: x\nloss:\n  name: CrossEntropy\n", "loss.name", 3),
     ("train:\n  epochs: 1\n  precision: fp8\n", "train.precision", 3),
-    ("name: x\nscheduler:\n  name: cosine\n", "scheduler.name", 3),
+    ("name: x\nscheduler:\n  name: cosinus\n", "scheduler.name", 3),
     (
         "seed: 0\ndata:\n  kind: csv\n  root: .\n  val_fraction: 2.0\n  csv: r.yaml\n  list: r.yaml\n",
         "data.val_fraction",
@@ -140,7 +140,7 @@ def test_names_match_case_insensitively(field, typed, canonical):
         ("optimizer.name", "sgdd", "SGD"),
         ("optimizer.name", "adamww", "AdamW"),
         ("loss.name", "crossentropylos", "CrossEntropyLoss"),
-        ("scheduler.name", "onecycle", "OneCycleLR"),
+        ("scheduler.name", "onecyclr", "OneCycleLR"),
     ],
 )
 def test_a_near_miss_suggests_the_case_folded_match(field, typed, suggested):
