@@ -194,3 +194,28 @@ def test_workers_are_seeded_from_seed_and_worker():
     import pickle
 
     assert pickle.loads(pickle.dumps(SeedWorker(3))).seed == 3  # spawned workers get it too
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each item: what NumPy and Python's random give in the worker that loads it."""
+
+    epoch = 0
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.tensor([float(np.random.rand()), random.random()])
+
+
+def test_real_workers_draw_the_same_per_epoch_and_differ_between_epochs():
+    ds = _Draws()
+
+    def epoch_draws(epoch: int) -> torch.Tensor:
+        ds.epoch = epoch
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, worker_init_fn=SeedWorker(7))
+        return torch.cat(list(loader))
+
+    first, again, other = epoch_draws(0), epoch_draws(0), epoch_draws(1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(first[0], first[2])  # the two workers do not share one stream
