@@ -81,3 +81,16 @@ def test_no_stages_found_is_refused_not_an_empty_list():
     with pytest.raises(SurgeryError, match="name the layers"):
         feature_info(tokens, input_shape=(1, 3, 8, 8))
     assert feature_info(tokens, ["1"], input_shape=(1, 3, 8, 8))[0]["channels"] == 16
+
+
+def test_a_pooling_to_a_fixed_size_has_no_stride_and_is_no_stage():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 11, stride=4, padding=2),  # unpadded arithmetic: 64 -> 15, still stride 4
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(6),  # 6x6 whatever the input: no stride of its own
+        nn.Flatten(1),
+        nn.Linear(8 * 36, 4),
+    )
+    info = feature_info(net, ["0", "2"], input_shape=(1, 3, 64, 64))
+    assert [f["stride"] for f in info] == [4, None]
+    assert [f["path"] for f in feature_info(net, input_shape=(1, 3, 64, 64))] == ["1"]
