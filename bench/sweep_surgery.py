@@ -454,7 +454,7 @@ def _against_feature_extractor(case: Case, model: nn.Module, info: list[dict]) -
         if got2 is None or t.dim() < 4:
             continue
         t2 = level(got2, f)
-        dims = (1, 2) if last else (-2, -1)
+        dims = (-3, -2) if last else (-2, -1)  # the two sizes the bigger input grows: H, W
         grown = {t2.shape[d] - t.shape[d] for d in dims}
         stride = 64 / grown.pop() if len(grown) == 1 and 0 not in grown else None
         if stride != f["stride"]:
