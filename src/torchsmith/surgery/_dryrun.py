@@ -126,7 +126,7 @@ def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
         return (1, *size)
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd):
-            spatial = {1: (224,), 2: (224, 224), 3: (16, 112, 112)}[len(m.kernel_size)]
+            spatial = {1: (224,), 2: (224, 224), 3: (16, 224, 224)}[len(m.kernel_size)]
             return (1, m.in_channels, *spatial)
         if isinstance(m, nn.Linear):
             return (1, m.in_features)
