@@ -360,6 +360,8 @@ class _Recorder(TorchFunctionMode):
         x = flat_in[0]
         if id(x) in self.stride and x.dim() > 2:
             factor = _op_stride(fname, args, kwargs, x, out)
+            if self.stride[id(x)] == 1.0 and fname.startswith(("interpolate", "upsample")):
+                return 1.0  # the model resizes its input (SSD's transform): strides count from there
             if factor == _UNKNOWN:
                 return None
             if factor is not None:
