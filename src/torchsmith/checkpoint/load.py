@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from torchsmith.checkpoint._checksums import check_checksums
 from torchsmith.checkpoint._gc import gc_paused
 from torchsmith.checkpoint._refs import FileMaps, TensorRef, materialize
 from torchsmith.checkpoint.formats import RawCheckpoint, open_raw
@@ -70,29 +71,6 @@ def params_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original
         for n, fn in inits.items():
             setattr(init, n, fn)
-
-
-def check_checksums(
-    refs: dict[str, TensorRef], metadata: dict[str, str], maps: FileMaps, where: Any = "checkpoint"
-) -> tuple[list[str], list[str]]:
-    """``(algorithms checked, names of tensors that fail)`` against the checksums ``metadata`` records.
-
-    Every recorded tensor's bytes are hashed where they lie in the (memory-mapped) file, in threads.
-    Raises :class:`~torchsmith.errors.CheckpointError` for an unknown, empty or ``none`` algorithm.
-
-    >>> check_checksums(refs, raw.metadata, FileMaps(), raw.path)     # doctest: +SKIP
-    (['xxh3-128'], [])
-    """
-    from torchsmith.checkpoint._hashing import check_tensors
-    from torchsmith.checkpoint.safetensors_io import _tensor_bytes
-
-    return check_tensors(
-        refs,
-        metadata,
-        lambda st: maps.buffer(st.file, st.ident),
-        lambda ref: _tensor_bytes(materialize(ref, maps)),
-        where=where,
-    )
 
 
 def checksum_mismatches(refs: dict[str, TensorRef], metadata: dict[str, str], maps: FileMaps) -> list[str]:

@@ -348,7 +348,7 @@ def read_checkpoint(
     maps = FileMaps(use_mmap=mmap)
     if not mmap:
         budget.charge_bytes(_file_size(raw.path), "reading the file into memory (mmap=False)")
-    from torchsmith.checkpoint.load import check_checksums, damaged_message
+    from torchsmith.checkpoint._checksums import check_checksums, damaged_message
 
     algorithms, bad = check_checksums(refs, raw.metadata, maps, raw.path)  # recorded checksums: every byte
     if bad:
